@@ -1,0 +1,3 @@
+"""llmhost: a local model daemon with a CLI, speaking Ollama's API."""
+
+__version__ = "0.1.0"

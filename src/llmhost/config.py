@@ -1,0 +1,212 @@
+"""The one reader of LLMHOST_* environment variables.
+
+Every setting has a default and a one-line description (shown by ``llm serve --help``).
+Settings are read once into a frozen ``Settings`` and passed in; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from llmhost.errors import BadRequest, ConfigError
+from llmhost.units import parse_duration, parse_size
+
+DEFAULT_HOST = "127.0.0.1:11434"
+
+
+def _default_models_dir() -> str:
+    import platformdirs
+
+    return str(Path(platformdirs.user_data_dir("llmhost")) / "models")
+
+
+def _default_socket() -> str:
+    import platformdirs
+
+    try:
+        base = Path(platformdirs.user_runtime_dir("llmhost"))
+    except Exception:  # no runtime dir on this platform
+        base = Path(platformdirs.user_cache_dir("llmhost"))
+    return str(base / "llmhost.sock")
+
+
+def _physical_cores() -> int:
+    """Physical cores (hyper-threads share the FPU, so llama.cpp runs best with one thread per core)."""
+    try:
+        pairs = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip():
+                    if core is not None:
+                        pairs.add((phys, core))
+                    phys = core = None
+        if pairs:
+            return len(pairs)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _default_max_memory() -> str:
+    """Available memory minus a reserve of 1 GiB (or 10%, whichever is larger)."""
+    available = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if not available:
+        available = 8 * 1024**3
+    reserve = max(1024**3, available // 10)
+    return str(max(0, available - reserve))
+
+
+def _host(value: str) -> str:
+    value = value.strip()
+    for scheme in ("http://", "https://"):
+        if value.startswith(scheme):
+            value = value[len(scheme):]
+    value = value.rstrip("/")
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, "11434"
+    if not host:
+        host = "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"bad port {port!r}")
+    return f"{host}:{port}"
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def _non_negative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("must be 0 or more")
+    return n
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except BadRequest as e:
+        raise ValueError(str(e)) from None
+
+
+def _size(value: str) -> int:
+    try:
+        return parse_size(value)
+    except BadRequest as e:
+        raise ValueError(str(e)) from None
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One LLMHOST_* variable: its name, default (a string or a function giving one), parser and meaning."""
+
+    name: str
+    attr: str
+    default: str | Callable[[], str]
+    parse: Callable[[str], object]
+    description: str
+
+    def default_text(self) -> str:
+        return self.default() if callable(self.default) else self.default
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("LLMHOST_HOST", "host", DEFAULT_HOST, _host,
+             "TCP address the daemon listens on (Ollama clients connect here)"),
+    Variable("LLMHOST_MODELS", "models", _default_models_dir, lambda v: Path(v).expanduser(),
+             "directory of the model store (manifests/ and blobs/, Ollama's layout)"),
+    Variable("LLMHOST_SOCKET", "socket", _default_socket, lambda v: Path(v).expanduser(),
+             "unix socket the CLI uses to reach the daemon (mode 0600)"),
+    Variable("LLMHOST_KEEP_ALIVE", "keep_alive", "5m", _duration,
+             "how long an idle model stays loaded (seconds or 10m/1h; negative = forever)"),
+    Variable("LLMHOST_NUM_THREADS", "num_threads", lambda: str(_physical_cores()), _positive_int,
+             "threads each runner uses for llama.cpp (default: physical cores)"),
+    Variable("LLMHOST_NUM_PARALLEL", "num_parallel", "4", _positive_int,
+             "parallel sequences per loaded model (num_ctx is per sequence)"),
+    Variable("LLMHOST_CONTEXT_LENGTH", "context_length", "4096", _positive_int,
+             "default num_ctx when neither request nor Modelfile sets one"),
+    Variable("LLMHOST_MAX_LOADED_MODELS", "max_loaded_models", "3", _positive_int,
+             "most models loaded at once"),
+    Variable("LLMHOST_MAX_QUEUE", "max_queue", "512", _positive_int,
+             "most requests waiting for a model; beyond it requests get 503 at once"),
+    Variable("LLMHOST_MAX_MEMORY", "max_memory", _default_max_memory, _size,
+             "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
+    Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
+             "how long a runner may take to load a model before it is killed"),
+    Variable("LLMHOST_DEBUG", "debug", "0", _flag,
+             "verbose logging, runner output included"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All daemon/CLI settings, read once from the environment."""
+
+    host: str
+    models: Path
+    socket: Path
+    keep_alive: float
+    num_threads: int
+    num_parallel: int
+    context_length: int
+    max_loaded_models: int
+    max_queue: int
+    max_memory: int
+    load_timeout: float
+    debug: bool
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Parse every LLMHOST_* variable; a malformed one raises ConfigError naming it."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for var in VARIABLES:
+            raw = environ.get(var.name)
+            text = var.default_text() if raw is None or raw == "" else raw
+            try:
+                values[var.attr] = var.parse(text)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"invalid {var.name}={raw!r}: {e}") from None
+        return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}"
+
+
+def describe_variables() -> str:
+    """Help text listing every variable with its default and meaning."""
+    lines = []
+    for var in VARIABLES:
+        default = var.default if isinstance(var.default, str) else "(computed)"
+        lines.append(f"{var.name} (default {default}): {var.description}")
+    return "\n".join(lines)
