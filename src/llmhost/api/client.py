@@ -1,0 +1,364 @@
+"""The one client of the daemon's Ollama API, used by the CLI and by tests.
+
+Stdlib only (``http.client``), so the CLI starts fast. It talks to the daemon over its unix socket
+and falls back to TCP ``settings.host`` when the socket is absent or refuses. Methods return parsed
+JSON; streaming methods yield one dict per NDJSON line. An error body, or an ``{"error": ...}`` line
+in a stream, raises the ``llmhost.errors`` class matching the HTTP status.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from llmhost.errors import BadRequest, ClientClosed, LlmhostError, NotFound, ServerBusy
+
+if TYPE_CHECKING:
+    from llmhost.config import Settings
+
+MAX_LINE = 8 * 1024 * 1024  # Ollama's NDJSON line limit
+UPLOAD_BLOCK = 1024 * 1024
+
+_ERRORS: dict[int, type[LlmhostError]] = {400: BadRequest, 404: NotFound, 499: ClientClosed, 503: ServerBusy}
+
+
+class DaemonUnreachable(LlmhostError):
+    """Neither the unix socket nor the TCP address answered."""
+
+
+class ConnectionLost(LlmhostError):
+    """The daemon accepted the connection, then went away or answered garbage."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket; the Host header says ``localhost``."""
+
+    def __init__(self, path: str, timeout: float | None):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def error_from_status(status: int, message: str) -> LlmhostError:
+    """The llmhost error class for an HTTP status, carrying the daemon's message."""
+    error = _ERRORS.get(status, LlmhostError)(message)
+    error.status = status
+    return error
+
+
+def _error_message(status: int, reason: str, body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"]
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):  # OpenAI's shape
+        return str(data["error"].get("message", data["error"]))
+    text = body.decode("utf-8", "replace").strip()
+    return text or f"{status} {reason}".strip()
+
+
+def _lost(error: Exception) -> LlmhostError:
+    return ConnectionLost(f"lost connection to the llmhost daemon: {error or type(error).__name__}")
+
+
+def _parse(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise LlmhostError(f"invalid response from the daemon: {data[:200]!r}") from None
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    """A request body without the fields left at None."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _ProgressReader:
+    """A file wrapper that reports bytes read, so http.client can stream it and we see progress."""
+
+    def __init__(self, file, progress: Callable[[int], None] | None):
+        self._file = file
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        if data and self._progress:
+            self._progress(len(data))
+        return data
+
+
+class Client:
+    """Synchronous client of one daemon; every call opens a fresh connection."""
+
+    def __init__(self, socket_path: str | os.PathLike | None, host: str, *, timeout: float | None = None):
+        self.socket_path = str(socket_path) if socket_path else None
+        self.host = host
+        self.timeout = timeout
+        self._use_tcp = False
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", *, timeout: float | None = None) -> "Client":
+        return cls(settings.socket, settings.host, timeout=timeout)
+
+    def describe(self) -> str:
+        """Where this client looks for the daemon, for messages."""
+        if self.socket_path:
+            return f"{self.socket_path} or http://{self.host}"
+        return f"http://{self.host}"
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.socket_path and not self._use_tcp:
+            conn = _UnixConnection(self.socket_path, timeout)
+            try:
+                conn.connect()
+                return conn
+            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+                conn.close()
+        host, _, port = self.host.rpartition(":")
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise DaemonUnreachable(
+                f"could not connect to the llmhost daemon at {self.describe()}: {e.strerror or e}"
+            ) from None
+        if self.socket_path:
+            self._use_tcp = True
+        return conn
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = self._connect(self.timeout if timeout is None else timeout)
+        headers = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        headers.setdefault("Accept", "application/x-ndjson, application/json")
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise _lost(e) from None
+        except BaseException:
+            conn.close()
+            raise
+        if response.status >= 400:
+            try:
+                data = response.read()
+            finally:
+                conn.close()
+            raise error_from_status(response.status, _error_message(response.status, response.reason, data))
+        return conn, response
+
+    def _call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        """One request whose answer is a single JSON document (or nothing)."""
+        conn, response = self._send(method, path, body, timeout=timeout)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise _lost(e) from None
+        finally:
+            conn.close()
+        if not data.strip():
+            return None
+        document = _parse(data)
+        if isinstance(document, dict) and "error" in document and len(document) == 1:
+            raise error_from_status(response.status, str(document["error"]))
+        return document
+
+    def _stream(self, method: str, path: str, body: Any = None) -> Iterator[dict]:
+        """Yield each NDJSON line; closing the generator closes the connection (the daemon cancels)."""
+        conn, response = self._send(method, path, body)
+        try:
+            while True:
+                try:
+                    line = response.readline(MAX_LINE + 1)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _lost(e) from None
+                if not line:
+                    return
+                if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                    raise LlmhostError(f"response line longer than {MAX_LINE} bytes")
+                if not line.strip():
+                    continue
+                chunk = _parse(line)
+                if isinstance(chunk, dict) and chunk.get("error") is not None:
+                    raise error_from_status(response.status, str(chunk["error"]))
+                yield chunk
+        finally:
+            conn.close()
+
+    def _maybe_stream(self, path: str, body: dict[str, Any], stream: bool) -> Iterator[dict] | dict:
+        body["stream"] = stream
+        if stream:
+            return self._stream("POST", path, body)
+        return self._call("POST", path, body)
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def heartbeat(self, timeout: float = 2.0) -> None:
+        """Raise DaemonUnreachable unless a daemon answers ``GET /``."""
+        try:
+            conn, response = self._send("GET", "/", timeout=timeout)
+            try:
+                response.read()
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException, ConnectionLost) as e:
+            raise DaemonUnreachable(f"the llmhost daemon at {self.describe()} did not answer: {e}") from None
+
+    def version(self) -> dict:
+        """``{"version": "..."}``."""
+        return self._call("GET", "/api/version")
+
+    def list(self) -> dict:
+        """``{"models": [...]}``, the local models (``/api/tags``)."""
+        return self._call("GET", "/api/tags")
+
+    def show(self, model: str, verbose: bool = False) -> dict:
+        """Modelfile, parameters, template, system, license, details, model_info, capabilities."""
+        return self._call("POST", "/api/show", _body(model=model, verbose=verbose or None))
+
+    def copy(self, source: str, destination: str) -> None:
+        self._call("POST", "/api/copy", {"source": source, "destination": destination})
+
+    def delete(self, model: str) -> None:
+        self._call("DELETE", "/api/delete", {"model": model})
+
+    def ps(self) -> dict:
+        """``{"models": [...]}``, the loaded models."""
+        return self._call("GET", "/api/ps")
+
+    def pull(self, model: str, insecure: bool = False) -> Iterator[dict]:
+        """Progress events: ``pulling manifest``, ``pulling <id>`` with digest/total/completed, ..., ``success``."""
+        return self._stream("POST", "/api/pull", _body(model=model, insecure=insecure or None, stream=True))
+
+    def create(
+        self,
+        model: str,
+        *,
+        from_: str | None = None,
+        files: dict[str, str] | None = None,
+        adapters: dict[str, str] | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        license: str | list[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        quantize: str | None = None,
+    ) -> Iterator[dict]:
+        """Progress events of ``/api/create``, ending with ``success``."""
+        body = _body(
+            model=model, files=files, adapters=adapters, template=template, system=system,
+            license=license, parameters=parameters, messages=messages, quantize=quantize, stream=True,
+        )
+        if from_ is not None:
+            body["from"] = from_
+        return self._stream("POST", "/api/create", body)
+
+    def blob_exists(self, digest: str) -> bool:
+        """Whether the daemon already holds the blob ``sha256:<hex>``."""
+        try:
+            conn, response = self._send("HEAD", f"/api/blobs/{digest}")
+        except NotFound:
+            return False
+        conn.close()
+        return True
+
+    def upload_blob(self, digest: str, path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> None:
+        """Stream a file to ``/api/blobs/<digest>`` without reading it into memory."""
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            conn, response = self._send(
+                "POST", f"/api/blobs/{digest}", _ProgressReader(f, progress),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            )
+        try:
+            response.read()
+        finally:
+            conn.close()
+
+    def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        stream: bool = True,
+        system: str | None = None,
+        template: str | None = None,
+        suffix: str | None = None,
+        raw: bool | None = None,
+        format: str | dict | None = None,
+        images: list[str] | None = None,
+        options: dict[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        think: bool | str | None = None,
+    ) -> Iterator[dict] | dict:
+        """Completion chunks (``response``) when streaming, else the one final object."""
+        body = _body(
+            model=model, prompt=prompt, system=system, template=template, suffix=suffix, raw=raw,
+            format=format, images=images, options=options, keep_alive=keep_alive, think=think,
+        )
+        return self._maybe_stream("/api/generate", body, stream)
+
+    def chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        stream: bool = True,
+        format: str | dict | None = None,
+        options: dict[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        think: bool | str | None = None,
+    ) -> Iterator[dict] | dict:
+        """Chat chunks (``message.content``) when streaming, else the one final object."""
+        body = _body(
+            model=model, messages=messages, format=format, options=options, keep_alive=keep_alive,
+            tools=tools, think=think,
+        )
+        return self._maybe_stream("/api/chat", body, stream)
+
+    def embed(
+        self,
+        model: str,
+        input: str | list[str],
+        *,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        options: dict[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> dict:
+        """``{"model", "embeddings": [[...]], ...}``."""
+        body = _body(
+            model=model, input=input, truncate=truncate, dimensions=dimensions, options=options,
+            keep_alive=keep_alive,
+        )
+        return self._call("POST", "/api/embed", body)

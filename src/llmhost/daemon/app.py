@@ -1,0 +1,49 @@
+"""The daemon's aiohttp application: middlewares, routes, shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from llmhost.daemon import routes_inference, routes_models
+from llmhost.daemon.http import error_response
+from llmhost.daemon.security import make_security_middleware
+from llmhost.daemon.state import STATE_KEY, DaemonState
+from llmhost.errors import ClientClosed, LlmhostError
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    """Every LlmhostError becomes ``{"error": ...}`` with its status; a bug becomes a 500, not a trace."""
+    try:
+        return await handler(request)
+    except LlmhostError as e:
+        if e.status >= 500 and not isinstance(e, ClientClosed):
+            log.warning("%s %s: %s", request.method, request.path, e.message)
+        return error_response(e)
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": f"internal error: {e}"}, status=500)
+
+
+def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
+    app = web.Application(
+        middlewares=[make_security_middleware(check_host), errors_middleware],
+        client_max_size=1024**4,  # blob uploads are streamed, never held in memory
+    )
+    app[STATE_KEY] = state
+    app.add_routes(routes_models.routes)
+    app.add_routes(routes_inference.routes)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await state.residency.shutdown()
+
+    app.on_shutdown.append(on_shutdown)
+    return app

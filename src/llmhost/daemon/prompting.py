@@ -1,0 +1,57 @@
+"""Turning an API request plus a stored model into a runner request.
+
+Precedence is Ollama's: request options > Modelfile parameters > defaults. The Modelfile's SYSTEM
+applies when the request brings no system message of its own; its MESSAGE lines come first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmhost.api.options import merge_parameters, split_options
+from llmhost.api.types import ChatRequest, GenerateRequest, Message
+
+
+def effective_options(model_parameters: dict[str, Any], request_options: dict[str, Any]) -> dict[str, Any]:
+    """Modelfile parameters overridden by the request's options (stop lists are replaced, not merged)."""
+    merged = dict(model_parameters)
+    merged.update(request_options)
+    return merged
+
+
+def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options: dict) -> dict:
+    """The ``/completion`` body for the runner (see docs/runner-protocol.md)."""
+    body: dict[str, Any] = {
+        "options": runtime_options,
+        "format": request.format,
+        "priority": request.priority,
+        "truncate": request.truncate,
+    }
+    if isinstance(request, GenerateRequest) and request.raw:
+        body["prompt"] = request.prompt
+        return body
+    template = getattr(request, "template", None) or record.template
+    if template:
+        body["template"] = template
+    body["messages"] = [m.to_json() for m in conversation(record, request)]
+    return body
+
+
+def conversation(record, request: GenerateRequest | ChatRequest) -> list[Message]:
+    """The full message list: Modelfile system and messages, then the request's own."""
+    if isinstance(request, GenerateRequest):
+        own = [Message("user", request.prompt)]
+        system = request.system if request.system is not None else record.system
+    else:
+        own = list(request.messages)
+        system = None if any(m.role == "system" for m in own) else record.system
+    prefix = [Message(m["role"], m["content"]) for m in (record.messages or [])]
+    if system:
+        prefix.insert(0, Message("system", system))
+    return prefix + own
+
+
+def load_options(request_load: dict, model_parameters: dict, defaults: dict) -> dict:
+    """Load-time options in effect: request > Modelfile > daemon defaults."""
+    _, model_load = split_options(model_parameters)
+    return merge_parameters(merge_parameters(defaults, model_load), request_load)

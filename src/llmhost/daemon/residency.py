@@ -1,0 +1,297 @@
+"""Residency: which models are loaded, when they load, and when they leave.
+
+Rules (the bar is Ollama's scheduler, which evicts by keep_alive then name and ignores size):
+- one load at a time; requests for a model that is loading wait for it;
+- a resident runner whose load options cover the request serves it (no reload for a smaller num_ctx);
+- eviction takes idle models only, least recently used first, preferring one whose departure alone
+  frees enough; pinned models (keep_alive < 0) are never evicted;
+- a model that cannot fit even after evicting everything evictable is refused with the numbers;
+- at most ``max_queue`` requests wait; beyond that → ServerBusy (503) at once.
+
+Time comes from an injectable clock so keep_alive expiry is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from llmhost.daemon.runners import LoadSpec, Runner, RunnerFactory
+from llmhost.errors import InsufficientMemory, ServerBusy
+from llmhost.units import format_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resident:
+    """A loaded model and its books."""
+
+    name: str
+    spec: LoadSpec
+    runner: Runner
+    size: int
+    load_duration: float
+    keep_alive: float
+    last_used: float
+    refcount: int = 0
+    expires_at: float | None = None  # clock time; None while busy or pinned
+    unloading: bool = False
+    info: dict = field(default_factory=dict)  # digest, details… for /api/ps
+
+    @property
+    def pinned(self) -> bool:
+        return math.isinf(self.keep_alive)
+
+    @property
+    def idle(self) -> bool:
+        return self.refcount == 0
+
+
+class Lease:
+    """One request's hold on a resident model; ``release()`` when the request ends."""
+
+    def __init__(self, residency: "Residency", resident: Resident, load_duration: float):
+        self.residency = residency
+        self.resident = resident
+        self.runner = resident.runner
+        self.load_duration = load_duration
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.residency._release(self.resident)
+
+
+class Residency:
+    """Loads, shares, expires and evicts runners."""
+
+    def __init__(
+        self,
+        factory: RunnerFactory,
+        *,
+        max_loaded: int,
+        max_queue: int,
+        memory_budget: int,
+        estimate: Callable[[LoadSpec], int] = lambda spec: 0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._factory = factory
+        self._max_loaded = max_loaded
+        self._max_queue = max_queue
+        self.memory_budget = memory_budget
+        self._estimate = estimate
+        self._clock = clock
+        self._wall = wall_clock
+        self._residents: dict[LoadSpec, Resident] = {}
+        self._load_lock = asyncio.Lock()
+        self._waiting = 0
+        self._changed = asyncio.Event()
+        self._reaper: asyncio.Task | None = None
+        self._closed = False
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def residents(self) -> list[Resident]:
+        return list(self._residents.values())
+
+    def expires_wall(self, resident: Resident) -> float | None:
+        """Wall-clock expiry for display (busy models show now + keep_alive, pinned ones None)."""
+        if resident.pinned:
+            return None
+        if resident.expires_at is not None:
+            return self._wall() + (resident.expires_at - self._clock())
+        return self._wall() + resident.keep_alive
+
+    def _usable(self, spec: LoadSpec) -> Resident | None:
+        for resident in self._residents.values():
+            if not resident.unloading and resident.spec.covers(spec):
+                return resident
+        return None
+
+    # ---- acquire / release ---------------------------------------------------------------------
+
+    async def acquire(self, spec: LoadSpec, name: str, keep_alive: float, info: dict | None = None) -> Lease:
+        """Hold a runner for ``spec``, loading it (and evicting others) if needed."""
+        if self._waiting >= self._max_queue:
+            raise ServerBusy()
+        self._waiting += 1
+        try:
+            while True:
+                resident = self._usable(spec)
+                if resident is not None:
+                    return self._take(resident, keep_alive, 0.0)
+                async with self._load_lock:
+                    if self._usable(spec) is not None:
+                        continue
+                    await self._make_room(spec)
+                    resident = await self._load(spec, name, keep_alive, info or {})
+                    return self._take(resident, keep_alive, resident.load_duration)
+        finally:
+            self._waiting -= 1
+
+    def _take(self, resident: Resident, keep_alive: float, load_duration: float) -> Lease:
+        resident.refcount += 1
+        resident.keep_alive = keep_alive
+        resident.expires_at = None
+        return Lease(self, resident, load_duration)
+
+    def _release(self, resident: Resident) -> None:
+        resident.refcount -= 1
+        resident.last_used = self._clock()
+        if resident.refcount == 0 and self._residents.get(resident.spec) is resident:
+            if resident.keep_alive <= 0 or resident.unloading:
+                self._spawn(self._unload(resident))
+            elif not resident.pinned:
+                resident.expires_at = self._clock() + resident.keep_alive
+                self._schedule_reaper()
+        self._notify()
+
+    # ---- loading and eviction ------------------------------------------------------------------
+
+    async def _load(self, spec: LoadSpec, name: str, keep_alive: float, info: dict) -> Resident:
+        started = self._clock()
+        runner = await self._factory.start(spec)
+        load_duration = self._clock() - started
+        size = runner.memory_bytes or self._estimate(spec)
+        estimate = self._estimate(spec)
+        if estimate and runner.memory_bytes:
+            log.info("%s: estimated %s, runner reports %s (ratio %.2f)", name, format_size(estimate),
+                     format_size(runner.memory_bytes), estimate / runner.memory_bytes)
+        resident = Resident(name=name, spec=spec, runner=runner, size=max(size, estimate),
+                            load_duration=load_duration, keep_alive=keep_alive,
+                            last_used=self._clock(), info=info)
+        self._residents[spec] = resident
+        self._spawn(self._watch(resident))
+        return resident
+
+    async def _watch(self, resident: Resident) -> None:
+        """Supervision: a runner that exits on its own is forgotten, so the next request reloads it."""
+        status = await resident.runner.wait_exited()
+        if self._residents.get(resident.spec) is resident:
+            log.warning("runner for %s exited unexpectedly (status %s)", resident.name, status)
+            del self._residents[resident.spec]
+            self._notify()
+
+    def _used(self) -> int:
+        return sum(r.size for r in self._residents.values())
+
+    async def _make_room(self, spec: LoadSpec) -> None:
+        """Evict idle models until ``spec`` fits in count and memory; wait for busy ones if needed."""
+        needed = self._estimate(spec)
+        if needed > self.memory_budget:
+            raise InsufficientMemory(
+                f"model requires {format_size(needed)} of memory but only {format_size(self.memory_budget)} "
+                "is available to llmhost (LLMHOST_MAX_MEMORY)")
+        for stale in [r for r in self._residents.values() if r.spec.key == spec.key]:
+            stale.unloading = True  # loaded with options that do not cover this request
+        while True:
+            for stale in [r for r in self._residents.values() if r.unloading and r.idle]:
+                await self._unload(stale)
+            over_count = len(self._residents) >= self._max_loaded
+            short = self._used() + needed - self.memory_budget
+            if not over_count and short <= 0:
+                return
+            victim = self._choose_victim(short)
+            if victim is not None:
+                log.info("evicting %s to make room", victim.name)
+                await self._unload(victim)
+                continue
+            if not any(not r.pinned for r in self._residents.values()):
+                raise InsufficientMemory(self._no_room_message(needed, over_count))
+            changed = self._changed
+            await changed.wait()
+
+    def _choose_victim(self, short: int) -> Resident | None:
+        idle = sorted((r for r in self._residents.values() if r.idle and not r.pinned),
+                      key=lambda r: r.last_used)
+        for resident in idle:  # least recently used that alone frees enough
+            if resident.size >= short:
+                return resident
+        return idle[0] if idle else None
+
+    def _no_room_message(self, needed: int, over_count: bool) -> str:
+        if over_count:
+            return (f"cannot load another model: {len(self._residents)} models are loaded "
+                    "(LLMHOST_MAX_LOADED_MODELS) and all are pinned with keep_alive < 0")
+        available = self.memory_budget - sum(r.size for r in self._residents.values() if r.pinned)
+        return (f"model requires {format_size(needed)} of memory but only {format_size(max(available, 0))} "
+                "can be freed (the rest is held by pinned models)")
+
+    async def _unload(self, resident: Resident) -> None:
+        if self._residents.get(resident.spec) is resident:
+            del self._residents[resident.spec]
+        resident.unloading = True
+        await resident.runner.close()
+        self._notify()
+
+    # ---- keep_alive ----------------------------------------------------------------------------
+
+    async def expire(self, key: str) -> bool:
+        """Unload every runner of model ``key`` now, or as soon as it is idle; True if any was loaded."""
+        found = False
+        for resident in [r for r in self._residents.values() if r.spec.key == key]:
+            found = True
+            resident.keep_alive = 0
+            resident.unloading = True
+            if resident.idle:
+                await self._unload(resident)
+        return found
+
+    async def reap(self) -> None:
+        """Unload idle models whose keep_alive has run out."""
+        now = self._clock()
+        for resident in list(self._residents.values()):
+            if resident.idle and resident.expires_at is not None and resident.expires_at <= now:
+                log.info("keep_alive expired for %s", resident.name)
+                await self._unload(resident)
+
+    def _schedule_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        while not self._closed:
+            due = [r.expires_at for r in self._residents.values() if r.idle and r.expires_at is not None]
+            if not due:
+                return
+            await asyncio.sleep(max(0.0, min(due) - self._clock()) + 0.01)
+            await self.reap()
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await asyncio.gather(*(self._unload(r) for r in list(self._residents.values())),
+                             return_exceptions=True)
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    @staticmethod
+    def _spawn(coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()
+
+
+@contextlib.asynccontextmanager
+async def leased(residency: Residency, spec: LoadSpec, name: str, keep_alive: float, info: dict | None = None):
+    lease = await residency.acquire(spec, name, keep_alive, info)
+    try:
+        yield lease
+    finally:
+        lease.release()

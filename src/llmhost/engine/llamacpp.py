@@ -1,0 +1,407 @@
+"""Thin typed wrapper over llama-cpp-python's low-level ctypes API: the only module importing llama_cpp.
+
+Everything above this module works with plain Python/numpy values: ``Model`` (weights, vocabulary,
+tokenizer, metadata), ``Context`` (the KV cache and ``llama_decode``), ``Batch`` (a ``llama_batch``
+whose arrays are numpy buffers, so a 2,000-token prefill is a few slice assignments instead of
+thousands of ctypes element writes) and ``SamplerChain`` (a native ``llama_sampler`` chain).
+
+Not thread-safe by itself: the engine thread owns the Context; the Model's read-only calls
+(tokenize, pieces, sampler construction) are safe from other threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp.llama_cpp as L
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+__all__ = [
+    "Batch",
+    "Context",
+    "LoadError",
+    "Model",
+    "SamplerChain",
+    "DecodeError",
+    "JSON_GBNF",
+    "json_schema_to_gbnf",
+    "init_backend",
+]
+
+log = logging.getLogger("llmhost.llama")
+
+# ggml_log_level (ggml.h) -> logging levels; CONT (5) continues the previous line's level.
+# (llama_cpp's own _logger maps these wrongly, so its callback is replaced in init_backend.)
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+
+
+class LoadError(Exception):
+    """The model or its context could not be created; the message is meant for the user."""
+
+
+class DecodeError(Exception):
+    """``llama_decode`` failed; ``code`` is its return value (1: no KV slot, 2: aborted, <0: error)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"llama_decode failed with status {code}")
+        self.code = code
+
+
+class _LogRouter:
+    """Routes llama.cpp's log lines to Python logging and remembers the first error line since the
+    last ``reset()``.
+
+    That line (the root cause, e.g. "bad GGUF version") is what a failed load reports, because
+    ``llama_model_load_from_file`` itself only returns NULL; later lines only repeat "failed".
+    """
+
+    def __init__(self) -> None:
+        self.first_error = ""
+        self._level = logging.INFO
+        self._line = ""
+        self.callback = L.llama_log_callback(self._on_log)  # keep a reference: C holds the pointer
+
+    def _on_log(self, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level != 5:
+            self._level = _LEVELS.get(level, logging.INFO)
+        if self._level >= logging.ERROR or log.isEnabledFor(self._level):
+            self._line += text.decode("utf-8", errors="replace")
+            if self._line.endswith("\n"):
+                line, self._line = self._line.strip(), ""
+                if self._level >= logging.ERROR and line and not self.first_error:
+                    self.first_error = line
+                log.log(self._level, "%s", line)
+
+
+_router = _LogRouter()
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and take over its logging."""
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            L.llama_log_set(_router.callback, ctypes.c_void_p(0))
+            L.llama_backend_init()
+            _backend_ready = True
+
+
+class Model:
+    """Loaded weights plus vocabulary; tokenize/detokenize helpers with a piece cache."""
+
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, use_mmap: bool = True):
+        init_backend()
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise LoadError(f"model file not found: {self.path}")
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_mmap = use_mmap
+        # The AMX repack path (an "extra buffer type") segfaults in llama_decode on these Xeons.
+        params.use_extra_bufts = False
+        _router.first_error = ""
+        self._ptr = L.llama_model_load_from_file(self.path.encode(), params)
+        if not self._ptr:
+            detail = _router.first_error or "unsupported or corrupt GGUF file"
+            raise LoadError(f"failed to load model {self.path}: {detail}")
+        self._vocab = L.llama_model_get_vocab(self._ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
+        self.n_embd = L.llama_model_n_embd(self._ptr)
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self.bos = L.llama_vocab_bos(self._vocab)
+        self.eos = L.llama_vocab_eos(self._vocab)
+        self.size_bytes = L.llama_model_size(self._ptr)
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    @property
+    def vocab(self):
+        return self._vocab
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_model_free(self._ptr)
+            self._ptr = None
+
+    # --- metadata -------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None when absent."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_model_meta_val_str(self._ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        """The GGUF's default Jinja chat template (``tokenizer.chat_template``), if any."""
+        raw = L.llama_model_chat_template(self._ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary text of a token (e.g. "<|im_end|>"), empty for an invalid id."""
+        if token < 0 or token >= self.n_vocab:
+            return ""
+        raw = L.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+    # --- text <-> tokens --------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> np.ndarray:
+        """Tokens of ``text`` as an int32 array.
+
+        The buffer is sized from the text (at most one token per byte, plus BOS/EOS), not from the
+        training context, so short calls stay cheap.
+        """
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            out = np.empty(capacity, dtype=np.int32)
+            ptr = out.ctypes.data_as(ctypes.POINTER(L.llama_token))
+            n = L.llama_tokenize(self._vocab, data, len(data), ptr, capacity, add_special, parse_special)
+            if n >= 0:
+                return out[:n].copy()
+            capacity = -n
+
+    def piece(self, token: int) -> bytes:
+        """Bytes of one token as generated text (special tokens render as nothing), cached."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._token_to_piece(token)
+            self._pieces[token] = cached
+        return cached
+
+    def _token_to_piece(self, token: int) -> bytes:
+        size = 32
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_token_to_piece(self._vocab, token, buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def detokenize(self, tokens) -> str:
+        """Text of a token sequence (special tokens rendered as nothing)."""
+        return b"".join(self.piece(int(t)) for t in tokens).decode("utf-8", errors="replace")
+
+
+class Context:
+    """A llama_context: the KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequence ids."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_threads: int | None = None,
+        kv_unified: bool = True,
+        embeddings: bool = False,
+        pooling: int | None = None,
+    ):
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_seq_max = n_seq_max
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.kv_unified = kv_unified
+        params.embeddings = embeddings
+        if pooling is not None:
+            params.pooling_type = pooling
+        if n_threads:
+            params.n_threads = params.n_threads_batch = n_threads
+        _router.first_error = ""
+        self._ptr = L.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            detail = _router.first_error or "out of memory?"
+            raise LoadError(f"failed to create a context of {n_ctx} tokens: {detail}")
+        self._mem = L.llama_get_memory(self._ptr)
+        self.n_ctx = L.llama_n_ctx(self._ptr)
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_free(self._ptr)
+            self._ptr = None
+
+    def decode(self, batch: "Batch") -> None:
+        """Run the model over the batch; raises DecodeError on a non-zero status."""
+        rc = L.llama_decode(self._ptr, batch.struct)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    def embeddings_seq(self, seq_id: int, n_embd: int) -> np.ndarray | None:
+        """The pooled embedding of a sequence (a copy), or None without pooling."""
+        ptr = L.llama_get_embeddings_seq(self._ptr, seq_id)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy()
+
+    # --- KV memory (positions are half-open [p0, p1); -1 means "to the end") ---------------------
+
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        """Drop positions of a sequence; False when the cache cannot remove part of a sequence."""
+        return bool(L.llama_memory_seq_rm(self._mem, seq_id, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Make ``dst`` share ``src``'s cells in [p0, p1) (unified KV: metadata only)."""
+        L.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        return L.llama_memory_seq_pos_min(self._mem, seq_id)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return L.llama_memory_seq_pos_max(self._mem, seq_id)
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self._mem, True)
+
+
+class Batch:
+    """A ``llama_batch`` backed by numpy arrays (one sequence id per row).
+
+    The struct's pointers point into arrays this object owns, so it must never be passed to
+    ``llama_batch_free``; it lives as long as this object.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self._n_seq_id = np.ones(capacity, dtype=np.int32)
+        # seq_id is an array of pointers to per-row id arrays: point row i at self.seq[i].
+        self._seq_ptrs = (self.seq.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(np.uint64)
+        s = L.llama_batch()
+        s.n_tokens = 0
+        s.token = self.tokens.ctypes.data_as(ctypes.POINTER(L.llama_token))
+        s.embd = None
+        s.pos = self.pos.ctypes.data_as(ctypes.POINTER(L.llama_pos))
+        s.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        s.seq_id = ctypes.cast(self._seq_ptrs.ctypes.data, ctypes.POINTER(ctypes.POINTER(L.llama_seq_id)))
+        s.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct = s
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+        self.struct.n_tokens = 0
+
+    def add(self, tokens: np.ndarray, start_pos: int, seq_id: int, *, logits: str = "last") -> int:
+        """Append ``tokens`` of one sequence at positions ``start_pos…``; returns the last row index.
+
+        ``logits``: "last" (only the final row is an output), "all" or "none".
+        """
+        n = len(tokens)
+        i, j = self.n_tokens, self.n_tokens + n
+        if j > self.capacity:
+            raise ValueError(f"batch overflow: {j} > {self.capacity}")
+        self.tokens[i:j] = tokens
+        self.pos[i:j] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self.seq[i:j] = seq_id
+        self.logits[i:j] = 1 if logits == "all" else 0
+        if logits == "last" and n:
+            self.logits[j - 1] = 1
+        self.n_tokens = j
+        self.struct.n_tokens = j
+        return j - 1
+
+
+class SamplerChain:
+    """A native sampler chain; ``sample`` picks the next token from a batch row's logits and
+    accepts it (updating penalties, grammar and mirostat state)."""
+
+    def __init__(self) -> None:
+        params = L.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self._ptr = L.llama_sampler_chain_init(params)
+
+    def _add(self, sampler) -> "SamplerChain":
+        if not sampler:
+            raise ValueError("llama.cpp refused the sampler")
+        L.llama_sampler_chain_add(self._ptr, sampler)  # the chain now owns it
+        return self
+
+    def add_penalties(self, n_vocab: int, last_n: int, repeat: float, freq: float, present: float):
+        return self._add(L.llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present))
+
+    def add_grammar(self, model: Model, gbnf: str, root: str = "root"):
+        """Constrain output to a GBNF grammar; ValueError when llama.cpp cannot parse it."""
+        _router.first_error = ""
+        sampler = L.llama_sampler_init_grammar(model.vocab, gbnf.encode(), root.encode())
+        if not sampler:
+            raise ValueError(_router.first_error or "invalid grammar")
+        return self._add(sampler)
+
+    def add_top_k(self, k: int):
+        return self._add(L.llama_sampler_init_top_k(k))
+
+    def add_typical(self, p: float):
+        return self._add(L.llama_sampler_init_typical(p, 1))
+
+    def add_top_p(self, p: float):
+        return self._add(L.llama_sampler_init_top_p(p, 1))
+
+    def add_min_p(self, p: float):
+        return self._add(L.llama_sampler_init_min_p(p, 1))
+
+    def add_temperature(self, t: float):
+        return self._add(L.llama_sampler_init_temp(t))
+
+    def add_dist(self, seed: int):
+        return self._add(L.llama_sampler_init_dist(_seed(seed)))
+
+    def add_greedy(self):
+        return self._add(L.llama_sampler_init_greedy())
+
+    def add_mirostat(self, n_vocab: int, seed: int, tau: float, eta: float):
+        return self._add(L.llama_sampler_init_mirostat(n_vocab, _seed(seed), tau, eta, 100))
+
+    def add_mirostat_v2(self, seed: int, tau: float, eta: float):
+        return self._add(L.llama_sampler_init_mirostat_v2(_seed(seed), tau, eta))
+
+    def accept(self, token: int) -> None:
+        """Feed a token that was not sampled (e.g. a prompt token) into the penalty history."""
+        L.llama_sampler_accept(self._ptr, token)
+
+    def sample(self, ctx: Context, row: int) -> int:
+        return L.llama_sampler_sample(self._ptr, ctx.ptr, row)
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def __del__(self) -> None:  # a safety net; the engine frees chains explicitly when a sequence ends
+        self.close()
+
+
+def _seed(seed: int) -> int:
+    return _DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF

@@ -1,0 +1,122 @@
+"""Per-request sampling: options → ``SamplingParams`` → a native llama.cpp sampler chain.
+
+Chain order follows llama.cpp's common sampler: penalties, grammar, then truncation (top_k, typical,
+top_p, min_p), temperature and a seeded ``dist`` draw. Temperature 0 is greedy; mirostat 1/2 replace
+the truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from llmhost.api.options import DEFAULTS, RUNTIME_OPTIONS, validate_options
+from llmhost.engine.llamacpp import JSON_GBNF, Model, SamplerChain, json_schema_to_gbnf
+from llmhost.errors import BadRequest, InvalidOption
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Runtime options of one request, with Ollama's defaults filled in."""
+
+    num_keep: int = DEFAULTS["num_keep"]
+    seed: int = DEFAULTS["seed"]
+    num_predict: int = DEFAULTS["num_predict"]
+    top_k: int = DEFAULTS["top_k"]
+    top_p: float = DEFAULTS["top_p"]
+    min_p: float = DEFAULTS["min_p"]
+    typical_p: float = DEFAULTS["typical_p"]
+    repeat_last_n: int = DEFAULTS["repeat_last_n"]
+    temperature: float = DEFAULTS["temperature"]
+    repeat_penalty: float = DEFAULTS["repeat_penalty"]
+    presence_penalty: float = DEFAULTS["presence_penalty"]
+    frequency_penalty: float = DEFAULTS["frequency_penalty"]
+    mirostat: int = DEFAULTS["mirostat"]
+    mirostat_tau: float = DEFAULTS["mirostat_tau"]
+    mirostat_eta: float = DEFAULTS["mirostat_eta"]
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_options(cls, options: Any) -> "SamplingParams":
+        """Validate a request's ``options`` (load-time keys are ignored here) and fill defaults."""
+        checked = validate_options(options)
+        runtime = {k: v for k, v in checked.items() if k in RUNTIME_OPTIONS}
+        if "stop" in runtime:
+            runtime["stop"] = tuple(runtime["stop"])
+        params = cls(**runtime)
+        params._check_ranges()
+        return params
+
+    def _check_ranges(self) -> None:
+        if self.mirostat not in (0, 1, 2):
+            raise InvalidOption('option "mirostat" must be 0, 1 or 2')
+        if self.temperature < 0:
+            raise InvalidOption('option "temperature" must not be negative')
+        if self.repeat_penalty <= 0:
+            raise InvalidOption('option "repeat_penalty" must be greater than 0')
+
+
+RUNTIME_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+assert RUNTIME_FIELDS == set(RUNTIME_OPTIONS), "SamplingParams must mirror api.options.RUNTIME_OPTIONS"
+
+
+def grammar_for_format(fmt: Any) -> str | None:
+    """The GBNF grammar for a request's ``format``: None, "json" or a JSON-schema object."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return JSON_GBNF
+    if isinstance(fmt, dict):
+        try:
+            return json_schema_to_gbnf(json.dumps(fmt))
+        except Exception as e:  # the converter raises ValueError, KeyError, … on bad schemas
+            raise BadRequest(f"invalid JSON schema in format: {e}") from None
+    raise BadRequest('"format" must be "json" or a JSON schema object')
+
+
+def build_sampler(model: Model, params: SamplingParams, *, grammar: str | None, n_ctx: int) -> SamplerChain:
+    """A fresh sampler chain for one sequence; the caller frees it when the sequence ends."""
+    chain = SamplerChain()
+    try:
+        _add_penalties(chain, model, params, n_ctx)
+        if grammar is not None:
+            try:
+                chain.add_grammar(model, grammar)
+            except ValueError as e:
+                raise BadRequest(f"invalid grammar for format: {e}") from None
+        _add_selection(chain, model, params)
+    except BaseException:
+        chain.close()
+        raise
+    return chain
+
+
+def _add_penalties(chain: SamplerChain, model: Model, p: SamplingParams, n_ctx: int) -> None:
+    last_n = n_ctx if p.repeat_last_n < 0 else p.repeat_last_n
+    neutral = p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
+    if last_n == 0 or neutral:
+        return
+    chain.add_penalties(model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+
+
+def _add_selection(chain: SamplerChain, model: Model, p: SamplingParams) -> None:
+    if p.temperature == 0:
+        chain.add_greedy()
+        return
+    if p.mirostat == 1:
+        chain.add_temperature(p.temperature).add_mirostat(model.n_vocab, p.seed, p.mirostat_tau, p.mirostat_eta)
+        return
+    if p.mirostat == 2:
+        chain.add_temperature(p.temperature).add_mirostat_v2(p.seed, p.mirostat_tau, p.mirostat_eta)
+        return
+    # Neutral values are skipped: each sampler costs a pass over the candidates.
+    if p.top_k > 0:
+        chain.add_top_k(p.top_k)
+    if 0 < p.typical_p < 1:
+        chain.add_typical(p.typical_p)
+    if 0 < p.top_p < 1:
+        chain.add_top_p(p.top_p)
+    if p.min_p > 0:
+        chain.add_min_p(p.min_p)
+    chain.add_temperature(p.temperature).add_dist(p.seed)

@@ -1,0 +1,115 @@
+"""Chat templates: render ``messages`` to a prompt with the model's Jinja template.
+
+Templates come from GGUF files and Modelfiles, i.e. from strangers, so they run in Jinja's
+``ImmutableSandboxedEnvironment``. The variables and helpers follow Hugging Face's
+``apply_chat_template`` conventions (``messages``, ``add_generation_prompt``, ``bos_token``,
+``eos_token``, ``raise_exception``, ``tojson``, ``strftime_now``), which is what GGUF templates are
+written against. Any failure — a syntax error at compile time, ``raise_exception`` or a runtime error
+while rendering — becomes a ``BadRequest`` with the template's own message.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Sequence
+
+import jinja2
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llmhost.errors import BadRequest
+
+# Used when a GGUF has no template: ChatML is what most small instruct models were tuned on.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(BadRequest):
+    """A chat template that does not compile or fails while rendering."""
+
+
+class _GenerationTag(Extension):
+    """``{% generation %}…{% endgeneration %}`` (HF's assistant-mask marker): render the body as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, indent: int | None = None, separators=None, sort_keys: bool = False, ensure_ascii=False):
+    # HF's tojson keeps non-ASCII text readable (Jinja's built-in escapes it for HTML).
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    # trim_blocks/lstrip_blocks: HF renders templates with these, and templates rely on them.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.loopcontrols", _GenerationTag],
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+class ChatTemplate:
+    """A compiled chat template plus the special-token texts it may reference."""
+
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        try:
+            self._template = _environment().from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"invalid chat template (line {e.lineno}): {e.message}") from None
+
+    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any) -> str:
+        """The prompt text for ``messages``; ``extra`` adds template variables (e.g. ``tools``)."""
+        try:
+            return self._template.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **extra,
+            )
+        except jinja2.exceptions.TemplateError as e:
+            raise TemplateError(f"chat template error: {e.message or e}") from None
+        except Exception as e:  # a template can raise anything (TypeError on bad message shapes, …)
+            raise TemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """``messages`` as a list of dicts with a string ``role`` and string ``content``."""
+    if not isinstance(messages, list):
+        raise BadRequest('"messages" must be a list')
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string \"role\"")
+        content = message.get("content", "")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string")
+        checked.append({**message, "content": content})
+    return checked

@@ -1,0 +1,92 @@
+"""A fake runner and factory for daemon tests: canned output, declared memory, observable lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmhost.daemon.runners import LoadSpec
+from llmhost.errors import RunnerError
+
+
+def spec(key: str = "sha256:" + "a" * 64, num_ctx: int = 2048, **kw) -> LoadSpec:
+    values = dict(key=key, model_path=Path("/nonexistent"), num_ctx=num_ctx, parallel=1, num_batch=512,
+                  num_gpu=-1, threads=1)
+    values.update(kw)
+    return LoadSpec(**values)
+
+
+class FakeRunner:
+    def __init__(self, spec: LoadSpec, memory_bytes: int, words: list[str], gate: asyncio.Event | None):
+        self.spec = spec
+        self.memory_bytes = memory_bytes
+        self.words = words
+        self.gate = gate
+        self.closed = False
+        self.bodies: list[dict] = []
+        self._exited: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def completion(self, body: dict):
+        self.bodies.append(body)
+        for i, word in enumerate(self.words):
+            if self._exited.done():
+                raise RunnerError("model runner crashed (signal 9)")
+            if self.gate is not None and i == 1:
+                await self.gate.wait()
+            yield {"content": word}
+            await asyncio.sleep(0)
+        if self._exited.done():
+            raise RunnerError("model runner crashed (signal 9)")
+        yield {"done": True, "done_reason": "stop", "prompt_eval_count": 5, "prompt_cached_count": 0,
+               "prompt_eval_duration": 1000, "eval_count": len(self.words), "eval_duration": 2000}
+
+    async def embed(self, body: dict) -> dict:
+        return {"embeddings": [[0.6, 0.8, 0.0] for _ in body["input"]], "prompt_eval_count": 3}
+
+    def crash(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(-9)
+
+    async def close(self) -> None:
+        self.closed = True
+        if not self._exited.done():
+            self._exited.set_result(0)
+
+    async def wait_exited(self) -> int:
+        return await self._exited
+
+
+@dataclass
+class FakeFactory:
+    """Starts FakeRunners; ``memory`` maps a model key to the bytes its runner declares."""
+
+    memory: dict[str, int] = field(default_factory=dict)
+    words: list[str] = field(default_factory=lambda: ["Hello", ",", " world"])
+    gate: asyncio.Event | None = None
+    load_delay: float = 0.0
+    started: list[FakeRunner] = field(default_factory=list)
+    fail_with: str | None = None
+
+    async def start(self, spec: LoadSpec) -> FakeRunner:
+        if self.load_delay:
+            await asyncio.sleep(self.load_delay)
+        if self.fail_with:
+            raise RunnerError(self.fail_with)
+        runner = FakeRunner(spec, self.memory.get(spec.key, 100), self.words, self.gate)
+        self.started.append(runner)
+        return runner
+
+    def live(self) -> list[FakeRunner]:
+        return [r for r in self.started if not r.closed and not r._exited.done()]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,148 @@
+"""A tiny random-weight ``llama`` GGUF for fast tests.
+
+The file borrows SmolLM2's tokenizer (vocabulary, merges, special ids) and chat template from the
+real model, so prompts tokenize and render exactly as they would with SmolLM2, while the network is
+2 layers of width 64 in float32: it loads in milliseconds and produces meaningless but deterministic
+text. Weights come from a fixed numpy seed, so two files written with the same arguments are equal.
+
+Use ``write_tiny_llama(path)`` directly, or the session fixture ``tiny_model`` (see
+``tests/support/fixtures.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMOLLM2 = REPO_ROOT / ".test-models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = REPO_ROOT / ".test-models" / "gemma-3-270m-q4_k_m.gguf"
+
+# Fields copied verbatim from the source model: everything llama.cpp needs to build the tokenizer.
+_TOKENIZER_FIELDS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+)
+_CHAT_TEMPLATE = "tokenizer.chat_template"
+KEEP_TEMPLATE = object()  # sentinel: copy the source model's chat template
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    """Hyper-parameters of the tiny network (defaults: 2 layers, width 64)."""
+
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_ctx_train: int = 2048
+
+
+@dataclass(frozen=True)
+class _Field:
+    value: Any
+    kind: GGUFValueType
+    sub_kind: GGUFValueType | None = None
+
+
+def read_tokenizer(source: Path = SMOLLM2) -> dict[str, _Field]:
+    """The tokenizer fields (and chat template) of ``source``, keyed by GGUF name."""
+    reader = GGUFReader(source)
+    found: dict[str, _Field] = {}
+    for name in (*_TOKENIZER_FIELDS, _CHAT_TEMPLATE):
+        field = reader.fields.get(name)
+        if field is None:
+            continue
+        sub_kind = field.types[1] if len(field.types) > 1 else None
+        found[name] = _Field(field.contents(), field.types[0], sub_kind)
+    return found
+
+
+def write_tiny_llama(
+    path: Path,
+    *,
+    source: Path = SMOLLM2,
+    shape: TinyShape = TinyShape(),
+    seed: int = 0,
+    chat_template: Any = KEEP_TEMPLATE,
+    tokenizer: dict[str, _Field] | None = None,
+) -> Path:
+    """Write the tiny model to ``path`` and return it.
+
+    ``chat_template``: KEEP_TEMPLATE copies the source's, None leaves the file without one (to test
+    the fallback), a string replaces it. ``tokenizer`` lets callers reuse ``read_tokenizer()``'s
+    result when writing several variants (reading 49k tokens takes a moment).
+    """
+    fields = dict(tokenizer if tokenizer is not None else read_tokenizer(source))
+    if chat_template is not KEEP_TEMPLATE:
+        fields.pop(_CHAT_TEMPLATE, None)
+    n_vocab = len(fields["tokenizer.ggml.tokens"].value)
+    writer = GGUFWriter(str(path), "llama")
+    _add_hparams(writer, shape, n_vocab)
+    for name, field in fields.items():
+        writer.add_key_value(name, field.value, field.kind, sub_type=field.sub_kind)
+    if isinstance(chat_template, str):
+        writer.add_chat_template(chat_template)
+    for name, tensor in _tensors(shape, n_vocab, seed):
+        writer.add_tensor(name, tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _add_hparams(writer: GGUFWriter, shape: TinyShape, n_vocab: int) -> None:
+    writer.add_name("tiny-llama-test")
+    writer.add_context_length(shape.n_ctx_train)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_head_kv)
+    writer.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(0)  # ALL_F32
+
+
+def _tensors(shape: TinyShape, n_vocab: int, seed: int):
+    """(name, array) pairs; numpy shapes are (rows, cols) = GGUF's dims reversed."""
+    rng = np.random.default_rng(seed)
+    d, head_dim = shape.n_embd, shape.n_embd // shape.n_head
+    d_kv = head_dim * shape.n_head_kv
+
+    def weight(*dims: int, scale: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(dims) * scale).astype(np.float32)
+
+    # A large embedding/output scale makes the logits peaky, so greedy decoding does not collapse
+    # onto one token and different prompts give visibly different continuations.
+    yield "token_embd.weight", weight(n_vocab, d, scale=1.0)
+    for i in range(shape.n_layer):
+        yield f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32)
+        yield f"blk.{i}.attn_q.weight", weight(d, d)
+        yield f"blk.{i}.attn_k.weight", weight(d_kv, d)
+        yield f"blk.{i}.attn_v.weight", weight(d_kv, d)
+        yield f"blk.{i}.attn_output.weight", weight(d, d)
+        yield f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32)
+        yield f"blk.{i}.ffn_gate.weight", weight(shape.n_ff, d)
+        yield f"blk.{i}.ffn_up.weight", weight(shape.n_ff, d)
+        yield f"blk.{i}.ffn_down.weight", weight(d, shape.n_ff)
+    yield "output_norm.weight", np.ones(d, dtype=np.float32)
+    yield "output.weight", weight(n_vocab, d, scale=1.0)
