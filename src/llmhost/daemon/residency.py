@@ -160,12 +160,12 @@ class Residency:
         started = self._clock()
         runner = await self._factory.start(spec)
         load_duration = self._clock() - started
-        size = runner.memory_bytes or self._estimate(spec)
         estimate = self._estimate(spec)
         if estimate and runner.memory_bytes:
-            log.info("%s: estimated %s, runner reports %s (ratio %.2f)", name, format_size(estimate),
-                     format_size(runner.memory_bytes), estimate / runner.memory_bytes)
-        resident = Resident(name=name, spec=spec, runner=runner, size=max(size, estimate),
+            log.info("%s: estimated %s, runner reports %s (estimate error %+.0f%%)", name,
+                     format_size(estimate), format_size(runner.memory_bytes),
+                     100 * (estimate / runner.memory_bytes - 1))
+        resident = Resident(name=name, spec=spec, runner=runner, size=runner.memory_bytes or estimate,
                             load_duration=load_duration, keep_alive=keep_alive,
                             last_used=self._clock(), info=info)
         self._residents[spec] = resident

@@ -66,7 +66,7 @@ async def _infer(request: web.Request, req, empty: bool, wrap) -> web.StreamResp
 async def _load_or_unload(state: DaemonState, req, record, started: float, wrap) -> dict:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (``llm stop``)."""
     if req.keep_alive == 0:
-        await state.residency.expire(record.model_digest)
+        await state.residency.expire(record.runner_key)
         reason = "unload"
     else:
         lease, _ = await _lease_for(state, req, record)

@@ -110,8 +110,8 @@ async def delete(request: web.Request) -> web.Response:
     record = await asyncio.to_thread(state.store.load, name)
     remaining = [e for e in await asyncio.to_thread(state.store.list_models)
                  if e.name.key() != record.name.key()]
-    if not any(_uses_blob(e, record.model_digest) for e in remaining):
-        await state.residency.expire(record.model_digest)
+    if not any(_uses_blob(e, record.runner_key) for e in remaining):
+        await state.residency.expire(record.runner_key)
     await asyncio.to_thread(state.store.delete, name)
     return web.Response(status=200)
 

@@ -27,7 +27,7 @@ class DaemonState:
             raise BadRequest(f"num_ctx {num_ctx} is too large (at most {MAX_NUM_CTX})")
         num_ctx = max(num_ctx, 4)
         return LoadSpec(
-            key=record.model_digest,
+            key=record.runner_key,
             model_path=record.model_path,
             num_ctx=num_ctx,
             parallel=self.settings.num_parallel,

@@ -1,0 +1,1 @@
+"""llmhost benchmarks: ratios against in-process baselines, measured side by side in one run."""
