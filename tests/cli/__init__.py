@@ -1,0 +1,1 @@
+"""Tests of the CLI and the API client against a fake daemon."""

@@ -1,0 +1,54 @@
+"""A daemon app over a real store holding the tiny model, with fake runners behind the seam."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmhost.config import Settings
+from llmhost.daemon.app import create_app
+from llmhost.daemon.residency import Residency
+from llmhost.daemon.state import DaemonState
+from llmhost.registry.create import create_model
+from llmhost.registry.names import ModelName
+from llmhost.registry.store import Store
+from tests.daemon.fakes import FakeFactory
+from tests.support.tiny_gguf import write_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, smollm2_path) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", source=smollm2_path)
+
+
+def add_model(store: Store, name: str, gguf: Path, **kwargs) -> None:
+    digest, _ = store.import_file(gguf)
+    create_model(store, ModelName.parse(name), files={gguf.name: digest}, progress=lambda e: None, **kwargs)
+
+
+class Harness:
+    def __init__(self, client: TestClient, store: Store, factory: FakeFactory, residency: Residency):
+        self.client = client
+        self.store = store
+        self.factory = factory
+        self.residency = residency
+
+    def files(self) -> list[str]:
+        root = self.store.root
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+async def harness(tmp_path, tiny_gguf):
+    store = Store(tmp_path / "models")
+    add_model(store, "tiny", tiny_gguf, system="You are tiny.", parameters={"temperature": 0.5})
+    factory = FakeFactory()
+    residency = Residency(factory, max_loaded=3, max_queue=10, memory_budget=1 << 40)
+    settings = Settings.from_env({"LLMHOST_MODELS": str(tmp_path / "models"),
+                                  "LLMHOST_SOCKET": str(tmp_path / "s.sock")})
+    client = TestClient(TestServer(create_app(DaemonState(settings, store, residency))))
+    await client.start_server()
+    yield Harness(client, store, factory, residency)
+    await client.close()

@@ -1,0 +1,168 @@
+"""Ollama's native routes against a real store and fake runners."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+
+async def ndjson(response) -> list[dict]:
+    return [json.loads(line) for line in (await response.text()).splitlines() if line.strip()]
+
+
+async def test_root_and_version(harness):
+    r = await harness.client.get("/")
+    assert r.status == 200 and "running" in await r.text()
+    r = await harness.client.get("/api/version")
+    assert (await r.json())["version"]
+
+
+async def test_tags_lists_the_model_with_details(harness):
+    models = (await (await harness.client.get("/api/tags")).json())["models"]
+    assert [m["name"] for m in models] == ["tiny:latest"]
+    assert models[0]["details"]["format"] == "gguf"
+    assert models[0]["details"]["family"] == "llama"
+    assert len(models[0]["digest"]) == 64 and models[0]["size"] > 0
+
+
+async def test_show_reports_template_system_and_parameters(harness):
+    r = await harness.client.post("/api/show", json={"model": "TINY"})
+    body = await r.json()
+    assert r.status == 200
+    assert "<|im_start|>" in body["template"]
+    assert body["system"] == "You are tiny."
+    assert "temperature" in body["parameters"]
+    assert body["model_info"]["general.architecture"] == "llama"
+    assert "FROM" in body["modelfile"]
+
+
+async def test_generate_streams_chunks_and_final_metrics(harness):
+    r = await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
+    lines = await ndjson(r)
+    assert r.headers["Content-Type"].startswith("application/x-ndjson")
+    assert "".join(line.get("response", "") for line in lines) == "Hello, world"
+    final = lines[-1]
+    assert final["done"] is True and final["done_reason"] == "stop"
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                "eval_count", "eval_duration"):
+        assert isinstance(final[key], int), key
+    body = harness.factory.started[0].bodies[0]
+    assert body["messages"] == [{"role": "system", "content": "You are tiny."},
+                                {"role": "user", "content": "hi"}]
+    assert body["options"]["temperature"] == 0.5, "Modelfile parameter reaches the runner"
+
+
+async def test_chat_non_streaming_returns_one_object(harness):
+    r = await harness.client.post("/api/chat", json={
+        "model": "tiny", "stream": False, "options": {"temperature": 0},
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
+    body = await r.json()
+    assert body["message"] == {"role": "assistant", "content": "Hello, world"}
+    assert body["done"] is True
+    sent = harness.factory.started[0].bodies[0]
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}, "request system wins"
+    assert sent["options"]["temperature"] == 0
+
+
+async def test_raw_generate_sends_prompt_unchanged(harness):
+    await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "<x>", "raw": True})
+    assert harness.factory.started[0].bodies[0]["prompt"] == "<x>"
+
+
+async def test_empty_prompt_loads_and_keep_alive_zero_unloads(harness):
+    r = await harness.client.post("/api/generate", json={"model": "tiny"})
+    assert (await r.json())["done_reason"] == "load"
+    ps = (await (await harness.client.get("/api/ps")).json())["models"]
+    assert [m["name"] for m in ps] == ["tiny:latest"] and ps[0]["expires_at"]
+    r = await harness.client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+    assert (await r.json())["done_reason"] == "unload"
+    assert (await (await harness.client.get("/api/ps")).json())["models"] == []
+
+
+async def test_runner_crash_mid_stream_ends_with_error_line_and_next_request_works(harness):
+    import asyncio
+
+    harness.factory.gate = asyncio.Event()
+    task = asyncio.create_task(harness.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"}))
+    while not harness.factory.started:
+        await asyncio.sleep(0.01)
+    harness.factory.started[0].crash()
+    harness.factory.gate.set()
+    lines = await ndjson(await task)
+    assert lines[-1] == {"error": "model runner crashed (signal 9)"}
+    harness.factory.gate = None
+    r = await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "again", "stream": False})
+    assert (await r.json())["response"] == "Hello, world"
+    assert len(harness.factory.started) == 2
+
+
+async def test_copy_then_delete_keeps_shared_blobs(harness):
+    r = await harness.client.post("/api/copy", json={"source": "tiny", "destination": "other:v1"})
+    assert r.status == 200
+    names = [m["name"] for m in (await (await harness.client.get("/api/tags")).json())["models"]]
+    assert sorted(names) == ["other:v1", "tiny:latest"]
+    r = await harness.client.delete("/api/delete", json={"model": "tiny"})
+    assert r.status == 200
+    r = await harness.client.post("/api/show", json={"model": "other:v1"})
+    assert r.status == 200, "the copy still works after the original is deleted"
+
+
+async def test_blob_upload_verifies_digest(harness):
+    data = b"some bytes"
+    good = "sha256:" + hashlib.sha256(data).hexdigest()
+    bad = "sha256:" + hashlib.sha256(b"other").hexdigest()
+    before = harness.files()
+    r = await harness.client.post(f"/api/blobs/{bad}", data=data)
+    assert r.status == 400 and "digest mismatch" in (await r.json())["error"]
+    assert harness.files() == before, "nothing half-written"
+    assert (await harness.client.head(f"/api/blobs/{good}")).status == 404
+    assert (await harness.client.post(f"/api/blobs/{good}", data=data)).status == 201
+    assert (await harness.client.head(f"/api/blobs/{good}")).status == 200
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
+    ("/api/chat", {"model": "tiny", "messages": "hi"}, 400, "messages"),
+    ("/api/generate", {"model": "tiny", "prompt": 5}, 400, "prompt"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"temperature": "hot"}}, 400,
+     'option "temperature" must be of type float'),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "5 minutes"}, 400, "duration"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
+    ("/api/generate", {"model": "../x", "prompt": "x"}, 400, "invalid"),
+    ("/api/show", {"model": "a/b/c/d/e"}, 400, "invalid"),
+    ("/api/show", {"model": "x" * 81}, 400, "invalid"),
+    ("/api/show", {}, 400, "model is required"),
+    ("/api/copy", {"source": "nope", "destination": "x"}, 404, "not found"),
+    ("/api/delete", {"model": "nope"}, 404, "not found"),
+    ("/api/create", {"model": "m", "files": {"m.gguf": "sha256:../../etc"}}, 400, "digest"),
+    ("/api/create", {"model": "m", "files": {"../m.gguf": "sha256:" + "0" * 64}}, 400, "relative"),
+])
+async def test_bad_input_gets_clear_error_and_store_unchanged(harness, path, body, status, message):
+    before = harness.files()
+    method = harness.client.delete if path == "/api/delete" else harness.client.post
+    r = await method(path, json=body)
+    assert r.status == status
+    assert message.lower() in (await r.json())["error"].lower()
+    assert harness.files() == before
+
+
+@pytest.mark.parametrize("raw, message", [(b"", "missing request body"), (b"{nope", "invalid JSON"),
+                                          (b"[1]", "JSON object")])
+async def test_body_that_is_not_a_json_object(harness, raw, message):
+    r = await harness.client.post("/api/chat", data=raw)
+    assert r.status == 400 and message in (await r.json())["error"]
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "G" * 64, "md5:" + "0" * 64, "sha256-..%2F..%2Fx"])
+async def test_malformed_blob_digest_is_400(harness, digest):
+    assert (await harness.client.head(f"/api/blobs/{digest}")).status == 400
+
+
+async def test_foreign_host_header_is_refused(harness):
+    r = await harness.client.get("/api/tags", headers={"Host": "evil.example.com"})
+    assert r.status == 403
+    r = await harness.client.get("/api/tags", headers={"Host": "localhost:11434"})
+    assert r.status == 200
