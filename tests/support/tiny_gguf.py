@@ -5,12 +5,13 @@ real model, so prompts tokenize and render exactly as they would with SmolLM2, w
 2 layers of width 64 in float32: it loads in milliseconds and produces meaningless but deterministic
 text. Weights come from a fixed numpy seed, so two files written with the same arguments are equal.
 
-Use ``write_tiny_llama(path)`` directly, or the session fixture ``tiny_model`` (see
-``tests/support/fixtures.py``).
+Use ``write_tiny_llama(path, source=smollm2_path)`` directly, or the session fixture ``tiny_model``
+(``tests/support/fixtures.py``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2 = REPO_ROOT / ".test-models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3 = REPO_ROOT / ".test-models" / "gemma-3-270m-q4_k_m.gguf"
+# Same location rule as tests/conftest.py (prefer its smollm2_path fixture in tests).
+MODELS = Path(os.environ.get("LLMHOST_TEST_MODELS", Path(__file__).resolve().parents[2] / ".test-models"))
+SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Fields copied verbatim from the source model: everything llama.cpp needs to build the tokenizer.
 _TOKENIZER_FIELDS = (

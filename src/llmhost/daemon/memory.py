@@ -1,12 +1,18 @@
 """Memory estimate of a runner before it is started, from GGUF metadata (no llama.cpp involved).
 
-    total = weights + KV cache + compute graph + runtime overhead
+    total = weights + KV cache + compute scratch + output logits + vocabulary + runtime overhead
 
 - weights: the tensor bytes of the file (mmapped; on CPU every page is touched by the first decode);
 - KV cache: n_ctx · n_parallel · n_layer · n_head_kv · (head_dim_k + head_dim_v) · 2 bytes (f16);
-- compute graph: llama.cpp's scratch for one ubatch; the larger of the attention and the logits
-  buffers (the v0.9.6 Ollama formula for llama-like models), in f32;
-- overhead: the runner's Python interpreter, libllama and its thread pools.
+- compute scratch: llama.cpp's graph buffers for one ubatch, a few activations of width n_embd in f32
+  (logits are computed only for the rows that sample, so the vocabulary does not enter here);
+- output logits: one row of n_vocab floats per parallel sequence;
+- vocabulary: llama.cpp keeps every token's text and lookup entries (~160 bytes a token: 40 MiB for
+  Gemma 3's 262k tokens);
+- runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools.
+
+Calibrated against the resident memory of real runners (SmolLM2 135M and Gemma 3 270M at 2k–8k
+context, 1–4 parallel); `scripts/bench p7` re-measures it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from pathlib import Path
 
 from llmhost.daemon.runners import LoadSpec
 
-RUNTIME_OVERHEAD = 96 * 1024**2
+RUNTIME_OVERHEAD = 64 * 1024**2
+BYTES_PER_VOCAB_ENTRY = 160
 KV_BYTES_PER_ELEMENT = 2  # f16 cache
 UBATCH = 512
+F32 = 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,24 +38,25 @@ def _info(path: str, mtime: float):
 
 def kv_cache_bytes(info, n_ctx_total: int) -> int:
     head_count = max(info.head_count or 1, 1)
-    key_length = info.key_length or (info.embedding_length // head_count)
-    value_length = info.value_length or (info.embedding_length // head_count)
+    embedding = info.embedding_length or 0
+    key_length = info.key_length or embedding // head_count
+    value_length = info.value_length or embedding // head_count
     head_count_kv = info.head_count_kv or head_count
-    return n_ctx_total * info.block_count * head_count_kv * (key_length + value_length) * KV_BYTES_PER_ELEMENT
+    return n_ctx_total * (info.block_count or 0) * head_count_kv * (key_length + value_length) * KV_BYTES_PER_ELEMENT
 
 
-def graph_bytes(info, n_ctx_total: int, n_batch: int) -> int:
-    batch = min(n_batch, UBATCH)
-    heads = max(info.head_count or 1, 1)
-    attention = 4 * batch * (1 + 4 * info.embedding_length + n_ctx_total * (1 + heads))
-    logits = 4 * batch * (info.embedding_length + info.vocab_size)
-    return max(attention, logits)
+def compute_bytes(info, n_batch: int) -> int:
+    return F32 * min(n_batch, UBATCH) * 4 * (info.embedding_length or 0)
 
 
 def estimate(info, num_ctx: int, parallel: int, num_batch: int) -> int:
-    n_ctx_total = num_ctx * parallel
-    return (info.total_tensor_bytes + kv_cache_bytes(info, n_ctx_total)
-            + graph_bytes(info, n_ctx_total, num_batch) + RUNTIME_OVERHEAD)
+    vocab = info.vocab_size or 0
+    return (info.total_tensor_bytes
+            + kv_cache_bytes(info, num_ctx * parallel)
+            + compute_bytes(info, num_batch)
+            + F32 * vocab * parallel
+            + BYTES_PER_VOCAB_ENTRY * vocab
+            + RUNTIME_OVERHEAD)
 
 
 def estimate_for_spec(spec: LoadSpec) -> int:

@@ -27,28 +27,19 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": __version__})
 
 
-def _details(record) -> dict:
-    return record.details()
-
-
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
     store = state_of(request).store
     entries = await asyncio.to_thread(store.list_models)
     models = []
     for entry in entries:
-        try:
-            record = await asyncio.to_thread(store.load, entry.name)
-            details = _details(record)
-        except Exception:  # a damaged model is still listed, so the user can remove it
-            details = {}
         models.append({
             "name": str(entry.name),
             "model": str(entry.name),
             "modified_at": entry.modified_at.isoformat(),
             "size": entry.size,
             "digest": entry.digest,
-            "details": details,
+            "details": entry.details,  # from the small config blob: listing never parses GGUFs
         })
     models.sort(key=lambda m: m["modified_at"], reverse=True)
     return web.json_response({"models": models})
@@ -76,7 +67,7 @@ async def show(request: web.Request) -> web.Response:
         "template": record.template or record.info.chat_template or "",
         "system": record.system or "",
         "license": "\n".join(record.license or []),
-        "details": _details(record),
+        "details": record.details(),
         "model_info": record.info.model_info(verbose),
         "capabilities": capabilities(record),
         "modified_at": record.modified_at.isoformat(),

@@ -78,7 +78,9 @@ def build_state(settings: Settings):
         memory_budget=settings.max_memory,
         estimate=estimate_for_spec,
     )
-    return DaemonState(settings=settings, store=Store(settings.models), residency=residency), runner_base
+    store = Store(settings.models)
+    store.remove_stale_temp_files()  # uploads and pulls cut short by a crash
+    return DaemonState(settings=settings, store=store, residency=residency), runner_base
 
 
 async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -11,8 +11,6 @@ from llmhost.daemon.residency import Residency
 from llmhost.daemon.runners import LoadSpec
 from llmhost.errors import BadRequest
 
-MAX_NUM_CTX = 1 << 20  # beyond any model's trained context; refuse before estimating
-
 
 @dataclass
 class DaemonState:
@@ -23,9 +21,9 @@ class DaemonState:
     def load_spec(self, record, load: dict) -> LoadSpec:
         """The runner a request needs, from its effective load options."""
         num_ctx = int(load.get("num_ctx") or self.settings.context_length)
-        if num_ctx > MAX_NUM_CTX:
-            raise BadRequest(f"num_ctx {num_ctx} is too large (at most {MAX_NUM_CTX})")
-        num_ctx = max(num_ctx, 4)
+        if num_ctx < 1:
+            raise BadRequest(f"num_ctx must be positive, got {num_ctx}")
+        num_ctx = max(num_ctx, 4)  # an absurdly large one is refused by the memory estimate
         return LoadSpec(
             key=record.runner_key,
             model_path=record.model_path,

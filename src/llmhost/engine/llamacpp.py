@@ -32,6 +32,8 @@ __all__ = [
     "JSON_GBNF",
     "json_schema_to_gbnf",
     "init_backend",
+    "POOLING_MEAN",
+    "POOLING_UNSPECIFIED",
 ]
 
 log = logging.getLogger("llmhost.llama")
@@ -40,6 +42,8 @@ log = logging.getLogger("llmhost.llama")
 # (llama_cpp's own _logger maps these wrongly, so its callback is replaced in init_backend.)
 _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+POOLING_UNSPECIFIED = L.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own pooling
+POOLING_MEAN = L.LLAMA_POOLING_TYPE_MEAN
 
 
 class LoadError(Exception):
@@ -215,6 +219,7 @@ class Context:
         n_ctx: int,
         n_seq_max: int,
         n_batch: int,
+        n_ubatch: int | None = None,
         n_threads: int | None = None,
         kv_unified: bool = True,
         embeddings: bool = False,
@@ -224,7 +229,7 @@ class Context:
         params.n_ctx = n_ctx
         params.n_seq_max = n_seq_max
         params.n_batch = n_batch
-        params.n_ubatch = min(n_batch, 512)
+        params.n_ubatch = n_ubatch or min(n_batch, 512)
         params.kv_unified = kv_unified
         params.embeddings = embeddings
         if pooling is not None:

@@ -43,8 +43,13 @@ class InvalidManifest(BadRequest):
 def check_digest(digest: Any) -> str:
     """Return ``digest`` if it is ``sha256:<64 lowercase hex>``, else raise InvalidDigest."""
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise InvalidDigest(f'invalid digest "{digest}": expected sha256:<64 hex>')
+        raise InvalidDigest(f"invalid digest {_quoted(digest)}: expected sha256:<64 hex>")
     return digest
+
+
+def _quoted(value: Any) -> str:
+    """Like Go's %q: quotes, with control characters escaped so a message stays on one line."""
+    return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
 
 
 def is_digest(digest: Any) -> bool:
@@ -75,7 +80,7 @@ class Manifest:
     layers: tuple[Layer, ...]
 
     @classmethod
-    def parse(cls, data: bytes) -> "Manifest":
+    def parse(cls, data: bytes) -> Manifest:
         """Validate and decode manifest bytes; raises InvalidManifest (400) on anything off."""
         if len(data) > MAX_MANIFEST_BYTES:
             raise InvalidManifest(f"invalid manifest: larger than {MAX_MANIFEST_BYTES} bytes")
@@ -136,7 +141,9 @@ def _parse_layer(item: Any, where: str) -> Layer:
         raise InvalidManifest(f"invalid manifest: {where} has no mediaType")
     digest = item.get("digest")
     if not is_digest(digest):
-        raise InvalidManifest(f'invalid manifest: {where} has invalid digest "{digest}": expected sha256:<64 hex>')
+        raise InvalidManifest(
+            f"invalid manifest: {where} has invalid digest {_quoted(digest)}: expected sha256:<64 hex>"
+        )
     size = item.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidManifest(f"invalid manifest: {where} size must be a non-negative integer, got {size!r}")

@@ -41,7 +41,7 @@ class ModelName:
         _validate(f"{self.host}/{self.namespace}/{self.model}:{self.tag}", self)
 
     @classmethod
-    def parse(cls, text: str) -> "ModelName":
+    def parse(cls, text: str) -> ModelName:
         """Parse a user-typed name, filling in the defaults; raises InvalidName naming the problem."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidName("invalid model name: the name is empty")
@@ -71,7 +71,7 @@ class ModelName:
         """Lowercased parts: names are compared case-insensitively, as Ollama does."""
         return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
 
-    def with_tag(self, tag: str) -> "ModelName":
+    def with_tag(self, tag: str) -> ModelName:
         return ModelName(self.host, self.namespace, self.model, tag)
 
 
@@ -82,7 +82,7 @@ class _Parts(NamedTuple):
     tag: str
 
 
-def _validate(text: str, parts: "ModelName | _Parts") -> None:
+def _validate(text: str, parts: ModelName | _Parts) -> None:
     _check(text, "model", parts.model, _PART, _MAX_PART)
     _check(text, "tag", parts.tag, _PART, _MAX_PART)
     _check(text, "namespace", parts.namespace, _NAMESPACE, _MAX_PART)

@@ -1,0 +1,215 @@
+"""The engine: one thread that owns the llama.cpp context and runs the continuous-batching loop.
+
+Each step is three verbs (as in vLLM): ``schedule()`` picks this step's tokens, ``_execute()`` fills
+one batch, runs one ``llama_decode`` and samples every sequence whose logits were requested, and
+``_update()`` turns sampled tokens into streamed text and finishes sequences.
+
+Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
+(which the runner wires to ``loop.call_soon_threadsafe``). The thread blocks on the inbox only when
+there is nothing to do, and ctypes releases the GIL during ``llama_decode``, so the event loop keeps
+serving while the model runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from llmhost.engine.kv_cache import KVCacheManager
+from llmhost.engine.llamacpp import Batch, Context, DecodeError, Model
+from llmhost.engine.outputs import OutputProcessor
+from llmhost.engine.scheduler import Chunk, Scheduler, StepPlan
+from llmhost.engine.sequence import Failed, FinishReason, Sequence
+
+log = logging.getLogger(__name__)
+
+_WAKE = object()  # inbox marker: re-check cancellation flags
+_STOP = object()  # inbox marker: fail what is left and end the thread
+
+
+@dataclass
+class EngineStats:
+    """Counters for /health and metrics (written by the engine thread only)."""
+
+    steps: int = 0
+    prompt_tokens: int = 0  # prompt tokens evaluated
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache
+    generated_tokens: int = 0
+    decode_failures: int = 0
+
+
+class Engine:
+    """Owns ``ctx`` from its own thread; ``submit``/``cancel``/``stop`` are safe from any thread."""
+
+    def __init__(self, model: Model, ctx: Context, *, n_slots: int, slot_capacity: int, reuse_prefixes: bool = True):
+        self.model = model
+        self.ctx = ctx
+        self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes)
+        self.scheduler = Scheduler(self.kv, ctx.n_batch)
+        self.outputs = OutputProcessor(model, slot_capacity)
+        self.stats = EngineStats()
+        self._batch = Batch(ctx.n_batch)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="llmhost-engine", daemon=True)
+        self._closed = False  # no more submissions: they are failed on the spot
+        self._close_lock = threading.Lock()
+        self.crashed = False
+        self.on_exit: Callable[[], None] | None = None  # called from the engine thread when it ends
+
+    # --- any thread -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, seq: Sequence) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._inbox.put(seq)
+                return
+        seq.emit(Failed("the model runner is shutting down"))
+        seq.close()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence at the next step (its slot is released, its tokens stay cached)."""
+        seq.cancelled = True
+        self._inbox.put(_WAKE)
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters for /health; read from another thread, so approximate by a step at most."""
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": self._inbox.qsize() + len(self.scheduler.waiting()),
+            "kv_tokens": self.kv.cached_tokens(),
+            **self.stats.__dict__,
+        }
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """End the loop after the current step; unfinished sequences get an error line."""
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            self._thread.join(timeout)
+
+    # --- engine thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        message = "the model runner is shutting down"
+        try:
+            while self._drain_inbox(block=not self.scheduler.has_work()):
+                self.step()
+        except Exception as e:
+            log.exception("engine loop crashed")
+            self.crashed = True
+            message = f"the engine failed: {e}"
+        finally:
+            self._fail_all(message)
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _drain_inbox(self, *, block: bool) -> bool:
+        """Move new requests to the scheduler; False once stop was requested."""
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+            while True:
+                if item is _STOP:
+                    return False
+                if isinstance(item, Sequence):
+                    self.scheduler.add(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def step(self) -> None:
+        """One schedule → execute → update round."""
+        plan = self.scheduler.schedule()
+        for seq in plan.cancelled:
+            self._finish(seq, FinishReason.CANCELLED)
+        if not plan.chunks:
+            return
+        self.stats.steps += 1
+        try:
+            sampled = self._execute(plan)
+        except DecodeError as e:
+            self._on_decode_error(plan, e)
+            return
+        self._update(plan, sampled)
+
+    def _execute(self, plan: StepPlan) -> dict[Sequence, int]:
+        batch = self._batch
+        batch.clear()
+        rows: list[tuple[Chunk, int]] = []
+        for chunk in plan.chunks:
+            row = batch.add(chunk.tokens, chunk.start, chunk.seq.slot, logits="last" if chunk.sample else "none")
+            rows.append((chunk, row))
+        now = time.perf_counter_ns()
+        for chunk in plan.chunks:
+            if chunk.seq.prefilling and not chunk.seq.t_prefill:
+                chunk.seq.t_prefill = now
+        self._decode_with_retry(batch)
+        for chunk in plan.chunks:
+            self.kv.commit(chunk.seq.slot, chunk.start, chunk.tokens)
+            if chunk.seq.prefilling:
+                self.stats.prompt_tokens += len(chunk.tokens)
+            chunk.seq.n_past = chunk.start + len(chunk.tokens)
+        return {chunk.seq: chunk.seq.sampler.sample(self.ctx, row) for chunk, row in rows if chunk.sample}
+
+    def _decode_with_retry(self, batch: Batch) -> None:
+        """Decode; when the KV has no room (status 1), drop idle cached prefixes and retry."""
+        while True:
+            try:
+                self.ctx.decode(batch)
+                return
+            except DecodeError as e:
+                if e.code != 1 or not self.kv.evict_idle():
+                    raise
+
+    def _update(self, plan: StepPlan, sampled: dict[Sequence, int]) -> None:
+        for seq, token in sampled.items():
+            reason = self.outputs.on_token(seq, token)
+            if reason is not None:
+                self.scheduler.remove(seq)
+                self._finish(seq, reason)
+
+    def _on_decode_error(self, plan: StepPlan, error: DecodeError) -> None:
+        """A failed decode may have stored part of the batch: roll every sequence in it back to
+        what was committed (which stays cached) and end them with an error line; the engine itself
+        keeps serving."""
+        log.error("%s for %d sequences", error, len(plan.chunks))
+        self.stats.decode_failures += 1
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            self.kv.rollback(seq.slot, chunk.start)
+            self.scheduler.remove(seq)
+            seq.emit(Failed(f"decoding failed (llama_decode status {error.code})"))
+            self._release(seq, keep=True)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.stats.cached_tokens += seq.n_cached
+        self.stats.generated_tokens += seq.n_generated
+        self.outputs.finish(seq, reason)
+        self._release(seq, keep=True)
+
+    def _release(self, seq: Sequence, *, keep: bool) -> None:
+        if seq.slot is not None:
+            self.kv.release(seq.slot, keep=keep)
+            seq.slot = None
+        seq.close()
+
+    def _fail_all(self, message: str) -> None:
+        pending = list(self.scheduler.running) + self.scheduler.waiting()
+        with self._close_lock:  # after this, submit() fails requests itself
+            self._closed = True
+            while True:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, Sequence):
+                    pending.append(item)
+        for seq in pending:
+            self.scheduler.remove(seq)
+            seq.emit(Failed(message))
+            self._release(seq, keep=False)

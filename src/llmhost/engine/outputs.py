@@ -1,0 +1,48 @@
+"""Output processing: a sampled token → streamed text and the stop decision for its sequence."""
+
+from __future__ import annotations
+
+import time
+
+from llmhost.engine.llamacpp import Model
+from llmhost.engine.sequence import FinishReason, Finished, Sequence, TextChunk
+
+
+class OutputProcessor:
+    """Applies stop criteria in order: num_predict, end-of-generation token, stop string, full context."""
+
+    def __init__(self, model: Model, slot_capacity: int):
+        self.model = model
+        self.slot_capacity = slot_capacity
+
+    def on_token(self, seq: Sequence, token: int) -> FinishReason | None:
+        """Handle a freshly sampled token; returns why the sequence ends, or None to continue."""
+        if not seq.t_first_token:
+            seq.t_first_token = time.perf_counter_ns()
+        if seq.max_tokens is not None and seq.n_generated >= seq.max_tokens:
+            return FinishReason.LENGTH  # only reachable with num_predict 0: the token is dropped
+        if self.model.is_eog(token):
+            return FinishReason.STOP
+        seq.n_generated += 1
+        text = seq.detokenizer.push(self.model.piece(token))
+        if text:
+            seq.emit(TextChunk(text))
+        if seq.detokenizer.stopped:
+            return FinishReason.STOP
+        if seq.max_tokens is not None and seq.n_generated >= seq.max_tokens:
+            return FinishReason.LENGTH
+        if seq.n_past >= self.slot_capacity:
+            return FinishReason.LENGTH  # no cell left to decode this token into
+        seq.next_token = token
+        return None
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> Finished:
+        """Release held-back text (unless cancelled) and emit the final line."""
+        seq.t_end = time.perf_counter_ns()
+        if reason in (FinishReason.STOP, FinishReason.LENGTH):
+            tail = seq.detokenizer.finish()
+            if tail:
+                seq.emit(TextChunk(tail))
+        result = seq.result(reason)
+        seq.emit(result)
+        return result

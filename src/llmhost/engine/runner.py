@@ -1,0 +1,202 @@
+"""``python -m llmhost.engine.runner``: one process serving one model over a private unix socket.
+
+Lifecycle (docs/runner-protocol.md): load the model and context, warm up with one decode, start the
+engine thread, and only then bind the socket (mode 0600) — a successful ``GET /health`` means ready.
+A load failure prints one line ``error: <message>`` to stderr and exits 1. SIGTERM/SIGINT end
+in-flight sequences with an error line, close the server, free the model and remove the socket.
+The runner also asks the kernel to send it SIGTERM when its parent dies, so a crashed daemon does
+not leave runners behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from llmhost.engine.embeddings import Embedder
+from llmhost.engine.engine import Engine
+from llmhost.engine.llamacpp import Batch, Context, DecodeError, LoadError, Model
+from llmhost.engine.prompt import PromptBuilder
+from llmhost.engine.server import RunnerServer, resident_bytes
+
+log = logging.getLogger("llmhost.runner")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m llmhost.engine.runner", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="path of the GGUF file")
+    p.add_argument("--socket", required=True, help="unix socket path to serve on")
+    p.add_argument("--ctx-size", type=int, default=4096, help="tokens of context per sequence (num_ctx)")
+    p.add_argument("--parallel", type=int, default=4, help="sequences decoded together")
+    p.add_argument("--batch", type=int, default=512, help="n_batch: tokens per llama_decode")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: available CPUs)")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU")
+    p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
+    p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
+    p.add_argument("--verbose", action="store_true", help="log llama.cpp and engine details to stderr")
+    args = p.parse_args(argv)
+    for name in ("ctx_size", "parallel", "batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+@dataclass
+class Runtime:
+    """What a loaded runner holds; ``close`` frees it in reverse order."""
+
+    model: Model
+    ctx: Context
+    engine: Engine
+    builder: PromptBuilder
+    embedder: Embedder
+    args: argparse.Namespace
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.model.path,
+            "n_ctx": self.args.ctx_size,
+            "n_ctx_train": self.model.n_ctx_train,
+            "parallel": self.args.parallel,
+            "engine": self.engine.snapshot(),
+        }
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.embedder.close()
+        self.ctx.close()
+        self.model.close()
+
+
+def load(args: argparse.Namespace) -> Runtime:
+    """Model + context + engine, warmed up; raises LoadError with a user-facing message."""
+    threads = args.threads or len(os.sched_getaffinity(0))
+    model = Model(args.model, n_gpu_layers=args.gpu_layers, use_mmap=not args.no_mmap)
+    try:
+        ctx = Context(
+            model,
+            n_ctx=args.ctx_size * args.parallel,
+            n_seq_max=args.parallel,
+            n_batch=args.batch,
+            n_threads=threads,
+            kv_unified=True,
+        )
+    except LoadError:
+        model.close()
+        raise
+    _warm_up(model, ctx)
+    engine = Engine(
+        model, ctx, n_slots=args.parallel, slot_capacity=args.ctx_size, reuse_prefixes=not args.no_prefix_cache
+    )
+    embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
+    return Runtime(model, ctx, engine, PromptBuilder(model, args.ctx_size), embedder, args)
+
+
+def _warm_up(model: Model, ctx: Context) -> None:
+    """One decode touches the mmapped weights and builds the compute graph, so the first request
+    is not slow and resident memory is measured for real."""
+    batch = Batch(1)
+    batch.add([model.bos if model.bos >= 0 else 0], 0, 0)
+    try:
+        ctx.decode(batch)
+    except DecodeError as e:
+        raise LoadError(f"the model does not run: {e}") from None
+    ctx.seq_rm(0, -1, -1)
+
+
+async def serve(runtime: Runtime, socket_path: str) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # An engine that dies (it should not) takes the runner down, so the daemon reloads the model
+    # instead of queueing requests nobody will serve.
+    runtime.engine.on_exit = lambda: _call_soon(loop, stop.set)
+    runtime.engine.start()
+    app = RunnerServer(runtime.engine, runtime.builder, runtime.embedder, runtime.info).app()
+    web_runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await web_runner.setup()
+    try:
+        await _bind(web_runner, socket_path)
+        log.info("serving %s on %s (%d MiB resident)", runtime.model.path, socket_path, resident_bytes() >> 20)
+        await stop.wait()
+    finally:
+        # Stopping the engine first ends every stream with an error line, so handlers return
+        # promptly and the server's shutdown does not wait on them.
+        await loop.run_in_executor(None, runtime.engine.stop)
+        await web_runner.cleanup()
+        _unlink(socket_path)
+
+
+async def _bind(web_runner: web.AppRunner, path: str) -> None:
+    _unlink(path)  # a stale socket from a killed runner
+    old = os.umask(0o177)  # the socket is created 0600: no window where others could connect
+    try:
+        await web.UnixSite(web_runner, path).start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is already closed: nothing left to wake
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent exits (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Keep stderr to our own lines (a failed load must print exactly one "error:" line);
+        # llama.cpp's first error still reaches the user through LoadError's message.
+        logging.getLogger("llmhost.llama").setLevel(logging.CRITICAL)
+    _die_with_parent()
+    try:
+        runtime = load(args)
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        asyncio.run(serve(runtime, args.socket))
+    except OSError as e:  # the socket could not be bound
+        print(f"error: cannot serve on {args.socket}: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        runtime.close()
+    if runtime.engine.crashed:
+        print("error: the engine stopped unexpectedly (see the log above)", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

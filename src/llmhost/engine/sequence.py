@@ -1,0 +1,133 @@
+"""A ``Sequence``: one completion request as the engine sees it, and the outputs it streams.
+
+The engine thread owns every field except ``cancelled``, which the request's asyncio side sets
+(a bool store is atomic under the GIL; the engine notices it at its next step).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Union
+
+import numpy as np
+
+from llmhost.engine.detokenizer import Detokenizer
+from llmhost.engine.llamacpp import SamplerChain
+
+
+class SeqStatus(Enum):
+    WAITING = "waiting"  # queued, no KV slot yet
+    RUNNING = "running"  # holds a slot: prefilling or generating
+    FINISHED = "finished"
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # num_predict reached or the context is full
+    CANCELLED = "cancelled"  # the client went away
+    ERROR = "error"  # decode failed or the runner is shutting down
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """Released text of one step (never half a character, never part of a stop string)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The final line of a completion; durations in nanoseconds."""
+
+    done_reason: FinishReason
+    prompt_eval_count: int  # prompt tokens actually evaluated (not reused from the KV cache)
+    prompt_cached_count: int  # prompt tokens reused from the KV cache
+    prompt_eval_duration: int
+    eval_count: int  # generated tokens
+    eval_duration: int
+
+    def to_json(self) -> dict:
+        return {"done": True, **self.__dict__, "done_reason": self.done_reason.value}
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The sequence ended with an error (after it was accepted)."""
+
+    message: str
+
+
+Output = Union[TextChunk, Finished, Failed]
+Sink = Callable[[Output], None]
+_ids = itertools.count(1)
+
+
+class Sequence:
+    """Prompt, sampler, detokenizer, stop criteria, KV position and counters of one request."""
+
+    def __init__(
+        self,
+        prompt: np.ndarray,
+        *,
+        sampler: SamplerChain,
+        detokenizer: Detokenizer,
+        max_tokens: int | None,
+        sink: Sink,
+        priority: int = 0,
+    ):
+        if len(prompt) == 0:
+            raise ValueError("a sequence needs at least one prompt token")
+        self.id = next(_ids)
+        self.prompt = np.asarray(prompt, dtype=np.int32)
+        self.sampler = sampler
+        self.detokenizer = detokenizer
+        self.max_tokens = max_tokens  # None: until end-of-generation or a full context
+        self.priority = priority
+        self.sink = sink
+        self.status = SeqStatus.WAITING
+        self.cancelled = False
+        self.slot: int | None = None  # KV sequence id while RUNNING
+        self.n_cached = 0  # prompt tokens reused from the cache at admission
+        self.n_past = 0  # tokens of this sequence present in the KV cache
+        self.next_token: int | None = None  # last sampled token, to be decoded next step
+        self.n_generated = 0
+        self.arrival = time.perf_counter_ns()
+        self.t_prefill = 0  # first step that evaluated prompt tokens
+        self.t_first_token = 0
+        self.t_end = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+    def pending_prompt(self, limit: int) -> np.ndarray:
+        """Up to ``limit`` prompt tokens not evaluated yet."""
+        return self.prompt[self.n_past : self.n_past + limit]
+
+    def emit(self, output: Output) -> None:
+        self.sink(output)
+
+    def result(self, reason: FinishReason) -> Finished:
+        """The final line, with durations measured on the engine thread."""
+        end = self.t_end or time.perf_counter_ns()
+        first = self.t_first_token or end
+        start = self.t_prefill or first
+        return Finished(
+            done_reason=reason,
+            prompt_eval_count=len(self.prompt) - self.n_cached,
+            prompt_cached_count=self.n_cached,
+            prompt_eval_duration=first - start,
+            eval_count=self.n_generated,
+            eval_duration=end - first,
+        )
+
+    def close(self) -> None:
+        """Free the native sampler chain (the sequence is done)."""
+        self.status = SeqStatus.FINISHED
+        self.sampler.close()
+
+    def __repr__(self) -> str:
+        return f"Sequence(id={self.id}, status={self.status.value}, slot={self.slot}, n_past={self.n_past})"

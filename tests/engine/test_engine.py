@@ -1,0 +1,210 @@
+"""The engine loop on the tiny model: batching, stop criteria, cancellation, prefix reuse."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from llmhost.engine.llamacpp import DecodeError, Model
+from llmhost.engine.prompt import CompletionRequest, PromptBuilder
+from llmhost.engine.sequence import Failed, Finished, FinishReason
+from tests.support.engine_harness import EngineHarness
+
+GREEDY = {"temperature": 0, "seed": 42}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    m = Model(tiny_model)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def harness(model):
+    h = EngineHarness(model, ctx_size=256, parallel=4, batch=64)
+    yield h
+    h.close()
+
+
+def chat(text: str, **options) -> dict:
+    return {"messages": [{"role": "user", "content": text}], "options": {**GREEDY, **options}}
+
+
+def test_greedy_output_is_deterministic(harness):
+    first = harness.run(chat("Tell me a story", num_predict=12))
+    second = harness.run(chat("Tell me a story", num_predict=12))
+    assert first.text and first.text == second.text
+    assert first.final.done_reason == FinishReason.LENGTH and first.final.eval_count == 12
+
+
+def test_batched_sequences_match_each_alone(model):
+    prompts = [f"Question {i}: what is {i} + {i}?" * (i + 1) for i in range(4)]
+    alone = []
+    for p in prompts:
+        h = EngineHarness(model, ctx_size=256, parallel=1, batch=64, reuse_prefixes=False)
+        try:
+            alone.append(h.run(chat(p, num_predict=10)).text)
+        finally:
+            h.close()
+    h = EngineHarness(model, ctx_size=256, parallel=4, batch=64, reuse_prefixes=False)
+    try:
+        sinks = [h.submit(chat(p, num_predict=10))[1] for p in prompts]
+        together = [s.wait().text for s in sinks]
+    finally:
+        h.close()
+    assert together == alone
+    assert len(set(alone)) == 4  # the prompts really lead to different outputs
+
+
+def test_more_requests_than_slots_all_finish(harness):
+    sinks = [harness.submit(chat(f"n{i}", num_predict=5))[1] for i in range(9)]
+    finals = [s.wait().final for s in sinks]
+    assert all(isinstance(f, Finished) and f.eval_count == 5 for f in finals)
+
+
+def test_num_predict_zero_generates_nothing(harness):
+    sink = harness.run(chat("hi", num_predict=0))
+    assert sink.text == "" and sink.final.eval_count == 0 and sink.final.done_reason == FinishReason.LENGTH
+
+
+def test_stop_string_ends_output_before_it(harness):
+    reference = harness.run(chat("Write something", num_predict=12)).text
+    stop = reference[len(reference) // 2 :][:4]
+    assert stop.strip(), reference
+    sink = harness.run(chat("Write something", num_predict=12, stop=[stop]))
+    assert sink.final.done_reason == FinishReason.STOP
+    assert sink.text == reference[: reference.index(stop)]
+
+
+def test_full_context_stops_with_length(model):
+    h = EngineHarness(model, ctx_size=64, parallel=1, batch=64)
+    try:
+        sink = h.run({"prompt": "hello there", "options": {**GREEDY, "repeat_penalty": 1.0}})
+    finally:
+        h.close()
+    final = sink.final
+    assert isinstance(final, Finished) and final.done_reason == FinishReason.LENGTH
+    assert final.prompt_eval_count + final.eval_count <= 65
+
+
+def test_long_prompt_is_truncated_or_rejected(harness):
+    long_text = "word " * 600
+    sink = harness.run({"prompt": long_text, "options": {**GREEDY, "num_predict": 3}})
+    assert sink.final.prompt_eval_count < 256
+    with pytest.raises(Exception, match="does not fit"):
+        harness.submit({"prompt": long_text, "truncate": False})
+
+
+def test_cancelled_sequence_frees_its_slot(harness):
+    seq, sink = harness.submit({"prompt": "go", "options": GREEDY}, gated=True)
+    assert sink.first.wait(30)
+    harness.engine.cancel(seq)
+    sink.gate.set()
+    sink.wait()
+    assert sink.final.done_reason == FinishReason.CANCELLED
+    assert harness.engine.snapshot()["running"] == 0
+    # its slot is usable again
+    assert harness.run(chat("after", num_predict=3)).final.eval_count == 3
+
+
+def test_json_format_constrains_output(harness):
+    sink = harness.run({"prompt": "data:", "format": "json", "options": {"seed": 3, "num_predict": 30}})
+    assert sink.text.lstrip().startswith("{")
+
+
+def test_next_chat_turn_evaluates_only_the_new_tokens(harness):
+    messages = [{"role": "user", "content": "Hello, how are you?"}]
+    prompt_lengths = []
+    for turn in range(3):
+        body = {"messages": messages, "options": {**GREEDY, "num_predict": 6}}
+        prompt_lengths.append(len(harness.builder.tokens(CompletionRequest.from_json(body))))
+        sink = harness.run(body)
+        final = sink.final
+        if turn > 0:
+            assert final.prompt_cached_count >= prompt_lengths[turn - 1]
+            assert final.prompt_eval_count == prompt_lengths[turn] - final.prompt_cached_count
+            assert final.prompt_eval_count < prompt_lengths[turn] - prompt_lengths[turn - 1] + 8
+        messages = messages + [{"role": "assistant", "content": sink.text}, {"role": "user", "content": f"and {turn}?"}]
+
+
+def test_shared_system_prompt_is_evaluated_once(harness):
+    system = {"role": "system", "content": "You are a terse assistant. " * 10}
+    a = harness.run({"messages": [system, {"role": "user", "content": "one"}], "options": {**GREEDY, "num_predict": 2}})
+    b = harness.run({"messages": [system, {"role": "user", "content": "two"}], "options": {**GREEDY, "num_predict": 2}})
+    assert a.final.prompt_cached_count == 0
+    assert b.final.prompt_cached_count > 40
+    # the reused prefix gives the same tokens as evaluating from scratch
+    fresh = EngineHarness(harness.model, ctx_size=256, parallel=1, batch=64, reuse_prefixes=False)
+    try:
+        again = fresh.run({"messages": [system, {"role": "user", "content": "two"}], "options": {**GREEDY, "num_predict": 2}})
+    finally:
+        fresh.close()
+    assert again.text == b.text
+
+
+def test_stop_fails_waiting_and_running_sequences(model):
+    h = EngineHarness(model, ctx_size=256, parallel=1, batch=64)
+    sinks = [h.submit({"prompt": "x", "options": GREEDY}, gated=True)[1] for _ in range(3)]
+    assert sinks[0].first.wait(30)
+    closing = threading.Thread(target=h.close)
+    closing.start()
+    while h.engine._inbox.empty():  # the stop request is queued behind the paused step
+        time.sleep(0.01)
+    for sink in sinks:
+        sink.gate.set()
+    closing.join(30)
+    for sink in sinks:
+        assert isinstance(sink.wait().final, Failed)
+
+
+def test_requests_after_stop_fail_immediately(model):
+    h = EngineHarness(model, ctx_size=256, parallel=1, batch=64)
+    h.close()
+    _, sink = h.submit(chat("late", num_predict=2))
+    assert isinstance(sink.wait(5).final, Failed)
+
+
+def test_engine_crash_fails_requests_and_signals_exit(model, monkeypatch):
+    h = EngineHarness(model, ctx_size=256, parallel=1, batch=64)
+    exited = threading.Event()
+    h.engine.on_exit = exited.set
+
+    def boom():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(h.engine, "step", boom)
+    try:
+        _, sink = h.submit(chat("x", num_predict=2))
+        assert isinstance(sink.wait().final, Failed) and "boom" in sink.final.message
+        assert exited.wait(5) and h.engine.crashed
+    finally:
+        h.close()
+
+
+def test_failed_decode_ends_only_that_step_and_the_engine_keeps_serving(harness, monkeypatch):
+    real_decode = harness.ctx.decode
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DecodeError(-3)
+        real_decode(batch)
+
+    monkeypatch.setattr(harness.ctx, "decode", flaky)
+    failed = harness.run(chat("first", num_predict=3))
+    assert isinstance(failed.final, Failed) and "status -3" in failed.final.message
+    ok = harness.run(chat("first", num_predict=3))
+    assert isinstance(ok.final, Finished) and ok.final.prompt_cached_count == 0
+
+
+def test_model_without_template_falls_back_to_chatml(tiny_model_no_template):
+    m = Model(tiny_model_no_template)
+    try:
+        req = CompletionRequest.from_json({"messages": [{"role": "user", "content": "Hi"}]})
+        assert PromptBuilder(m, 256).render(req) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    finally:
+        m.close()

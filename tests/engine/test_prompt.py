@@ -1,0 +1,95 @@
+"""Request validation, sampling options and prompt truncation (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmhost.engine.prompt import CompletionRequest, fit_context
+from llmhost.engine.sampling import SamplingParams, grammar_for_format
+from llmhost.errors import BadRequest, InvalidOption
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        pytest.param([], "JSON object", id="not-an-object"),
+        pytest.param({}, "exactly one", id="neither"),
+        pytest.param({"prompt": "a", "messages": []}, "exactly one", id="both"),
+        pytest.param({"prompt": 3}, '"prompt" must be a string', id="prompt-type"),
+        pytest.param({"prompt": "a", "priority": "high"}, '"priority"', id="priority-type"),
+        pytest.param({"prompt": "a", "truncate": "no"}, '"truncate"', id="truncate-type"),
+        pytest.param({"prompt": "a", "options": {"temperature": "hot"}}, "temperature", id="option-type"),
+        pytest.param({"prompt": "a", "options": {"mirostat": 3}}, "mirostat", id="mirostat-range"),
+        pytest.param({"prompt": "a", "format": "yaml"}, "format", id="format-unknown"),
+        pytest.param({"prompt": "a", "template": 1}, "template", id="template-type"),
+    ],
+)
+def test_bad_requests_are_rejected_with_a_clear_message(body, message):
+    with pytest.raises(BadRequest) as info:
+        CompletionRequest.from_json(body)
+    assert message in str(info.value)
+
+
+def test_options_get_ollama_defaults_and_request_values():
+    req = CompletionRequest.from_json({"prompt": "a", "options": {"temperature": 0, "stop": "END", "num_ctx": 8}})
+    assert req.params.temperature == 0.0
+    assert req.params.stop == ("END",)
+    assert req.params.top_k == 40 and req.params.repeat_penalty == 1.1
+    assert req.truncate is True and req.priority == 0 and req.grammar is None
+
+
+def test_sampling_params_reject_negative_temperature():
+    with pytest.raises(InvalidOption):
+        SamplingParams.from_options({"temperature": -1})
+
+
+@pytest.mark.parametrize(
+    "fmt, expect",
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param("", None, id="empty"),
+        pytest.param("json", "root", id="json"),
+        pytest.param({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}, "root", id="schema"),
+    ],
+)
+def test_format_becomes_a_grammar(fmt, expect):
+    grammar = grammar_for_format(fmt)
+    assert (grammar is None) if expect is None else (expect in grammar)
+
+
+def test_invalid_schema_is_a_bad_request():
+    with pytest.raises(BadRequest, match="invalid JSON schema"):
+        grammar_for_format({"type": "object", "properties": {"a": {"type": "bogus"}}})
+
+
+def tokens(n: int, start: int = 0) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.int32)
+
+
+def test_prompt_that_fits_is_untouched():
+    prompt = tokens(99)
+    assert fit_context(prompt, 100, num_keep=-1, num_predict=-1, truncate=True) is prompt
+
+
+def test_long_prompt_is_cut_from_the_front_keeping_num_keep():
+    out = fit_context(tokens(300), 100, num_keep=5, num_predict=10, truncate=True)
+    assert len(out) == 90  # room for num_predict
+    assert out[:5].tolist() == [0, 1, 2, 3, 4]
+    assert out[-1] == 299 and out[5] == 300 - 85
+
+
+def test_unbounded_generation_leaves_a_quarter_of_the_context():
+    out = fit_context(tokens(300), 100, num_keep=-1, num_predict=-1, truncate=True)
+    assert len(out) == 75 and out[-1] == 299
+
+
+def test_leading_bos_is_kept():
+    prompt = np.concatenate([[7], tokens(200, 100)]).astype(np.int32)
+    out = fit_context(prompt, 100, num_keep=-1, num_predict=-1, truncate=True, bos=7)
+    assert out[0] == 7 and out[-1] == 299
+
+
+def test_truncate_false_is_an_error():
+    with pytest.raises(BadRequest, match="does not fit"):
+        fit_context(tokens(100), 100, num_keep=0, num_predict=-1, truncate=False)

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny GGUF models, a real-runner process harness, pytest fixtures."""
