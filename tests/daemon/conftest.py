@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,10 +42,18 @@ class Harness:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory, tiny_gguf) -> Path:
+    root = tmp_path_factory.mktemp("template") / "models"
+    add_model(Store(root), "tiny", tiny_gguf, system="You are tiny.", parameters={"temperature": 0.5})
+    return root
+
+
 @pytest.fixture
-async def harness(tmp_path, tiny_gguf):
+async def harness(tmp_path, template_store):
+    # Hard links: each test gets its own store, and the GGUF metadata cache (keyed by inode) stays warm.
+    shutil.copytree(template_store, tmp_path / "models", copy_function=os.link)
     store = Store(tmp_path / "models")
-    add_model(store, "tiny", tiny_gguf, system="You are tiny.", parameters={"temperature": 0.5})
     factory = FakeFactory()
     residency = Residency(factory, max_loaded=3, max_queue=10, memory_budget=1 << 40)
     settings = Settings.from_env({"LLMHOST_MODELS": str(tmp_path / "models"),

@@ -208,3 +208,18 @@ def test_model_without_template_falls_back_to_chatml(tiny_model_no_template):
         assert PromptBuilder(m, 256).render(req) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     finally:
         m.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"mirostat": 1, "seed": 5}, id="mirostat-1"),
+        pytest.param({"mirostat": 2, "seed": 5}, id="mirostat-2"),
+        pytest.param({"top_k": 5, "top_p": 0.5, "min_p": 0.05, "typical_p": 0.9, "seed": 5}, id="truncation"),
+        pytest.param({"presence_penalty": 0.5, "frequency_penalty": 0.5, "repeat_last_n": -1, "seed": 5}, id="penalties"),
+    ],
+)
+def test_sampler_configurations_generate_reproducibly(harness, options):
+    body = {"prompt": "Sample me", "options": {**options, "num_predict": 8}}
+    first, second = harness.run(body), harness.run(body)
+    assert first.final.eval_count == 8 and first.text == second.text

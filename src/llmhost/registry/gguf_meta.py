@@ -9,7 +9,6 @@ InvalidModelFile. No reference to the reader's memory map survives a call, so th
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from collections.abc import Mapping
@@ -107,12 +106,25 @@ def read_gguf_info(path: str | os.PathLike[str]) -> GGUFInfo:
         st = path.stat()
     except OSError as e:
         raise InvalidModelFile(f"cannot read model file {path.name}: {e.strerror}") from None
-    # Blobs never change in place, so (inode, size, mtime) identifies the content.
-    return _read_cached(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    # Blobs never change in place, so (device, inode, size, mtime) identifies the content, whatever
+    # name or hard link it is reached through.
+    return _read_cached(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 
-@functools.lru_cache(maxsize=16)
-def _read_cached(path: str, _ino: int, size: int, _mtime_ns: int) -> GGUFInfo:
+def _read_cached(path: str, identity: tuple) -> GGUFInfo:
+    cached = _CACHE.get(identity)
+    if cached is None:
+        cached = _read_uncached(path, identity[2])
+        _CACHE[identity] = cached
+        while len(_CACHE) > 16:
+            _CACHE.pop(next(iter(_CACHE)))
+    return cached
+
+
+_CACHE: dict[tuple, GGUFInfo] = {}
+
+
+def _read_uncached(path: str, size: int) -> GGUFInfo:
     _check_header(path, size)
     error = None
     try:
