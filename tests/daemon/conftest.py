@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmhost.config import Settings
 from llmhost.daemon.app import create_app
+from llmhost.daemon.memory import estimate_for_spec
 from llmhost.daemon.residency import Residency
 from llmhost.daemon.state import DaemonState
 from llmhost.registry.create import create_model
@@ -55,7 +56,8 @@ async def harness(tmp_path, template_store):
     shutil.copytree(template_store, tmp_path / "models", copy_function=os.link)
     store = Store(tmp_path / "models")
     factory = FakeFactory()
-    residency = Residency(factory, max_loaded=3, max_queue=10, memory_budget=1 << 40)
+    residency = Residency(factory, max_loaded=3, max_queue=4, memory_budget=8 << 30,
+                          estimate=estimate_for_spec)
     settings = Settings.from_env({"LLMHOST_MODELS": str(tmp_path / "models"),
                                   "LLMHOST_SOCKET": str(tmp_path / "s.sock")})
     client = TestClient(TestServer(create_app(DaemonState(settings, store, residency))))

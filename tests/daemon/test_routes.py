@@ -166,3 +166,38 @@ async def test_foreign_host_header_is_refused(harness):
     assert r.status == 403
     r = await harness.client.get("/api/tags", headers={"Host": "localhost:11434"})
     assert r.status == 200
+
+
+async def test_copies_of_a_model_share_one_runner(harness):
+    await harness.client.post("/api/copy", json={"source": "tiny", "destination": "alias"})
+    for name in ("tiny", "alias", "tiny"):
+        r = await harness.client.post("/api/generate", json={"model": name, "prompt": "x", "stream": False})
+        assert r.status == 200
+    assert len(harness.factory.started) == 1
+
+
+async def test_absurd_num_ctx_is_refused_by_the_estimate_and_nothing_is_disturbed(harness):
+    await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    r = await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x",
+                                                         "options": {"num_ctx": 10**9}})
+    error = (await r.json())["error"]
+    assert r.status == 500 and "requires" in error and "GB" in error
+    assert len(harness.factory.started) == 1 and not harness.factory.started[0].closed
+
+
+async def test_full_queue_answers_503_at_once(harness):
+    import asyncio
+
+    harness.factory.load_delay = 0.3
+    requests = [asyncio.create_task(harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x"}))
+                for _ in range(6)]
+    statuses = sorted(r.status for r in await asyncio.gather(*requests))
+    assert statuses == [200, 200, 200, 200, 503, 503]
+
+
+async def test_options_that_only_change_sampling_do_not_reload(harness):
+    for options in ({"temperature": 0}, {"top_k": 5, "seed": 3}, {"num_ctx": 1024}):
+        await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "options": options})
+    assert len(harness.factory.started) == 1, "num_ctx 1024 fits in the default 4096"
+    await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "options": {"num_ctx": 8192}})
+    assert len(harness.factory.started) == 2

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from llmhost.daemon import routes_inference, routes_models, routes_transfer
+from llmhost.daemon import routes_inference, routes_models, routes_registry, routes_transfer
 from llmhost.daemon.http import error_response
 from llmhost.daemon.security import make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
@@ -42,6 +42,8 @@ def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     app.add_routes(routes_models.routes)
     app.add_routes(routes_inference.routes)
     app.add_routes(routes_transfer.routes)
+    if state.settings.serve_registry:
+        app.add_routes(routes_registry.routes)
 
     async def on_shutdown(app: web.Application) -> None:
         await state.residency.shutdown()

@@ -93,6 +93,31 @@ class ProcessRunner:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         self._session = None
+        self._watchdog: asyncio.Task | None = None
+
+    def watch(self, interval: float, misses: int) -> None:
+        """Kill the runner if it stops answering ``/health`` (``misses`` times in a row).
+
+        A hung process (stopped, deadlocked in llama.cpp) never exits by itself; killing it lets
+        supervision end its requests with an error and reload the model on the next one.
+        """
+        self._watchdog = asyncio.create_task(self._watch_health(interval, misses))
+
+    async def _watch_health(self, interval: float, misses: int) -> None:
+        import aiohttp
+
+        missed = 0
+        while self.alive:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.health(), interval)
+                missed = 0
+            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
+                missed += 1
+                if missed >= misses and self.alive:
+                    log.warning("runner %d stopped answering; killing it", self.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.kill()
 
     @property
     def pid(self) -> int:
@@ -178,6 +203,8 @@ class ProcessRunner:
         return await self._proc.wait()
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._session is not None:
             await self._session.close()
         if self.alive:
@@ -201,10 +228,13 @@ def _error_from(status: int, message: str) -> LlmhostError:
 class ProcessRunnerFactory:
     """Starts real runner processes with sockets in ``socket_dir`` (private to this daemon)."""
 
-    def __init__(self, socket_dir: Path, load_timeout: float, debug: bool = False):
+    def __init__(self, socket_dir: Path, load_timeout: float, debug: bool = False,
+                 health_interval: float = 5.0, health_misses: int = 3):
         self._socket_dir = socket_dir
         self._load_timeout = load_timeout
         self._debug = debug
+        self._health_interval = health_interval
+        self._health_misses = health_misses
         self._counter = 0
 
     def _command(self, spec: LoadSpec, socket_path: Path) -> list[str]:
@@ -220,6 +250,8 @@ class ProcessRunnerFactory:
         ]
         if not spec.use_mmap:
             cmd.append("--no-mmap")
+        if self._debug:
+            cmd.append("--verbose")  # llama.cpp's own log, into the daemon's log
         return cmd
 
     async def start(self, spec: LoadSpec) -> ProcessRunner:
@@ -243,6 +275,7 @@ class ProcessRunnerFactory:
             await runner.close()
             raise
         runner.memory_bytes = int(health.get("memory_bytes") or 0)
+        runner.watch(self._health_interval, self._health_misses)
         return runner
 
     async def _wait_ready(self, runner: ProcessRunner) -> dict:
