@@ -63,3 +63,10 @@ def estimate_for_spec(spec: LoadSpec) -> int:
     path = Path(spec.model_path)
     info = _info(str(path), path.stat().st_mtime)
     return estimate(info, spec.num_ctx, spec.parallel, spec.num_batch)
+
+
+def auto_gpu_layers_for_spec(spec: LoadSpec) -> int:
+    from llmhost.daemon.gpu import auto_gpu_layers
+
+    path = Path(spec.model_path)
+    return auto_gpu_layers(_info(str(path), path.stat().st_mtime), spec.num_ctx, spec.parallel, spec.num_batch)

@@ -19,7 +19,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 from llmhost.errors import BadRequest, LlmhostError, RunnerError
 
@@ -229,12 +229,15 @@ class ProcessRunnerFactory:
     """Starts real runner processes with sockets in ``socket_dir`` (private to this daemon)."""
 
     def __init__(self, socket_dir: Path, load_timeout: float, debug: bool = False,
-                 health_interval: float = 5.0, health_misses: int = 3):
+                 health_interval: float = 5.0, health_misses: int = 3,
+                 auto_gpu_layers: Callable[[LoadSpec], int] = lambda spec: 0):
         self._socket_dir = socket_dir
         self._load_timeout = load_timeout
         self._debug = debug
         self._health_interval = health_interval
         self._health_misses = health_misses
+        # num_gpu = -1 (auto) stays -1 in the spec, so the chosen layer count never forces a reload.
+        self._auto_gpu_layers = auto_gpu_layers
         self._counter = 0
 
     def _command(self, spec: LoadSpec, socket_path: Path) -> list[str]:
@@ -246,7 +249,7 @@ class ProcessRunnerFactory:
             "--parallel", str(spec.parallel),
             "--batch", str(spec.num_batch),
             "--threads", str(spec.threads),
-            "--gpu-layers", str(max(spec.num_gpu, 0) if spec.num_gpu >= 0 else 999),
+            "--gpu-layers", str(spec.num_gpu if spec.num_gpu >= 0 else self._auto_gpu_layers(spec)),
         ]
         if not spec.use_mmap:
             cmd.append("--no-mmap")

@@ -62,7 +62,7 @@ def _pid_alive(pid: int) -> bool:
 
 def build_state(settings: Settings):
     """The daemon's store, residency and runner factory from settings."""
-    from llmhost.daemon.memory import estimate_for_spec
+    from llmhost.daemon.memory import auto_gpu_layers_for_spec, estimate_for_spec
     from llmhost.daemon.residency import Residency
     from llmhost.daemon.runners import ProcessRunnerFactory
     from llmhost.daemon.state import DaemonState
@@ -70,7 +70,8 @@ def build_state(settings: Settings):
 
     runner_base = settings.socket.parent / "runners"
     clean_stale_runner_dirs(runner_base)
-    factory = ProcessRunnerFactory(runner_base / str(os.getpid()), settings.load_timeout, settings.debug)
+    factory = ProcessRunnerFactory(runner_base / str(os.getpid()), settings.load_timeout, settings.debug,
+                                   auto_gpu_layers=auto_gpu_layers_for_spec)
     residency = Residency(
         factory,
         max_loaded=settings.max_loaded_models,
