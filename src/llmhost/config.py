@@ -163,6 +163,8 @@ VARIABLES: tuple[Variable, ...] = (
              "how long a runner may take to load a model before it is killed"),
     Variable("LLMHOST_DEBUG", "debug", "0", _flag,
              "verbose logging, runner output included"),
+    Variable("LLMHOST_SERVE_REGISTRY", "serve_registry", "0", _flag,
+             "also serve the installed models read-only over the registry protocol (/v2/), for peers to pull"),
 )
 
 
@@ -182,6 +184,7 @@ class Settings:
     max_memory: int
     load_timeout: float
     debug: bool
+    serve_registry: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod

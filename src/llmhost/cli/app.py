@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from llmhost.cli.commands import cp, create, ls, ps, pull, rm, run, serve, show, stop
+from llmhost.cli.commands import cp, create, ls, ps, pull, push, rm, run, serve, show, stop
 from llmhost.cli.session import CliOptions
 from llmhost.errors import LlmhostError
 
@@ -90,6 +90,7 @@ app.command("show", help=show.HELP)(show.command)
 app.command("run", help=run.HELP)(run.command)
 app.command("stop", help=stop.HELP)(stop.command)
 app.command("pull", help=pull.HELP)(pull.command)
+app.command("push", help=push.HELP)(push.command)
 app.command("list", help=ls.HELP)(ls.command)
 app.command("ls", hidden=True, help=ls.HELP)(ls.command)
 app.command("ps", help=ps.HELP)(ps.command)

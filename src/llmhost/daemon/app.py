@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from llmhost.daemon import routes_inference, routes_models, routes_registry, routes_transfer
+from llmhost.daemon import routes_inference, routes_models, routes_openai, routes_registry, routes_transfer
 from llmhost.daemon.http import error_response
 from llmhost.daemon.security import make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
@@ -35,12 +35,13 @@ async def errors_middleware(request: web.Request, handler):
 
 def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[make_security_middleware(check_host), errors_middleware],
+        middlewares=[make_security_middleware(check_host), errors_middleware, routes_openai.openai_errors],
         client_max_size=1024**4,  # blob uploads are streamed, never held in memory
     )
     app[STATE_KEY] = state
     app.add_routes(routes_models.routes)
     app.add_routes(routes_inference.routes)
+    app.add_routes(routes_openai.routes)
     app.add_routes(routes_transfer.routes)
     if state.settings.serve_registry:
         app.add_routes(routes_registry.routes)

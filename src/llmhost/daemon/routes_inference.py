@@ -1,114 +1,68 @@
-"""Inference routes: generate, chat, embed, ps."""
+"""Ollama's inference routes: generate, chat, embed(dings), ps."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from typing import AsyncIterator
 
 from aiohttp import web
 
-from llmhost.api.options import split_options
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.http import format_time, now_rfc3339, read_json, stream_ndjson
-from llmhost.daemon.prompting import effective_options, load_options, runner_body
+from llmhost.daemon.inference import NS, Completion, embed, lease_for, metrics, start_completion
 from llmhost.daemon.state import DaemonState, state_of
 
 routes = web.RouteTableDef()
 
-NS = 1_000_000_000
-
-
-def _keep_alive(state: DaemonState, requested: float | None) -> float:
-    return state.settings.keep_alive if requested is None else requested
-
-
-async def _lease_for(state: DaemonState, request: GenerateRequest | ChatRequest | EmbedRequest, record):
-    options = effective_options(record.parameters, request.options)
-    runtime, load = split_options(options)
-    spec = state.load_spec(record, load_options(load, {}, {}))
-    info = {"digest": record.digest, "details": record.details(), "model": str(record.name)}
-    lease = await state.residency.acquire(spec, str(record.name), _keep_alive(state, request.keep_alive), info)
-    return lease, runtime
+FOREVER = "2318-08-16T00:00:00Z"  # what Ollama shows for a model pinned with keep_alive < 0
 
 
 @routes.post("/api/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    req = GenerateRequest.from_json(body)
-    empty = not req.prompt
-    return await _infer(request, req, empty, lambda text: {"response": text})
+    req = GenerateRequest.from_json(await read_json(request))
+    return await _infer(request, req, not req.prompt, lambda text: {"response": text})
 
 
 @routes.post("/api/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    req = ChatRequest.from_json(body)
-    empty = not req.messages
-    return await _infer(request, req, empty,
+    req = ChatRequest.from_json(await read_json(request))
+    return await _infer(request, req, not req.messages,
                         lambda text: {"message": {"role": "assistant", "content": text}})
 
 
 async def _infer(request: web.Request, req, empty: bool, wrap) -> web.StreamResponse:
     state = state_of(request)
     record = await asyncio.to_thread(state.store.load, req.model)
-    started = time.monotonic()
-    model = str(record.name)
     if empty:
-        return web.json_response(await _load_or_unload(state, req, record, started, wrap))
-    lease, runtime = await _lease_for(state, req, record)
-    events = _completion_events(lease, runner_body(record, req, runtime), model, started, wrap)
-    return await stream_ndjson(request, events, req.stream, merge=_merge_chunks)
+        return web.json_response(await _load_or_unload(state, req, record, wrap))
+    completion = await start_completion(state, req, record)
+    return await stream_ndjson(request, _chunks(completion, wrap), req.stream, merge=_merge_chunks)
 
 
-async def _load_or_unload(state: DaemonState, req, record, started: float, wrap) -> dict:
+async def _load_or_unload(state: DaemonState, req, record, wrap) -> dict:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (``llm stop``)."""
+    started = time.monotonic()
     if req.keep_alive == 0:
         await state.residency.expire(record.runner_key)
-        reason = "unload"
+        extra = {"done_reason": "unload"}
     else:
-        lease, _ = await _lease_for(state, req, record)
+        lease, _ = await lease_for(state, req, record)
         lease.release()
-        reason = "load"
-    return {"model": str(record.name), "created_at": now_rfc3339(), **wrap(""), "done": True,
-            "done_reason": reason, **({"total_duration": int((time.monotonic() - started) * NS)}
-                                      if reason == "load" else {})}
+        extra = {"done_reason": "load", "total_duration": int((time.monotonic() - started) * NS),
+                 "load_duration": int(lease.load_duration * NS)}
+    return {"model": str(record.name), "created_at": now_rfc3339(), **wrap(""), "done": True, **extra}
 
 
-async def _completion_events(lease, body: dict, model: str, started: float, wrap) -> AsyncIterator[dict]:
-    try:
-        async with contextlib.aclosing(lease.runner.completion(body)) as lines:
-            async for line in lines:
-                if "error" in line:
-                    from llmhost.errors import RunnerError
-
-                    raise RunnerError(line["error"])
-                if line.get("done"):
-                    yield _final_chunk(line, model, started, lease.load_duration, wrap)
-                    return
-                yield {"model": model, "created_at": now_rfc3339(), **wrap(line.get("content", "")),
-                       "done": False}
-    finally:
-        lease.release()
-
-
-def _final_chunk(line: dict, model: str, started: float, load_duration: float, wrap) -> dict:
-    return {
-        "model": model,
-        "created_at": now_rfc3339(),
-        **wrap(""),
-        "done": True,
-        "done_reason": line.get("done_reason", "stop"),
-        "total_duration": int((time.monotonic() - started) * NS),
-        "load_duration": int(load_duration * NS),
-        "prompt_eval_count": line.get("prompt_eval_count", 0),
-        "prompt_eval_duration": line.get("prompt_eval_duration", 0),
-        "prompt_cached_count": line.get("prompt_cached_count", 0),
-        "eval_count": line.get("eval_count", 0),
-        "eval_duration": line.get("eval_duration", 0),
-    }
+async def _chunks(completion: Completion, wrap) -> AsyncIterator[dict]:
+    async for line in completion.lines:
+        if line.get("done"):
+            yield {"model": completion.model, "created_at": now_rfc3339(), **wrap(""), "done": True,
+                   "done_reason": line.get("done_reason", "stop"), **metrics(line, completion)}
+        else:
+            yield {"model": completion.model, "created_at": now_rfc3339(), **wrap(line.get("content", "")),
+                   "done": False}
 
 
 def _merge_chunks(chunks: list[dict]) -> dict:
@@ -123,38 +77,28 @@ def _merge_chunks(chunks: list[dict]) -> dict:
 
 
 @routes.post("/api/embed")
-async def embed(request: web.Request) -> web.Response:
-    return await _embed(request, legacy=False)
-
-
-@routes.post("/api/embeddings")
-async def embeddings(request: web.Request) -> web.Response:
-    return await _embed(request, legacy=True)
-
-
-async def _embed(request: web.Request, legacy: bool) -> web.Response:
-    state = state_of(request)
-    req = EmbedRequest.from_json(await read_json(request), legacy=legacy)
-    record = await asyncio.to_thread(state.store.load, req.model)
+async def embed_route(request: web.Request) -> web.Response:
     started = time.monotonic()
-    lease, _ = await _lease_for(state, req, record)
-    try:
-        result = await lease.runner.embed({"input": list(req.inputs), "truncate": req.truncate})
-    finally:
-        lease.release()
-    vectors = [_cut(v, req.dimensions) for v in result["embeddings"]]
-    if legacy:
-        return web.json_response({"embedding": vectors[0] if vectors else []})
+    req = EmbedRequest.from_json(await read_json(request))
+    model, result, load = await embed(state_of(request), req)
     return web.json_response({
-        "model": str(record.name),
-        "embeddings": vectors,
+        "model": model,
+        "embeddings": [cut_dimensions(v, req.dimensions) for v in result["embeddings"]],
         "total_duration": int((time.monotonic() - started) * NS),
-        "load_duration": int(lease.load_duration * NS),
+        "load_duration": int(load * NS),
         "prompt_eval_count": result.get("prompt_eval_count", 0),
     })
 
 
-def _cut(vector: list[float], dimensions: int | None) -> list[float]:
+@routes.post("/api/embeddings")
+async def embeddings_legacy(request: web.Request) -> web.Response:
+    req = EmbedRequest.from_json(await read_json(request), legacy=True)
+    _, result, _ = await embed(state_of(request), req)
+    return web.json_response({"embedding": result["embeddings"][0] if result["embeddings"] else []})
+
+
+def cut_dimensions(vector: list[float], dimensions: int | None) -> list[float]:
+    """Keep the first ``dimensions`` values and re-normalise (Matryoshka-style truncation)."""
     if not dimensions or dimensions >= len(vector):
         return vector
     vector = vector[:dimensions]
@@ -175,7 +119,7 @@ async def ps(request: web.Request) -> web.Response:
             "size_vram": 0,
             "digest": resident.info.get("digest", ""),
             "details": resident.info.get("details", {}),
-            "expires_at": format_time(expires) if expires is not None else "2318-08-16T00:00:00Z",
+            "expires_at": format_time(expires) if expires is not None else FOREVER,
             "context_length": resident.spec.num_ctx,
         })
     return web.json_response({"models": models})

@@ -100,12 +100,14 @@ async def emit(progress: ProgressCallback | None, event: dict[str, Any]) -> None
 async def gather_cancelling(aws: Iterable[Awaitable[Any]]) -> list[Any]:
     """Like ``asyncio.gather``, but the first failure cancels the rest (and waits for them)."""
     tasks = [asyncio.ensure_future(aw) for aw in aws]
+    if not tasks:
+        return []
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks) if tasks else None
+        await asyncio.wait(tasks)
     for task in tasks:  # the first failure, in order
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
@@ -162,7 +164,7 @@ class Downloads:
             return request.digest, size
         key = (store.blobs_dir.resolve(), request.key())
         download = self._active.get(key)
-        if download is None:
+        if download is None or download.task.done():
             download = _Download(store, request, self.options)
             self._active[key] = download
             download.task = asyncio.ensure_future(download.run())
@@ -177,18 +179,29 @@ class Downloads:
         try:
             yield
         finally:
-            self._claims.subtract(claimed)
-            self._claims += Counter()  # drop zero counts
+            for digest in claimed:
+                self._claims[digest] -= 1
+                if self._claims[digest] <= 0:
+                    del self._claims[digest]
 
-    def release_unused(self, store: Store, digests: Iterable[str]) -> list[str]:
-        """Delete blobs among ``digests`` that no manifest references and no running pull claims."""
+    def release_unused(self, store: Store, digests: Iterable[str], partials: bool = False) -> list[str]:
+        """Delete blobs among ``digests`` that no manifest references and no running pull claims;
+        with ``partials``, their partial downloads too (unless one is still running)."""
         candidates = {d for d in digests if self._claims[d] == 0}
         if not candidates:
             return []
+        if partials:
+            for digest in candidates:
+                if not self._running(store, digest):
+                    _Download.remove_partial(store.blobs_dir / BlobRequest("", digest).key())
         removed = sorted(candidates - store.referenced_digests())
         for digest in removed:
             store.blob_path(digest).unlink(missing_ok=True)
         return removed
+
+    def _running(self, store: Store, digest: str) -> bool:
+        download = self._active.get((store.blobs_dir.resolve(), BlobRequest("", digest).key()))
+        return download is not None and not download.task.done()
 
     def _forget(self, key: tuple[Path, str], download: _Download) -> None:
         if self._active.get(key) is download:
@@ -217,8 +230,8 @@ class _Retry(Exception):
     """A transient failure of one part: retried with backoff."""
 
 
-class _Discard(PullError):
-    """A failure after which the partial file is worthless (digest mismatch, disk full)."""
+class DownloadDiscarded(PullError):
+    """A failure after which the partial file is worthless and was deleted (digest mismatch, disk full)."""
 
 
 class _Download:
@@ -281,7 +294,7 @@ class _Download:
                 await self._close()
                 await asyncio.to_thread(self._install, digest)
                 return digest, self.total
-            except _Discard:
+            except DownloadDiscarded:
                 await self._close()
                 self._discard()
                 raise
@@ -311,7 +324,7 @@ class _Download:
         if size is None and expected is None:
             raise PullError(f"{self._what()}: {_origin(self.url)} did not report the file's size")
         if size is not None and expected is not None and size != expected:
-            raise PullError(f"{self._what()}: the server has {size} bytes, the manifest says {expected}")
+            raise DownloadDiscarded(f"{self._what()}: the server has {size} bytes, the manifest says {expected}")
         return (size if size is not None else expected), etag  # type: ignore[return-value]
 
     def _prepare(self) -> None:
@@ -321,7 +334,7 @@ class _Download:
             self.partial.unlink(missing_ok=True)
             self.parts = _plan(self.total, self.options)
         needed = sum(p.remaining for p in self.parts)
-        check_space(self.store, needed, self._what().removeprefix("pulling "))
+        check_space(self.store, needed, self.request.digest or self.request.label or self.url)
         fresh = not self.partial.exists()
         self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
         if fresh:
@@ -400,7 +413,7 @@ class _Download:
             await asyncio.get_running_loop().run_in_executor(self._io, _pwrite_all, self._fd, data, offset)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _Discard(f"no space left on device while writing {self.partial}") from None
+                raise DownloadDiscarded(f"no space left on device while writing {self.partial}") from None
             raise PullError(f"{self._what()}: cannot write {self.partial}: {e.strerror or e}") from None
         part.completed += len(data)
         self._wake.set()
@@ -439,7 +452,7 @@ class _Download:
         digest = "sha256:" + self._hasher.hexdigest()
         want = self.request.digest
         if want is not None and digest != want:
-            raise _Discard(f"digest mismatch, file must be downloaded again: want {want}, got {digest}")
+            raise DownloadDiscarded(f"digest mismatch, file must be downloaded again: want {want}, got {digest}")
         await loop.run_in_executor(self._io, os.fsync, self._fd)
         return digest
 
@@ -465,15 +478,22 @@ class _Download:
         return digest, size
 
     def _discard(self) -> None:
-        self.partial.unlink(missing_ok=True)
-        self.state_path.unlink(missing_ok=True)
+        self.remove_partial(self.partial.with_name(self.partial.name.removesuffix("-partial")))
+
+    @staticmethod
+    def remove_partial(stem: Path) -> None:
+        """Delete ``<stem>-partial`` and its state file."""
+        for suffix in ("-partial", "-partial.json", "-partial.json.tmp"):
+            stem.with_name(stem.name + suffix).unlink(missing_ok=True)
 
     def _load_state(self) -> list[_Part] | None:
         try:
             doc = json.loads(self.state_path.read_text())
             parts = [_Part(int(p["offset"]), int(p["size"]), int(p["completed"])) for p in doc["parts"]]
             same = (doc["version"] == _STATE_VERSION and doc["size"] == self.total
-                    and doc.get("digest") == self.request.digest and doc.get("etag") == self.etag)
+                    and doc.get("digest") == self.request.digest
+                    # without a digest the ETag is what says the file did not change meanwhile
+                    and (self.request.digest is not None or doc.get("etag") == self.etag))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         try:
