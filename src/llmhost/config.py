@@ -24,10 +24,14 @@ def _default_models_dir() -> str:
 
 
 def _default_socket() -> str:
+    import warnings
+
     import platformdirs
 
     try:
-        base = Path(platformdirs.user_runtime_dir("llmhost"))
+        with warnings.catch_warnings():  # without XDG_RUNTIME_DIR it falls back to /tmp/runtime-<uid>: fine
+            warnings.simplefilter("ignore")
+            base = Path(platformdirs.user_runtime_dir("llmhost"))
     except Exception:  # no runtime dir on this platform
         base = Path(platformdirs.user_cache_dir("llmhost"))
     return str(base / "llmhost.sock")
