@@ -79,17 +79,6 @@ def test_stop_string_ends_output_before_it(harness):
     assert sink.text == reference[: reference.index(stop)]
 
 
-def test_full_context_stops_with_length(model):
-    h = EngineHarness(model, ctx_size=64, parallel=1, batch=64)
-    try:
-        sink = h.run({"prompt": "hello there", "options": {**GREEDY, "repeat_penalty": 1.0}})
-    finally:
-        h.close()
-    final = sink.final
-    assert isinstance(final, Finished) and final.done_reason == FinishReason.LENGTH
-    assert final.prompt_eval_count + final.eval_count <= 65
-
-
 def test_long_prompt_is_truncated_or_rejected(harness):
     long_text = "word " * 600
     sink = harness.run({"prompt": long_text, "options": {**GREEDY, "num_predict": 3}})

@@ -9,29 +9,54 @@ from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
 
 
 class FakeContext:
-    """Sequence id → number of positions held (0..n-1); records memory calls."""
+    """Sequence id → positions held; records memory calls."""
 
-    def __init__(self, n_seq: int, partial_rm: bool = True):
-        self.n = {i: 0 for i in range(n_seq)}
+    def __init__(self, n_seq: int, partial_rm: bool = True, can_shift: bool = True):
+        self.pos: dict[int, list[int]] = {i: [] for i in range(n_seq)}
         self.partial_rm = partial_rm
+        self.shiftable = can_shift
         self.calls: list[tuple] = []
+        self.restore_fails = False
+
+    @property
+    def n(self) -> dict[int, int]:
+        return {seq: len(p) for seq, p in self.pos.items()}
 
     def seq_rm(self, seq, p0=-1, p1=-1):
         self.calls.append(("rm", seq, p0, p1))
         if p0 > 0 and not self.partial_rm:
             return False
-        self.n[seq] = 0 if p0 < 0 else min(self.n[seq], p0)
+        lo, hi = max(p0, 0), (p1 if p1 >= 0 else 1 << 30)
+        self.pos[seq] = [p for p in self.pos[seq] if not lo <= p < hi]
         return True
 
     def seq_cp(self, src, dst, p0=-1, p1=-1):
         self.calls.append(("cp", src, dst, p0, p1))
-        self.n[dst] = p1
+        self.pos[dst] = [p for p in self.pos[src] if p0 <= p < p1]
+
+    def seq_add(self, seq, p0, p1, delta):
+        self.calls.append(("add", seq, p0, p1, delta))
+        self.pos[seq] = sorted(p + delta if p0 <= p < p1 else p for p in self.pos[seq])
+
+    def can_shift(self):
+        return self.shiftable
 
     def seq_pos_max(self, seq):
-        return self.n[seq] - 1
+        return max(self.pos[seq], default=-1)
 
     def seq_pos_min(self, seq):
-        return 0 if self.n[seq] else -1
+        return min(self.pos[seq], default=-1)
+
+    def state_seq_get(self, seq):
+        self.calls.append(("get", seq))
+        return np.array(self.pos[seq], dtype=np.int32)
+
+    def state_seq_set(self, seq, data):
+        self.calls.append(("set", seq))
+        if self.restore_fails:
+            return False
+        self.pos[seq] = data.tolist()
+        return True
 
 
 def toks(*values: int) -> np.ndarray:
@@ -40,7 +65,7 @@ def toks(*values: int) -> np.ndarray:
 
 def fill(kv: KVCacheManager, ctx: FakeContext, seq_id: int, tokens: np.ndarray, start: int = 0) -> None:
     kv.commit(seq_id, start, tokens[start:])
-    ctx.n[seq_id] = len(tokens)
+    ctx.pos[seq_id] = list(range(len(tokens)))
 
 
 @pytest.fixture
@@ -144,3 +169,100 @@ def test_no_free_slot_is_an_error(setup):
     assert not kv.has_free_slot()
     with pytest.raises(RuntimeError):
         kv.allocate(toks(1))
+
+
+# --- cell accounting, context shift, swapping -----------------------------------------------------
+
+
+def shared_pair(kv: KVCacheManager, ctx: FakeContext, system: int = 20):
+    """Slot a holds system + 21 tokens; slot b shares a's system prompt and adds 2 of its own."""
+    prefix = tuple(range(100, 100 + system))
+    a = kv.allocate(toks(*prefix, *range(1, 22)))
+    fill(kv, ctx, a.seq_id, toks(*prefix, *range(1, 22)))
+    b = kv.allocate(toks(*prefix, 99, 98))
+    assert b.n_reused == system
+    kv.commit(b.seq_id, system, toks(99, 98))
+    ctx.pos[b.seq_id] += [system, system + 1]
+    return a.seq_id, b.seq_id
+
+
+def test_shared_prefix_cells_are_counted_once(setup):
+    kv, ctx = setup
+    shared_pair(kv, ctx)
+    assert kv.used_cells() == 41 + 2 and kv.free_cells() == 3 * 64 - 43
+
+
+def test_cells_a_lender_drops_are_counted_for_the_borrower(setup):
+    kv, ctx = setup
+    a, b = shared_pair(kv, ctx)
+    kv.release(a, keep=False)
+    assert kv.used_cells() == 22
+    kv.rollback(b, 10)  # the borrower's own cut is its own business
+    assert kv.used_cells() == 10
+
+
+def test_make_room_evicts_idle_slots_least_recently_used_first(setup):
+    kv, ctx = setup
+    ids = []
+    for base in (10, 20, 30):
+        alloc = kv.allocate(toks(*range(base, base + 30)))
+        fill(kv, ctx, alloc.seq_id, toks(*range(base, base + 30)))
+        ids.append(alloc.seq_id)
+    kv.release(ids[1], keep=True)
+    kv.release(ids[0], keep=True)
+    assert kv.make_room(3 * 64 - 60)
+    assert ctx.n[ids[1]] == 0 and ctx.n[ids[0]] == 30 and kv.evictions == 1
+    assert not kv.make_room(3 * 64)  # the busy slot cannot be evicted
+
+
+def test_shift_keeps_the_prefix_and_moves_the_newer_half_down(setup):
+    kv, ctx = setup
+    seq = kv.allocate(toks(*range(64))).seq_id
+    fill(kv, ctx, seq, toks(*range(64)))
+    assert kv.shift(seq, 4) == 30
+    assert ("rm", seq, 4, 34) in ctx.calls and ("add", seq, 34, 64, -30) in ctx.calls
+    slot = kv.slots[seq]
+    assert slot.held.tolist() == [0, 1, 2, 3, *range(34, 64)]
+    assert ctx.pos[seq] == list(range(34))
+    # Only the kept prefix still equals a fresh evaluation of its tokens.
+    assert slot.reusable.tolist() == [0, 1, 2, 3]
+    kv.release(seq, keep=True)
+    assert kv.allocate(toks(*range(64))).n_reused == 4
+
+
+def test_shift_is_refused_where_the_cache_cannot_shift():
+    ctx = FakeContext(1, can_shift=False)
+    kv = KVCacheManager(ctx, 1, 64)
+    fill(kv, ctx, kv.allocate(toks(*range(64))).seq_id, toks(*range(64)))
+    assert kv.shift(0, 4) == 0 and kv.slots[0].n == 64
+
+
+def test_shifting_shared_cells_gives_the_slot_its_own_copy_first(setup):
+    kv, ctx = setup
+    a, b = shared_pair(kv, ctx, system=40)
+    assert kv.shift(b, 0) == 21  # would move positions 21..41, which b shares with a
+    assert ("get", b) in ctx.calls and ("set", b) in ctx.calls
+    assert ctx.pos[a] == list(range(61))  # the lender's cells did not move
+    assert kv.slots[b].lender is None and kv.used_cells() == 61 + 21
+
+
+def test_swap_round_trip_restores_tokens_and_cells(setup):
+    kv, ctx = setup
+    seq = kv.allocate(toks(*range(50))).seq_id
+    fill(kv, ctx, seq, toks(*range(50)))
+    record = kv.swap_out(seq)
+    assert ctx.n[seq] == 0 and kv.used_cells() == 0 and kv.has_free_slot()
+    assert record.n == 50
+    back = kv.swap_in(record)
+    assert kv.slots[back].held.tolist() == list(range(50)) and ctx.n[back] == 50 and kv.slots[back].busy
+
+
+def test_failed_swap_in_leaves_the_record_usable(setup):
+    kv, ctx = setup
+    seq = kv.allocate(toks(*range(50))).seq_id
+    fill(kv, ctx, seq, toks(*range(50)))
+    record = kv.swap_out(seq)
+    ctx.restore_fails = True
+    assert kv.swap_in(record) is None and not any(s.busy for s in kv.slots)
+    ctx.restore_fails = False
+    assert kv.swap_in(record) is not None

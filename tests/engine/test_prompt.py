@@ -1,11 +1,12 @@
-"""Request validation, sampling options and prompt truncation (no model needed)."""
+"""Request validation, sampling options, prompt truncation, kept tokens and template choice."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from llmhost.engine.prompt import CompletionRequest, fit_context
+from llmhost.engine.llamacpp import Model
+from llmhost.engine.prompt import CompletionRequest, PromptBuilder, fit_context
 from llmhost.engine.sampling import SamplingParams, grammar_for_format
 from llmhost.errors import BadRequest, InvalidOption
 
@@ -93,3 +94,54 @@ def test_leading_bos_is_kept():
 def test_truncate_false_is_an_error():
     with pytest.raises(BadRequest, match="does not fit"):
         fit_context(tokens(100), 100, num_keep=0, num_predict=-1, truncate=False)
+
+
+# --- with the tiny model's tokenizer and template ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def builder(tiny_model):
+    model = Model(tiny_model)
+    yield PromptBuilder(model, 256)
+    model.close()
+
+
+SYSTEM = {"role": "system", "content": "You are terse."}
+USER = {"role": "user", "content": "Hi there"}
+
+
+def request(messages=None, **body) -> CompletionRequest:
+    if messages is None:
+        return CompletionRequest.from_json({"prompt": "Hi there", **body})
+    return CompletionRequest.from_json({"messages": messages, **body})
+
+
+def test_kept_tokens_default_to_the_rendered_system_prompt(builder):
+    tokens, keep = builder.prepare(request([SYSTEM, USER]))
+    system_only = builder.model.tokenize("<|im_start|>system\nYou are terse.<|im_end|>\n", add_special=True)
+    assert keep == len(system_only) and tokens[:keep].tolist() == system_only.tolist()
+
+
+@pytest.mark.parametrize(
+    "req, keep",
+    [
+        pytest.param(lambda: request([USER]), 0, id="no-system-message"),  # SmolLM2 adds no BOS
+        pytest.param(lambda: request(), 0, id="raw-prompt"),
+        pytest.param(lambda: request([SYSTEM, USER], options={"num_keep": 3}), 3, id="explicit-num_keep"),
+    ],
+)
+def test_kept_tokens_rule(builder, req, keep):
+    assert builder.prepare(req())[1] == keep
+
+
+def test_go_template_falls_back_to_the_models_own_template(builder, caplog):
+    go = "{{ if .System }}<|system|>{{ .System }}{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}"
+    with caplog.at_level("WARNING"):
+        rendered = builder.render(request([SYSTEM, USER], template=go))
+    assert rendered == builder.render(request([SYSTEM, USER]))
+    assert "Go template" in caplog.text
+
+
+def test_a_broken_jinja_template_is_still_an_error(builder):
+    with pytest.raises(BadRequest, match="invalid chat template"):
+        builder.render(request([USER], template="{% if %}"))

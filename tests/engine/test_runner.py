@@ -31,6 +31,7 @@ def test_health_reports_the_loaded_model(runner, tiny_model):
     assert health["status"] == "ok"
     assert health["model"] == str(tiny_model)
     assert health["n_ctx"] == 1024 and health["parallel"] == 2 and health["n_ctx_train"] == 2048
+    assert health["kv_cells"] == 2048 and health["engine"]["swapped_out_total"] == 0
     assert health["memory_bytes"] > 20 * 2**20  # at least the weights
 
 
@@ -71,6 +72,14 @@ def test_raw_prompt_and_custom_template(runner):
     templated = runner.completion({**chat("Hi", **options), "template": CUSTOM_TEMPLATE})
     assert text_of(raw) == text_of(templated)
     assert templated[-1]["prompt_cached_count"] == 9  # the same tokens: all but the last reused
+
+
+def test_go_template_from_an_ollama_model_falls_back_to_the_gguf_template(runner):
+    options = {**GREEDY, "num_predict": 5}
+    go = "{{ if .System }}{{ .System }}{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}"
+    plain = runner.completion(chat("Hi", **options))
+    with_go = runner.completion({**chat("Hi", **options), "template": go})
+    assert text_of(with_go) == text_of(plain)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +131,20 @@ def test_concurrent_requests_are_batched(runner):
     with cf.ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda b: text_of(runner.completion(b)), bodies))
     assert together == alone
+
+
+def test_small_kv_cache_swaps_concurrent_requests(tiny_model, tmp_path):
+    import concurrent.futures as cf
+
+    bodies = [chat(f"Write a long answer to question {i}", num_predict=120, repeat_penalty=1.0) for i in range(4)]
+    with RunnerProcess(tiny_model, tmp_path, ctx_size=256, parallel=4, extra=("--kv-cells", "256")) as proc:
+        with cf.ThreadPoolExecutor(4) as pool:
+            finals = [lines[-1] for lines in pool.map(proc.completion, bodies)]
+        health = proc.health()
+    assert health["kv_cells"] == 256
+    assert all(f.get("done") and f["eval_count"] == 120 for f in finals), finals
+    engine = health["engine"]
+    assert engine["swapped_out_total"] >= 1 and engine["swapped_in_total"] == engine["swapped_out_total"]
 
 
 def test_load_failure_prints_one_error_line(tmp_path):

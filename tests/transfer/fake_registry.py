@@ -55,6 +55,8 @@ class FakeRegistry:
     challenge: str | None = None  # overrides the WWW-Authenticate header (None: a Bearer challenge)
     tokens_issued: int = 0
     files: dict[str, bytes] = field(default_factory=dict)  # /files/<name>, for URL pulls
+    redirect_blobs: str | None = None  # base URL blob requests are redirected to (a "CDN": <base>/files/<digest>)
+    authorization_seen: list = field(default_factory=list)  # Authorization headers received, in order
     uploads: dict[str, bytearray] = field(default_factory=dict)
     uploaded: Counter = field(default_factory=Counter)  # bytes received per upload PATCH series
     url: str = ""
@@ -110,6 +112,8 @@ class FakeRegistry:
     @web.middleware
     async def _record(self, request: web.Request, handler):
         self.requests.append((request.method, request.path))
+        if "Authorization" in request.headers:
+            self.authorization_seen.append(request.headers["Authorization"])
         if self.token and request.path.startswith("/v2"):
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 realm = self.realm or f"{self.url}/token"
@@ -147,6 +151,8 @@ class FakeRegistry:
 
     async def _get_blob(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
+        if self.redirect_blobs:
+            raise web.HTTPTemporaryRedirect(f"{self.redirect_blobs}/files/{digest}")
         if digest not in self.blobs:
             return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
         data = self.corrupt.get(digest, self.blobs[digest])
@@ -161,7 +167,9 @@ class FakeRegistry:
         return await self._send(request, self.files[name], name)
 
     async def _send(self, request: web.Request, data: bytes, key: str) -> web.StreamResponse:
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", "ETag": f'"{key}"'}
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{key}"'}
+        if not self.ignore_range:
+            headers["Accept-Ranges"] = "bytes"
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         start, end = 0, len(data)

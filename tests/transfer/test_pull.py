@@ -13,7 +13,7 @@ import pytest
 from llmhost.errors import BadRequest, NotFound, PullError
 from llmhost.registry.download import Downloads
 from llmhost.registry.manifest import InvalidManifest
-from llmhost.registry.sources.ollama import pull_ollama
+from llmhost.registry.sources.ollama import parse_challenge, pull_ollama
 from llmhost.registry.store import Store
 from tests.transfer.conftest import FAST, Events, files_under, random_bytes
 from tests.transfer.fake_registry import MODEL, PARAMS, FakeRegistry, manifest_bytes, sha
@@ -94,7 +94,7 @@ async def test_parts_are_fetched_in_parallel_ranges(store, registry, downloads):
 
     await pull(store, registry, downloads, model="library/big")
 
-    assert registry.blob_gets[sha(blob)] == 8  # 1 MiB in parts of max(size/8, 64 KiB)
+    assert registry.blob_gets[sha(blob)] == 16  # 1 MiB in parts of max(size/32, 64 KiB)
     assert registry.served[sha(blob)] == len(blob)
     assert store.blob_path(sha(blob)).read_bytes() == blob
 
@@ -171,13 +171,35 @@ async def test_a_stalled_part_is_retried(store, registry, tiny_gguf):
     assert store.blob_path(sha(tiny_gguf)).read_bytes() == tiny_gguf
 
 
-async def test_a_server_ignoring_range_still_gives_the_right_bytes(store, registry, downloads):
-    blob = random_bytes(512 << 10)
+async def test_a_server_ignoring_range_is_read_once_in_one_part(store, registry, downloads):
+    blob = random_bytes(2 << 20)
     registry.add_model("library", "big", "latest", [(MODEL, blob)])
     registry.ignore_range = True
 
     await pull(store, registry, downloads, model="library/big")
 
+    assert store.blob_path(sha(blob)).read_bytes() == blob
+    assert registry.blob_gets[sha(blob)] == 2  # the one-byte probe, then the blob
+    # The probe's answer may fill loopback buffers before the client hangs up; 32 parts each read
+    # from byte 0 would send ~16 times the blob.
+    assert registry.served[sha(blob)] <= len(blob) * 2
+
+
+async def test_ranges_are_probed_when_not_advertised(store, registry, downloads, monkeypatch):
+    blob = random_bytes(1 << 20)
+    registry.add_model("library", "big", "latest", [(MODEL, blob)])
+    original = registry._send
+
+    async def without_accept_ranges(request, data, key):
+        response = await original(request, data, key)
+        response.headers.pop("Accept-Ranges", None) if request.method == "HEAD" else None
+        return response
+
+    monkeypatch.setattr(registry, "_send", without_accept_ranges)
+
+    await pull(store, registry, downloads, model="library/big")
+
+    assert registry.blob_gets[sha(blob)] == 1 + 16  # the probe, then the parts
     assert store.blob_path(sha(blob)).read_bytes() == blob
 
 
@@ -250,20 +272,52 @@ async def test_bearer_token_from_a_realm_on_the_same_host(store, registry, downl
     assert store.blob_path(sha(tiny_gguf)).read_bytes() == tiny_gguf
 
 
-async def test_a_realm_on_another_host_gets_nothing(store, registry, downloads, tiny_gguf):
+async def test_blobs_redirected_to_a_cdn_never_get_the_token(store, registry, downloads):
+    cdn = await FakeRegistry().start()
+    try:
+        blob = random_bytes(1 << 20)
+        registry.add_model("library", "big", "latest", [(MODEL, blob)])
+        registry.token, registry.redirect_blobs = "s3cret-token", cdn.url
+        cdn.files = dict(registry.blobs)
+
+        await pull(store, registry, downloads, model="library/big")
+
+        assert store.blob_path(sha(blob)).read_bytes() == blob
+        assert cdn.served[sha(blob)] == len(blob) and cdn.authorization_seen == []
+        assert "Bearer s3cret-token" in registry.authorization_seen
+    finally:
+        await cdn.close()
+
+
+@pytest.mark.parametrize("realm_host", ["evil", "localhost"], ids=["other-port", "other-name"])
+async def test_a_realm_on_another_host_gets_nothing(store, registry, downloads, tiny_gguf, realm_host):
     evil = await FakeRegistry().start()
     try:
         registry.add_model("library", "tiny", "latest", [(MODEL, tiny_gguf)])
         registry.token = "s3cret-token"
-        registry.realm = f"{evil.url}/token"
+        realm_base = evil.url if realm_host == "evil" else registry.url.replace("127.0.0.1", "localhost")
+        registry.realm = f"{realm_base}/token"
 
         with pytest.raises(PullError, match="refusing to send credentials .* must be on the registry's own host"):
             await pull(store, registry, downloads)
 
-        assert evil.requests == [] and evil.tokens_issued == 0
+        assert evil.requests == [] and evil.tokens_issued == 0 and registry.tokens_issued == 0
         assert files_under(store.root) == []
     finally:
         await evil.close()
+
+
+@pytest.mark.parametrize("header, params", [
+    ('Bearer realm="https://r.example/token",service="registry.example",scope="repository:a/b:pull"',
+     {"realm": "https://r.example/token", "service": "registry.example", "scope": "repository:a/b:pull"}),
+    ('bearer realm="https://r.example/t?a=1,b=2", scope=repository:a/b:pull',
+     {"realm": "https://r.example/t?a=1,b=2", "scope": "repository:a/b:pull"}),
+    ('Bearer realm="say \\"hi\\""', {"realm": 'say "hi"'}),
+    ('Basic realm="registry"', {}),
+    ("", {}),
+], ids=["docker", "commas-in-quotes", "escaped-quote", "basic", "empty"])
+def test_challenge_parsing(header, params):
+    assert parse_challenge(header) == params
 
 
 @pytest.mark.parametrize("challenge", ["", 'Basic realm="registry"'], ids=["none", "basic"])

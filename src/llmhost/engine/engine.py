@@ -2,7 +2,8 @@
 
 Each step is three verbs (as in vLLM): ``schedule()`` picks this step's tokens, ``_execute()`` fills
 one batch, runs one ``llama_decode`` and samples every sequence whose logits were requested, and
-``_update()`` turns sampled tokens into streamed text and finishes sequences.
+``_update()`` turns sampled tokens into streamed text, shifts the context of sequences that filled
+their window, and finishes sequences.
 
 Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
 (which the runner wires to ``loop.call_soon_threadsafe``). The thread blocks on the inbox only when
@@ -40,17 +41,31 @@ class EngineStats:
     cached_tokens: int = 0  # prompt tokens reused from the KV cache
     generated_tokens: int = 0
     decode_failures: int = 0
+    context_shifts: int = 0
+    kv_full_retries: int = 0  # steps re-planned because llama_decode found no KV room
 
 
 class Engine:
     """Owns ``ctx`` from its own thread; ``submit``/``cancel``/``stop`` are safe from any thread."""
 
-    def __init__(self, model: Model, ctx: Context, *, n_slots: int, slot_capacity: int, reuse_prefixes: bool = True):
+    def __init__(
+        self,
+        model: Model,
+        ctx: Context,
+        *,
+        n_slots: int,
+        slot_capacity: int,
+        reuse_prefixes: bool = True,
+        context_shift: bool = True,
+    ):
         self.model = model
         self.ctx = ctx
-        self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes)
+        # The pool is the context's real size (llama.cpp rounds n_ctx up); each slot is capped at
+        # the per-sequence context, and at the pool.
+        self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx)
         self.scheduler = Scheduler(self.kv, ctx.n_batch)
-        self.outputs = OutputProcessor(model, slot_capacity)
+        self.outputs = OutputProcessor(model)
+        self.context_shift = context_shift
         self.stats = EngineStats()
         self._batch = Batch(ctx.n_batch)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -80,10 +95,16 @@ class Engine:
 
     def snapshot(self) -> dict[str, int]:
         """Counters for /health; read from another thread, so approximate by a step at most."""
+        sched = self.scheduler
         return {
-            "running": len(self.scheduler.running),
-            "waiting": self._inbox.qsize() + len(self.scheduler.waiting()),
+            "running": len(sched.running),
+            "waiting": self._inbox.qsize() + len(sched.waiting()),
+            "swapped": sched.swapped(),
             "kv_tokens": self.kv.cached_tokens(),
+            "kv_cells": self.kv.n_cells,
+            "kv_cells_used": self.kv.used_cells(),
+            "evicted_total": self.kv.evictions,
+            **sched.stats.__dict__,
             **self.stats.__dict__,
         }
 
@@ -133,6 +154,8 @@ class Engine:
         try:
             sampled = self._execute(plan)
         except DecodeError as e:
+            if e.code == 1 and self._relieve(plan):
+                return
             self._on_decode_error(plan, e)
             return
         self._update(plan, sampled)
@@ -148,7 +171,7 @@ class Engine:
         for chunk in plan.chunks:
             if chunk.seq.prefilling and not chunk.seq.t_prefill:
                 chunk.seq.t_prefill = now
-        self._decode_with_retry(batch)
+        self.ctx.decode(batch)
         for chunk in plan.chunks:
             self.kv.commit(chunk.seq.slot, chunk.start, chunk.tokens)
             if chunk.seq.prefilling:
@@ -156,22 +179,35 @@ class Engine:
             chunk.seq.n_past = chunk.start + len(chunk.tokens)
         return {chunk.seq: chunk.seq.sampler.sample(self.ctx, row) for chunk, row in rows if chunk.sample}
 
-    def _decode_with_retry(self, batch: Batch) -> None:
-        """Decode; when the KV has no room (status 1), drop idle cached prefixes and retry."""
-        while True:
-            try:
-                self.ctx.decode(batch)
-                return
-            except DecodeError as e:
-                if e.code != 1 or not self.kv.evict_idle():
-                    raise
+    def _relieve(self, plan: StepPlan) -> bool:
+        """llama_decode found no room for the step (status 1: nothing was stored): free cells by
+        evicting or swapping out, and let the next step re-plan. False when nothing can give way."""
+        for chunk in plan.chunks:  # defensive: a failed decode should have stored nothing
+            self.kv.rollback(chunk.seq.slot, chunk.start)
+        self.stats.kv_full_retries += 1
+        return self.scheduler.relieve()
 
     def _update(self, plan: StepPlan, sampled: dict[Sequence, int]) -> None:
         for seq, token in sampled.items():
             reason = self.outputs.on_token(seq, token)
+            if reason is None and seq.n_past >= self.kv.slot_capacity and not self._shift(seq):
+                reason = FinishReason.LENGTH  # no position left for the token just sampled
             if reason is not None:
                 self.scheduler.remove(seq)
                 self._finish(seq, reason)
+
+    def _shift(self, seq: Sequence) -> bool:
+        """Context shift: drop the oldest half of what follows the kept prefix."""
+        if not self.context_shift:
+            return False
+        dropped = self.kv.shift(seq.slot, seq.n_keep)
+        if dropped <= 0:
+            return False
+        seq.n_past -= dropped
+        seq.n_shifts += 1
+        self.stats.context_shifts += 1
+        log.debug("sequence %d: context shift dropped %d tokens", seq.id, dropped)
+        return True
 
     def _on_decode_error(self, plan: StepPlan, error: DecodeError) -> None:
         """A failed decode may have stored part of the batch: roll every sequence in it back to

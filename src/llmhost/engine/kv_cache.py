@@ -1,18 +1,26 @@
-"""KV cache manager: which sequence id ("slot") holds which tokens, and prefix reuse between requests.
+"""KV cache manager: which sequence id ("slot") holds which tokens, prefix reuse, cell accounting,
+context shift and swapping sequences to host memory.
 
-The context has one unified KV pool of ``n_slots × slot_capacity`` cells shared by ``n_slots``
-sequence ids. Each slot mirrors exactly the tokens its sequence id holds in the KV (position i holds
-``tokens[i]``); the mirror is updated only after a successful decode.
+The context has one unified KV pool of ``n_cells`` cells shared by ``n_slots`` sequence ids. Each
+slot mirrors the tokens its sequence id holds (position i holds ``tokens[i]``); the mirror is updated
+only after a successful decode. A slot holds at most ``slot_capacity`` tokens (the per-sequence
+context); the pool may be smaller than ``n_slots × slot_capacity`` (``--kv-cells``), so the cells are
+counted and the scheduler swaps sequences out when they run short.
 
 Prefix reuse: a new request looks for the longest common prefix among all slots' tokens (its own
 earlier turn, or another conversation's system prompt, even one still running) and evaluates only
 the rest. The prefix is either kept in place (the slot continues its own conversation) or shared
 into a free slot with ``llama_memory_seq_cp``, which in a unified KV only tags the cells with another
 sequence id — no copy, no extra cells. Finished sequences leave their tokens cached in their idle
-slot; an idle slot is overwritten least-recently-used first when a new request needs a slot.
+slot; idle slots are overwritten, or evicted when cells are needed, least recently used first.
 
-Capacity: every slot is capped at ``slot_capacity`` tokens and there are ``n_slots`` of them, so the
-tokens held never exceed the pool's cells and admission never has to wait for cells, only for a slot.
+Only the first ``Slot.exact`` tokens of a slot are offered for reuse: after a context shift the
+cells past the kept prefix were computed with a different history than their token prefix implies.
+
+Cell accounting: a cell tagged with several sequence ids is counted once. A slot that got its first
+``borrowed`` positions from a ``lender`` by ``seq_cp`` does not count them while the lender still
+holds them; when the lender drops them the borrower counts them again. The count can only be too
+high (when sharing chains break), never too low, so a plan that fits by the count fits for real.
 
 The prefix index is a vectorised scan over the slot mirrors: with at most a few dozen slots, one
 numpy comparison per slot beats walking a Python radix tree token by token.
@@ -47,6 +55,9 @@ class Slot:
     capacity: int
     tokens: np.ndarray = field(init=False)
     n: int = 0  # tokens held (positions 0..n-1)
+    exact: int = 0  # leading tokens whose cells equal a fresh evaluation of tokens[:exact]
+    lender: "Slot | None" = None  # the slot whose cells positions [0, borrowed) share
+    borrowed: int = 0
     busy: bool = False  # a running sequence owns it
     last_used: int = 0  # LRU clock tick of the last release
 
@@ -56,6 +67,10 @@ class Slot:
     @property
     def held(self) -> np.ndarray:
         return self.tokens[: self.n]
+
+    @property
+    def reusable(self) -> np.ndarray:
+        return self.tokens[: min(self.n, self.exact)]
 
 
 @dataclass(frozen=True)
@@ -67,22 +82,40 @@ class Allocation:
     source: int | None  # slot the prefix came from (itself or another), None when nothing reused
 
 
+@dataclass(frozen=True)
+class SwapRecord:
+    """A sequence's KV cells saved in host memory, and the slot mirror to restore with them."""
+
+    data: np.ndarray
+    tokens: np.ndarray
+    exact: int
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+
 class KVCacheManager:
     """Owns the slot table and every KV-memory call the engine makes."""
 
-    def __init__(self, ctx: Context, n_slots: int, slot_capacity: int, *, reuse_prefixes: bool = True):
+    def __init__(self, ctx: Context, n_slots: int, slot_capacity: int, *, reuse_prefixes: bool = True,
+                 n_cells: int | None = None):  # fmt: skip
         self.ctx = ctx
-        self.slot_capacity = slot_capacity
+        self.n_cells = n_cells if n_cells is not None else n_slots * slot_capacity
+        self.slot_capacity = min(slot_capacity, self.n_cells)
         self.reuse_prefixes = reuse_prefixes
-        self.slots = [Slot(i, slot_capacity) for i in range(n_slots)]
+        self.slots = [Slot(i, self.slot_capacity) for i in range(n_slots)]
         self._clock = 0
+        self.evictions = 0  # idle cached slots dropped to make room
+
+    # --- slots ------------------------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
         return any(not s.busy for s in self.slots)
 
     def allocate(self, prompt: np.ndarray) -> Allocation:
         """Pick a free slot for ``prompt`` and set its KV up with the longest reusable prefix."""
-        source, match = self._longest_prefix(prompt)
+        source, match = self.longest_prefix(prompt)
         # Re-evaluate at least the last prompt token: its logits are what the first sample needs.
         n_reuse = min(match, len(prompt) - 1) if self.reuse_prefixes else 0
         if n_reuse <= 0:
@@ -106,6 +139,8 @@ class KVCacheManager:
         end = start + len(tokens)
         slot.tokens[start:end] = tokens
         slot.n = end
+        if slot.exact == start:
+            slot.exact = end
 
     def release(self, seq_id: int, *, keep: bool) -> None:
         """The slot's sequence is done; ``keep`` leaves its tokens cached for later requests."""
@@ -122,7 +157,41 @@ class KVCacheManager:
         if not self.ctx.seq_rm(seq_id, n, -1):
             n = 0
             self.ctx.seq_rm(seq_id, -1, -1)
-        slot.n = min(slot.n, n)
+        self._cut(slot, min(slot.n, n))
+
+    def cached_tokens(self) -> int:
+        return sum(s.n for s in self.slots)
+
+    def longest_prefix(self, prompt: np.ndarray) -> tuple[Slot | None, int]:
+        """The slot whose reusable tokens share the longest prefix with ``prompt``, and its length."""
+        best, best_len = None, 0
+        if not self.reuse_prefixes:
+            return best, best_len
+        # Idle slots first, so a tie goes to one whose reuse costs no running sequence anything.
+        for slot in sorted(self.slots, key=lambda s: s.busy):
+            n = common_prefix_len(slot.reusable, prompt)
+            if n > best_len:
+                best, best_len = slot, n
+        return best, best_len
+
+    # --- cells ------------------------------------------------------------------------------------
+
+    def used_cells(self) -> int:
+        """Cells in use (an upper bound: shared cells are counted once while the sharing is known)."""
+        return sum(s.n - s.borrowed for s in self.slots)
+
+    def free_cells(self) -> int:
+        return self.n_cells - self.used_cells()
+
+    def make_room(self, n: int, *, protect: Slot | None = None) -> bool:
+        """Evict idle cached slots (least recently used first) until ``n`` cells are free."""
+        while self.free_cells() < n:
+            idle = [s for s in self.slots if not s.busy and s.n > 0 and s is not protect]
+            if not idle:
+                return False
+            self._clear(min(idle, key=lambda s: s.last_used))
+            self.evictions += 1
+        return True
 
     def evict_idle(self) -> bool:
         """Drop the least recently used idle cached slot; False when there is none."""
@@ -130,21 +199,58 @@ class KVCacheManager:
         if not idle:
             return False
         self._clear(min(idle, key=lambda s: s.last_used))
+        self.evictions += 1
         return True
 
-    def cached_tokens(self) -> int:
-        return sum(s.n for s in self.slots)
+    # --- context shift ----------------------------------------------------------------------------
+
+    def shift(self, seq_id: int, n_keep: int) -> int:
+        """Make room in a full slot: keep the first ``n_keep`` positions, drop the oldest half of the
+        rest and move the newer half down. Returns the positions dropped (0: not possible here)."""
+        slot = self.slots[seq_id]
+        n = slot.n
+        keep = max(0, min(n_keep, n - 2))
+        discard = (n - keep) // 2
+        if discard <= 0 or not self.ctx.can_shift():
+            return 0
+        # Moving a cell moves it for every sequence tagged on it: give this slot cells of its own first.
+        if self._shared_from(slot) > keep + discard and not self._unshare(slot):
+            return 0
+        if not self.ctx.seq_rm(seq_id, keep, keep + discard):
+            return 0
+        self.ctx.seq_add(seq_id, keep + discard, n, -discard)
+        slot.tokens[keep : n - discard] = slot.tokens[keep + discard : n]
+        self._invalidate_from(slot, keep)
+        slot.n = n - discard
+        return discard
+
+    # --- swapping ---------------------------------------------------------------------------------
+
+    def swap_out(self, seq_id: int) -> SwapRecord:
+        """Copy a slot's cells to host memory and free the slot."""
+        slot = self.slots[seq_id]
+        data = self.ctx.state_seq_get(seq_id) if slot.n else np.empty(0, dtype=np.uint8)
+        record = SwapRecord(data, slot.held.copy(), min(slot.exact, slot.n))
+        self._clear(slot)
+        slot.busy = False
+        return record
+
+    def swap_in(self, record: SwapRecord) -> int | None:
+        """Restore a swapped sequence into a free slot; its id, or None when the cells do not fit."""
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        empty = [s for s in free if s.n == 0]
+        slot = empty[0] if empty else min(free, key=lambda s: s.last_used)
+        self._clear(slot)
+        if record.n and not self.ctx.state_seq_set(slot.seq_id, record.data):
+            log.warning("could not restore a swapped sequence (%d tokens) into the KV cache", record.n)
+            return None
+        slot.tokens[: record.n] = record.tokens
+        slot.n, slot.exact, slot.busy = record.n, record.exact, True
+        return slot.seq_id
 
     # --- internals --------------------------------------------------------------------------------
-
-    def _longest_prefix(self, prompt: np.ndarray) -> tuple[Slot | None, int]:
-        best, best_len = None, 0
-        # Idle slots first, so a tie goes to one whose reuse costs no running sequence anything.
-        for slot in sorted(self.slots, key=lambda s: s.busy):
-            n = common_prefix_len(slot.held, prompt)
-            if n > best_len:
-                best, best_len = slot, n
-        return best, best_len
 
     def _choose_target(self, source: Slot | None, n_reuse: int) -> Slot:
         free = [s for s in self.slots if not s.busy]
@@ -167,7 +273,7 @@ class KVCacheManager:
         if n_keep >= slot.n:
             return slot.n
         if self.ctx.seq_rm(slot.seq_id, n_keep, -1):
-            slot.n = n_keep
+            self._cut(slot, n_keep)
             return n_keep
         # Recurrent/SWA caches cannot drop a tail: start over.
         self._clear(slot)
@@ -176,12 +282,49 @@ class KVCacheManager:
     def _share(self, source: Slot, target: Slot, n: int) -> None:
         self.ctx.seq_cp(source.seq_id, target.seq_id, 0, n)
         target.tokens[:n] = source.tokens[:n]
-        target.n = n
+        target.n = target.exact = target.borrowed = n
+        target.lender = source
 
     def _clear(self, slot: Slot) -> None:
         if slot.n:
             self.ctx.seq_rm(slot.seq_id, -1, -1)
-        slot.n = 0
+        self._cut(slot, 0)
+
+    def _cut(self, slot: Slot, n: int) -> None:
+        """The slot now holds only positions [0, n)."""
+        slot.n = min(slot.n, n)
+        self._invalidate_from(slot, n)
+
+    def _invalidate_from(self, slot: Slot, n: int) -> None:
+        """Positions from ``n`` on no longer hold what they held (dropped, moved or overwritten)."""
+        slot.exact = min(slot.exact, n)
+        slot.borrowed = min(slot.borrowed, n)
+        if not slot.borrowed:
+            slot.lender = None
+        for other in self.slots:  # whoever borrowed those cells from this slot now owns them
+            if other.lender is slot and other.borrowed > n:
+                other.borrowed = n
+                if not n:
+                    other.lender = None
+
+    def _shared_from(self, slot: Slot) -> int:
+        """End of the prefix of ``slot`` that may share cells with another sequence id."""
+        ends = [o.borrowed for o in self.slots if o.lender is slot]
+        return max([slot.borrowed, *ends])
+
+    def _unshare(self, slot: Slot) -> bool:
+        """Give a slot private copies of all its cells (a round trip through host memory)."""
+        shared = self._shared_from(slot)
+        if not self.make_room(shared, protect=slot):
+            return False
+        record = SwapRecord(self.ctx.state_seq_get(slot.seq_id), slot.held.copy(), slot.exact)
+        self._clear(slot)
+        if not self.ctx.state_seq_set(slot.seq_id, record.data):
+            log.warning("slot %d: lost its cells while unsharing them", slot.seq_id)
+            return False
+        slot.tokens[: record.n] = record.tokens
+        slot.n, slot.exact = record.n, record.exact
+        return True
 
     def _verify(self, slot: Slot, n_reuse: int) -> int:
         """Trust the mirror only if the KV agrees (an SWA cache may have pruned early positions)."""
@@ -190,6 +333,5 @@ class KVCacheManager:
         if self.ctx.seq_pos_max(slot.seq_id) == n_reuse - 1 and self.ctx.seq_pos_min(slot.seq_id) == 0:
             return n_reuse
         log.debug("slot %d: cached prefix not fully present, re-evaluating", slot.seq_id)
-        self.ctx.seq_rm(slot.seq_id, -1, -1)
-        slot.n = 0
+        self._clear(slot)
         return 0

@@ -27,6 +27,7 @@ __all__ = [
     "Context",
     "LoadError",
     "Model",
+    "Sampler",
     "SamplerChain",
     "DecodeError",
     "JSON_GBNF",
@@ -278,6 +279,14 @@ class Context:
         """Make ``dst`` share ``src``'s cells in [p0, p1) (unified KV: metadata only)."""
         L.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
 
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        """Move positions [p0, p1) of a sequence by ``delta`` (RoPE is re-applied at the next decode)."""
+        L.llama_memory_seq_add(self._mem, seq_id, p0, p1, delta)
+
+    def can_shift(self) -> bool:
+        """Whether positions can be moved (false for M-RoPE and some recurrent caches)."""
+        return bool(L.llama_memory_can_shift(self._mem))
+
     def seq_pos_min(self, seq_id: int) -> int:
         return L.llama_memory_seq_pos_min(self._mem, seq_id)
 
@@ -286,6 +295,19 @@ class Context:
 
     def clear(self) -> None:
         L.llama_memory_clear(self._mem, True)
+
+    # --- per-sequence state (swap to host memory) -------------------------------------------------
+
+    def state_seq_get(self, seq_id: int) -> np.ndarray:
+        """A host copy of one sequence's KV cells (positions and K/V rows)."""
+        size = L.llama_state_seq_get_size(self._ptr, seq_id)
+        buf = np.empty(size, dtype=np.uint8)
+        written = L.llama_state_seq_get_data(self._ptr, buf.ctypes.data_as(_U8P), size, seq_id)
+        return buf[:written]
+
+    def state_seq_set(self, seq_id: int, data: np.ndarray) -> bool:
+        """Restore a sequence saved by ``state_seq_get`` into free cells; False when they do not fit."""
+        return L.llama_state_seq_set_data(self._ptr, data.ctypes.data_as(_U8P), data.nbytes, seq_id) > 0
 
 
 class Batch:
@@ -339,9 +361,58 @@ class Batch:
         return j - 1
 
 
+_U8P = ctypes.POINTER(ctypes.c_uint8)
+# A private prototype returning a plain address: the binding's own returns a ctypes pointer object,
+# and turning that into a numpy view costs more than the sampling it feeds.
+_logits_ith = L._lib["llama_get_logits_ith"]
+_logits_ith.argtypes = [L.llama_context_p_ctypes, ctypes.c_int32]
+_logits_ith.restype = ctypes.c_void_p
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class _Candidates:
+    """A reusable ``llama_token_data_array`` over the whole vocabulary, backed by numpy."""
+
+    def __init__(self, n_vocab: int):
+        self.n_vocab = n_vocab
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._logits_type = ctypes.c_float * n_vocab
+        self.array = L.llama_token_data_array(
+            self._data.ctypes.data_as(L.llama_token_data_p), n_vocab, -1, False
+        )
+        self.ref = ctypes.byref(self.array)
+        # One-token array for asking the grammar about a single candidate.
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self.one = L.llama_token_data_array(self._one.ctypes.data_as(L.llama_token_data_p), 1, -1, False)
+        self.one_ref = ctypes.byref(self.one)
+
+    def load(self, logits_addr: int) -> None:
+        logits = np.frombuffer(self._logits_type.from_address(logits_addr), dtype=np.float32)
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        a = self.array
+        a.data = self._data.ctypes.data_as(L.llama_token_data_p)  # a sampler may have re-pointed it
+        a.size, a.selected, a.sorted = self.n_vocab, -1, False
+
+    def selected(self) -> int:
+        a = self.array
+        return a.data[a.selected].id
+
+    def load_one(self, token: int) -> None:
+        self._one[0] = (token, 1.0, 0.0)
+        o = self.one
+        o.data = self._one.ctypes.data_as(L.llama_token_data_p)
+        o.size, o.selected, o.sorted = 1, -1, False
+
+    def one_allowed(self) -> bool:
+        return bool(np.isfinite(self._one["logit"][0]))
+
+
 class SamplerChain:
     """A native sampler chain; ``sample`` picks the next token from a batch row's logits and
-    accepts it (updating penalties, grammar and mirostat state)."""
+    accepts it (updating penalty and grammar state)."""
 
     def __init__(self) -> None:
         params = L.llama_sampler_chain_default_params()
@@ -392,9 +463,9 @@ class SamplerChain:
     def add_mirostat_v2(self, seed: int, tau: float, eta: float):
         return self._add(L.llama_sampler_init_mirostat_v2(_seed(seed), tau, eta))
 
-    def accept(self, token: int) -> None:
-        """Feed a token that was not sampled (e.g. a prompt token) into the penalty history."""
-        L.llama_sampler_accept(self._ptr, token)
+    @property
+    def ptr(self):
+        return self._ptr
 
     def sample(self, ctx: Context, row: int) -> int:
         return L.llama_sampler_sample(self._ptr, ctx.ptr, row)
@@ -406,6 +477,52 @@ class SamplerChain:
 
     def __del__(self) -> None:  # a safety net; the engine frees chains explicitly when a sequence ends
         self.close()
+
+
+class Sampler:
+    """A sequence's sampler: a native chain plus an optional grammar kept outside it.
+
+    Without a grammar, ``sample`` is one native call. With one, checking the grammar over the whole
+    vocabulary on every token is what made constrained output slow, so (like llama-server) the
+    chain picks a token first and the grammar only checks that one; only when it rejects it is the
+    chain run again over the grammar-filtered vocabulary.
+    """
+
+    def __init__(self, chain: SamplerChain, grammar: SamplerChain | None = None, *, n_vocab: int = 0):
+        self.chain = chain
+        self.grammar = grammar
+        self._candidates = _Candidates(n_vocab) if grammar is not None else None
+
+    def sample(self, ctx: Context, row: int) -> int:
+        """Pick and accept the next token from a batch row's logits."""
+        if self.grammar is None:
+            return L.llama_sampler_sample(self.chain.ptr, ctx.ptr, row)
+        cand, chain, grammar = self._candidates, self.chain.ptr, self.grammar.ptr
+        logits = _logits_ith(ctx.ptr, row)
+        cand.load(logits)
+        L.llama_sampler_apply(chain, cand.ref)
+        token = cand.selected()
+        cand.load_one(token)
+        L.llama_sampler_apply(grammar, cand.one_ref)
+        if not cand.one_allowed():
+            cand.load(logits)
+            L.llama_sampler_apply(grammar, cand.ref)
+            L.llama_sampler_apply(chain, cand.ref)
+            token = cand.selected()
+        L.llama_sampler_accept(grammar, token)
+        L.llama_sampler_accept(chain, token)
+        return token
+
+    def accept_history(self, tokens) -> None:
+        """Feed tokens that were not sampled (the prompt) into the chain's penalty history only."""
+        chain = self.chain.ptr
+        for token in tokens:
+            L.llama_sampler_accept(chain, int(token))
+
+    def close(self) -> None:
+        self.chain.close()
+        if self.grammar is not None:
+            self.grammar.close()
 
 
 def _seed(seed: int) -> int:

@@ -9,11 +9,11 @@ from llmhost.engine.sequence import FinishReason, Finished, Sequence, TextChunk
 
 
 class OutputProcessor:
-    """Applies stop criteria in order: num_predict, end-of-generation token, stop string, full context."""
+    """Applies stop criteria in order: num_predict, end-of-generation token, stop string (a full
+    context is the engine's call: it shifts the context or ends the sequence)."""
 
-    def __init__(self, model: Model, slot_capacity: int):
+    def __init__(self, model: Model):
         self.model = model
-        self.slot_capacity = slot_capacity
 
     def on_token(self, seq: Sequence, token: int) -> FinishReason | None:
         """Handle a freshly sampled token; returns why the sequence ends, or None to continue."""
@@ -31,8 +31,6 @@ class OutputProcessor:
             return FinishReason.STOP
         if seq.max_tokens is not None and seq.n_generated >= seq.max_tokens:
             return FinishReason.LENGTH
-        if seq.n_past >= self.slot_capacity:
-            return FinishReason.LENGTH  # no cell left to decode this token into
         seq.next_token = token
         return None
 

@@ -3,10 +3,15 @@
 Everything that can reject a request (bad fields, a failing template, an invalid schema, a prompt
 that does not fit with ``truncate: false``) happens here, before the engine sees it, so such errors
 are a 400 with nothing streamed.
+
+Kept tokens (``num_keep``): what truncation of a long prompt and a context shift never drop. With
+``num_keep`` ≥ 0 it is that many leading tokens; by default (-1) it is the rendered system prompt
+when the request has leading system messages, else nothing — and a leading BOS is always kept.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -17,8 +22,11 @@ from llmhost.engine.detokenizer import Detokenizer
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.sampling import SamplingParams, build_sampler, grammar_for_format
 from llmhost.engine.sequence import Sequence, Sink
-from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, validate_messages
+from llmhost.engine.kv_cache import common_prefix_len
+from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, is_go_template, validate_messages
 from llmhost.errors import BadRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,9 @@ class PromptBuilder:
         self._eos_text = model.token_text(model.eos)
 
     def template(self, source: str | None = None) -> ChatTemplate:
+        if source and is_go_template(source):
+            _warn_go_template(source)
+            source = None
         return _compiled(source or self.default_template, self._bos_text, self._eos_text)
 
     def render(self, req: CompletionRequest) -> str:
@@ -90,23 +101,42 @@ class PromptBuilder:
 
     def tokens(self, req: CompletionRequest) -> np.ndarray:
         """Prompt tokens of a request, cut to fit the context (or BadRequest with truncate false)."""
-        tokens = self.model.tokenize(self.render(req), add_special=True, parse_special=True)
-        tokens = self._single_bos(tokens)
-        return fit_context(
+        return self.prepare(req)[0]
+
+    def prepare(self, req: CompletionRequest) -> tuple[np.ndarray, int]:
+        """Prompt tokens that fit the context, and how many leading ones are kept (see above)."""
+        tokens = self._tokenize(self.render(req))
+        keep = self.keep_tokens(req, tokens)
+        tokens = fit_context(
             tokens,
             self.ctx_size,
-            num_keep=req.params.num_keep,
+            num_keep=keep,
             num_predict=req.params.num_predict,
             truncate=req.truncate,
-            bos=self.model.bos if self.model.add_bos else None,
+            bos=self._bos,
         )
+        return tokens, min(keep, len(tokens))
+
+    def keep_tokens(self, req: CompletionRequest, tokens: np.ndarray) -> int:
+        """Leading tokens of ``tokens`` that truncation and context shift keep."""
+        leading_bos = int(self._bos is not None and len(tokens) > 0 and tokens[0] == self._bos)
+        if req.params.num_keep >= 0:
+            return max(req.params.num_keep, leading_bos)
+        system = _leading_system(req.messages or [])
+        if not system:
+            return leading_bos
+        try:
+            rendered = self.template(req.template).render(system, add_generation_prompt=False)
+        except TemplateError:  # some templates insist on a user turn: keep what is certain
+            return leading_bos
+        return max(common_prefix_len(self._tokenize(rendered), tokens), leading_bos)
 
     def sequence(self, req: CompletionRequest, sink: Sink) -> Sequence | None:
         """A ready-to-submit Sequence for ``req`` (None when the prompt has no tokens at all)."""
-        tokens = self.tokens(req)
+        tokens, keep = self.prepare(req)
         if len(tokens) == 0:
             return None
-        sampler = build_sampler(self.model, req.params, grammar=req.grammar, n_ctx=self.ctx_size)
+        sampler = build_sampler(self.model, req.params, grammar=req.grammar, n_ctx=self.ctx_size, prompt=tokens)
         num_predict = req.params.num_predict
         return Sequence(
             tokens,
@@ -115,7 +145,15 @@ class PromptBuilder:
             max_tokens=num_predict if num_predict >= 0 else None,
             sink=sink,
             priority=req.priority,
+            n_keep=keep,
         )
+
+    @property
+    def _bos(self) -> int | None:
+        return self.model.bos if self.model.add_bos else None
+
+    def _tokenize(self, text: str) -> np.ndarray:
+        return self._single_bos(self.model.tokenize(text, add_special=True, parse_special=True))
 
     def _single_bos(self, tokens: np.ndarray) -> np.ndarray:
         # Templates that print {{ bos_token }} plus the tokenizer's own BOS would give two.
@@ -123,6 +161,24 @@ class PromptBuilder:
         if self.model.add_bos and len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
             return tokens[1:]
         return tokens
+
+
+def _leading_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    system = []
+    for message in messages:
+        if message.get("role") != "system":
+            break
+        system.append(message)
+    return system
+
+
+_warned_go_templates: set[int] = set()
+
+
+def _warn_go_template(source: str) -> None:
+    if hash(source) not in _warned_go_templates:
+        _warned_go_templates.add(hash(source))
+        log.warning("the request's template is a Go template (Ollama's format); using the model's own chat template")
 
 
 def fit_context(

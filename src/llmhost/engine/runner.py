@@ -38,13 +38,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ctx-size", type=int, default=4096, help="tokens of context per sequence (num_ctx)")
     p.add_argument("--parallel", type=int, default=4, help="sequences decoded together")
     p.add_argument("--batch", type=int, default=512, help="n_batch: tokens per llama_decode")
+    p.add_argument(
+        "--kv-cells",
+        type=int,
+        default=None,
+        help="KV cache cells shared by all sequences (default: ctx-size × parallel; fewer lets the "
+        "sequences together outgrow the cache, and then sequences are swapped to host memory)",
+    )
+    p.add_argument(
+        "--no-context-shift",
+        action="store_true",
+        help="end a sequence that fills ctx-size with done_reason length instead of shifting its context",
+    )
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: available CPUs)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU")
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
     p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
     p.add_argument("--verbose", action="store_true", help="log llama.cpp and engine details to stderr")
     args = p.parse_args(argv)
-    for name in ("ctx_size", "parallel", "batch"):
+    if args.kv_cells is None:
+        args.kv_cells = args.ctx_size * args.parallel
+    for name in ("ctx_size", "parallel", "batch", "kv_cells"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -67,6 +81,7 @@ class Runtime:
             "n_ctx": self.args.ctx_size,
             "n_ctx_train": self.model.n_ctx_train,
             "parallel": self.args.parallel,
+            "kv_cells": self.engine.kv.n_cells,
             "engine": self.engine.snapshot(),
         }
 
@@ -84,7 +99,7 @@ def load(args: argparse.Namespace) -> Runtime:
     try:
         ctx = Context(
             model,
-            n_ctx=args.ctx_size * args.parallel,
+            n_ctx=args.kv_cells,
             n_seq_max=args.parallel,
             n_batch=args.batch,
             n_threads=threads,
@@ -95,10 +110,17 @@ def load(args: argparse.Namespace) -> Runtime:
         raise
     _warm_up(model, ctx)
     engine = Engine(
-        model, ctx, n_slots=args.parallel, slot_capacity=args.ctx_size, reuse_prefixes=not args.no_prefix_cache
+        model,
+        ctx,
+        n_slots=args.parallel,
+        slot_capacity=args.ctx_size,
+        reuse_prefixes=not args.no_prefix_cache,
+        context_shift=not args.no_context_shift,
     )
     embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
-    return Runtime(model, ctx, engine, PromptBuilder(model, args.ctx_size), embedder, args)
+    # A sequence can never hold more than the whole pool, so prompts are fitted to the smaller.
+    builder = PromptBuilder(model, engine.kv.slot_capacity)
+    return Runtime(model, ctx, engine, builder, embedder, args)
 
 
 def _warm_up(model: Model, ctx: Context) -> None:

@@ -1,8 +1,10 @@
 """Per-request sampling: options → ``SamplingParams`` → a native llama.cpp sampler chain.
 
-Chain order follows llama.cpp's common sampler: penalties, grammar, then truncation (top_k, typical,
-top_p, min_p), temperature and a seeded ``dist`` draw. Temperature 0 is greedy; mirostat 1/2 replace
-the truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar.
+Chain order follows llama.cpp's common sampler: penalties, then truncation (top_k, typical, top_p,
+min_p), temperature and a seeded ``dist`` draw. Temperature 0 is greedy; mirostat 1/2 replace the
+truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar, kept beside the
+chain rather than in it (``llamacpp.Sampler`` checks only the token the chain picked). The prompt's
+last ``repeat_last_n`` tokens seed the penalty history, so a reply is not free to repeat its prompt.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from llmhost.api.options import DEFAULTS, RUNTIME_OPTIONS, validate_options
-from llmhost.engine.llamacpp import JSON_GBNF, Model, SamplerChain, json_schema_to_gbnf
+from llmhost.engine.llamacpp import JSON_GBNF, Model, Sampler, SamplerChain, json_schema_to_gbnf
 from llmhost.errors import BadRequest, InvalidOption
 
 
@@ -75,29 +79,41 @@ def grammar_for_format(fmt: Any) -> str | None:
     raise BadRequest('"format" must be "json" or a JSON schema object')
 
 
-def build_sampler(model: Model, params: SamplingParams, *, grammar: str | None, n_ctx: int) -> SamplerChain:
-    """A fresh sampler chain for one sequence; the caller frees it when the sequence ends."""
+def build_sampler(
+    model: Model, params: SamplingParams, *, grammar: str | None, n_ctx: int, prompt: np.ndarray | None = None
+) -> Sampler:
+    """A fresh sampler for one sequence (the caller closes it when the sequence ends); ``prompt``
+    tokens seed the penalty history."""
     chain = SamplerChain()
+    grammar_chain = None
     try:
-        _add_penalties(chain, model, params, n_ctx)
+        window = penalty_window(params, n_ctx)
+        if window:
+            chain.add_penalties(model.n_vocab, window, params.repeat_penalty, params.frequency_penalty,
+                                params.presence_penalty)  # fmt: skip
+        _add_selection(chain, model, params)
         if grammar is not None:
+            grammar_chain = SamplerChain()
             try:
-                chain.add_grammar(model, grammar)
+                grammar_chain.add_grammar(model, grammar)
             except ValueError as e:
                 raise BadRequest(f"invalid grammar for format: {e}") from None
-        _add_selection(chain, model, params)
     except BaseException:
         chain.close()
+        if grammar_chain is not None:
+            grammar_chain.close()
         raise
-    return chain
+    sampler = Sampler(chain, grammar_chain, n_vocab=model.n_vocab)
+    if window and prompt is not None and len(prompt):
+        sampler.accept_history(prompt[-window:])
+    return sampler
 
 
-def _add_penalties(chain: SamplerChain, model: Model, p: SamplingParams, n_ctx: int) -> None:
+def penalty_window(p: SamplingParams, n_ctx: int) -> int:
+    """Tokens of history the repetition penalties look at (0: no penalty sampler at all)."""
     last_n = n_ctx if p.repeat_last_n < 0 else p.repeat_last_n
     neutral = p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
-    if last_n == 0 or neutral:
-        return
-    chain.add_penalties(model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+    return 0 if neutral else last_n
 
 
 def _add_selection(chain: SamplerChain, model: Model, p: SamplingParams) -> None:

@@ -1,8 +1,16 @@
-"""Batch scheduler: decides what each engine step decodes; it only keeps books.
+"""Batch scheduler: decides what each engine step decodes, and which sequences hold KV cells.
 
 One step = every generating sequence's next token first (decode latency matters most), then prompt
-chunks of prefilling sequences in priority order until the ``n_batch`` token budget is spent.
-Waiting sequences are admitted (highest priority first, then arrival order) while a KV slot is free.
+chunks of prefilling sequences in priority order until the ``n_batch`` token budget or the free KV
+cells are spent.
+
+Sequences that are not running wait in one queue ordered by priority (higher first), then age: new
+arrivals, and sequences swapped out to host memory (which keep their age, so they come back before
+younger work of the same priority). The head of the queue is admitted when a slot is free and its
+cells fit (its prompt, or its saved cells, plus a small reserve so the running sequences can keep
+growing for a while); when they do not, a running sequence of lower priority is swapped out for it.
+When the running sequences' next tokens do not fit, idle cached prefixes are evicted first, then the
+lowest-priority running sequence (ties: the youngest) is swapped out.
 """
 
 from __future__ import annotations
@@ -36,39 +44,63 @@ class StepPlan:
         return sum(len(c.tokens) for c in self.chunks)
 
 
+@dataclass
+class SchedulerStats:
+    """Totals since start (written by the engine thread only)."""
+
+    swapped_out_total: int = 0
+    swapped_in_total: int = 0
+    preempted_total: int = 0  # swap-outs made for a higher-priority arrival
+    swapped_bytes: int = 0  # host memory held by swapped sequences now
+
+
 class Scheduler:
     """Waiting queue, running set and the per-step plan."""
 
     def __init__(self, kv: KVCacheManager, n_batch: int):
         self.kv = kv
         self.n_batch = n_batch
-        self._waiting: list[tuple[int, int, Sequence]] = []  # heap of (-priority, arrival id, seq)
+        self._queue: list[tuple[int, int, Sequence]] = []  # heap of (-priority, seq id, seq)
         self.running: list[Sequence] = []
+        self.stats = SchedulerStats()
+        # Free cells an admission leaves for the running sequences' next tokens, so a sequence just
+        # admitted is not swapped out again at the next step (only needed when the pool is smaller
+        # than every slot at full capacity).
+        overcommitted = kv.n_cells < len(kv.slots) * kv.slot_capacity
+        self.reserve = max(1, kv.n_cells // 16) if overcommitted else 0
+        self._one = np.zeros(1, dtype=np.int32)
 
     def add(self, seq: Sequence) -> None:
-        heapq.heappush(self._waiting, (-seq.priority, seq.id, seq))
+        heapq.heappush(self._queue, (-seq.priority, seq.id, seq))
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self.running)
+        return bool(self._queue or self.running)
 
     def waiting(self) -> list[Sequence]:
-        return [entry[2] for entry in self._waiting]
+        """Sequences not running: new ones and swapped-out ones."""
+        return [entry[2] for entry in self._queue]
+
+    def swapped(self) -> int:
+        return sum(1 for entry in self._queue if entry[2].status is SeqStatus.SWAPPED)
 
     def schedule(self) -> StepPlan:
         cancelled = self._take_cancelled()
         self._admit()
-        budget = self.n_batch
-        chunks = []
-        for seq in self.running:
-            if not seq.prefilling and budget > 0:
-                chunks.append(Chunk(seq, np.array([seq.next_token], dtype=np.int32), seq.n_past, True))
-                budget -= 1
-        for seq in sorted(self.running, key=lambda s: -s.priority):
-            if seq.prefilling and budget > 0:
-                tokens = seq.pending_prompt(budget)
-                done = seq.n_past + len(tokens) == len(seq.prompt)
-                chunks.append(Chunk(seq, tokens, seq.n_past, done))
-                budget -= len(tokens)
+        decoding = self._fit_decode()
+        budget = self.n_batch - len(decoding)
+        chunks = [Chunk(s, np.array([s.next_token], dtype=np.int32), s.n_past, True) for s in decoding]
+        prefilling = sorted((s for s in self.running if s.prefilling), key=lambda s: (-s.priority, s.id))
+        if prefilling and budget > 0:
+            wanted = sum(len(s.prompt) - s.n_past for s in prefilling)
+            self.kv.make_room(len(decoding) + min(budget, wanted))
+            budget = min(budget, self.kv.free_cells() - len(decoding))
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            tokens = seq.pending_prompt(budget)
+            done = seq.n_past + len(tokens) == len(seq.prompt)
+            chunks.append(Chunk(seq, tokens, seq.n_past, done))
+            budget -= len(tokens)
         return StepPlan(chunks, cancelled)
 
     def remove(self, seq: Sequence) -> None:
@@ -76,21 +108,95 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
 
+    def relieve(self) -> bool:
+        """The KV had no room for a planned step: free some cells; False when nothing can go."""
+        if self.kv.evict_idle():
+            return True
+        if len(self.running) < 2:
+            return False
+        self._swap_out(self._victim(self.running))
+        return True
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _fit_decode(self) -> list[Sequence]:
+        """The generating sequences, after making room for one new cell each."""
+        while True:
+            decoding = [s for s in self.running if not s.prefilling]
+            if self.kv.make_room(len(decoding)) or not self.running:
+                return decoding
+            self._swap_out(self._victim(self.running))
+
+    def _admit(self) -> None:
+        while self._queue:
+            seq = self._queue[0][2]
+            if self.kv.has_free_slot() and self._room_for(seq):
+                heapq.heappop(self._queue)
+                if not self._start(seq):
+                    heapq.heappush(self._queue, (-seq.priority, seq.id, seq))
+                    return
+                continue
+            lower = [s for s in self.running if s.priority < seq.priority]
+            if not lower:
+                return
+            self._swap_out(self._victim(lower))
+            self.stats.preempted_total += 1
+
+    def _room_for(self, seq: Sequence) -> bool:
+        reserve = self.reserve if self.running else 0
+        if seq.swap is not None:
+            return self.kv.make_room(seq.swap.n + reserve)
+        source, match = self.kv.longest_prefix(seq.prompt)
+        if self.kv.make_room(len(seq.prompt) - match + reserve, protect=source):
+            return True
+        return self.kv.make_room(len(seq.prompt) + reserve)
+
+    def _start(self, seq: Sequence) -> bool:
+        if seq.swap is not None:
+            slot = self.kv.swap_in(seq.swap)
+            if slot is None:
+                return False
+            self.stats.swapped_in_total += 1
+            self.stats.swapped_bytes -= seq.swap.data.nbytes
+            seq.swap = None
+        else:
+            allocation = self.kv.allocate(seq.prompt)
+            slot = allocation.seq_id
+            seq.n_cached = seq.n_past = allocation.n_reused
+        seq.slot = slot
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+        return True
+
+    @staticmethod
+    def _victim(candidates: list[Sequence]) -> Sequence:
+        """Lowest priority first; among equals the youngest (it has waited least)."""
+        return min(candidates, key=lambda s: (s.priority, -s.id))
+
+    def _swap_out(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        if seq.n_past == 0:  # nothing in the KV yet: simply wait again
+            self.kv.release(seq.slot, keep=False)
+            seq.status = SeqStatus.WAITING
+        else:
+            seq.swap = self.kv.swap_out(seq.slot)
+            seq.status = SeqStatus.SWAPPED
+            self.stats.swapped_out_total += 1
+            self.stats.swapped_bytes += seq.swap.data.nbytes
+        seq.slot = None
+        self.add(seq)
+
     def _take_cancelled(self) -> list[Sequence]:
         gone = [s for s in self.running if s.cancelled]
         for seq in gone:
             self.running.remove(seq)
-        if any(entry[2].cancelled for entry in self._waiting):
-            gone += [e[2] for e in self._waiting if e[2].cancelled]
-            self._waiting = [e for e in self._waiting if not e[2].cancelled]
-            heapq.heapify(self._waiting)
+        if any(entry[2].cancelled for entry in self._queue):
+            dropped = [e[2] for e in self._queue if e[2].cancelled]
+            for seq in dropped:
+                if seq.swap is not None:
+                    self.stats.swapped_bytes -= seq.swap.data.nbytes
+                    seq.swap = None
+            gone += dropped
+            self._queue = [e for e in self._queue if not e[2].cancelled]
+            heapq.heapify(self._queue)
         return gone
-
-    def _admit(self) -> None:
-        while self._waiting and self.kv.has_free_slot():
-            _, _, seq = heapq.heappop(self._waiting)
-            allocation = self.kv.allocate(seq.prompt)
-            seq.slot = allocation.seq_id
-            seq.n_cached = seq.n_past = allocation.n_reused
-            seq.status = SeqStatus.RUNNING
-            self.running.append(seq)

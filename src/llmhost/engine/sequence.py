@@ -15,12 +15,13 @@ from typing import Callable, Union
 import numpy as np
 
 from llmhost.engine.detokenizer import Detokenizer
-from llmhost.engine.llamacpp import SamplerChain
+from llmhost.engine.llamacpp import Sampler
 
 
 class SeqStatus(Enum):
     WAITING = "waiting"  # queued, no KV slot yet
     RUNNING = "running"  # holds a slot: prefilling or generating
+    SWAPPED = "swapped"  # queued again, its KV cells saved in host memory (``Sequence.swap``)
     FINISHED = "finished"
 
 
@@ -72,11 +73,12 @@ class Sequence:
         self,
         prompt: np.ndarray,
         *,
-        sampler: SamplerChain,
+        sampler: Sampler,
         detokenizer: Detokenizer,
         max_tokens: int | None,
         sink: Sink,
         priority: int = 0,
+        n_keep: int = 0,
     ):
         if len(prompt) == 0:
             raise ValueError("a sequence needs at least one prompt token")
@@ -86,14 +88,17 @@ class Sequence:
         self.detokenizer = detokenizer
         self.max_tokens = max_tokens  # None: until end-of-generation or a full context
         self.priority = priority
+        self.n_keep = n_keep  # leading tokens a context shift never drops (see prompt.keep_tokens)
         self.sink = sink
         self.status = SeqStatus.WAITING
         self.cancelled = False
         self.slot: int | None = None  # KV sequence id while RUNNING
+        self.swap = None  # kv_cache.SwapRecord while SWAPPED
         self.n_cached = 0  # prompt tokens reused from the cache at admission
         self.n_past = 0  # tokens of this sequence present in the KV cache
         self.next_token: int | None = None  # last sampled token, to be decoded next step
         self.n_generated = 0
+        self.n_shifts = 0  # context shifts so far
         self.arrival = time.perf_counter_ns()
         self.t_prefill = 0  # first step that evaluated prompt tokens
         self.t_first_token = 0

@@ -11,6 +11,7 @@ while rendering — becomes a ``BadRequest`` with the template's own message.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -27,6 +28,19 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Go text/template actions, as in Ollama's registry models (``{{ .Prompt }}``, ``{{- range .Messages }}``,
+# ``{{ if .System }}``, ``{{ end }}``, ``{{ $.Tools }}``): none of them parses as Jinja.
+_GO_ACTION = re.compile(
+    r"\{\{-?\s*(?:\.[A-Za-z_]|\$|(?:if|with|else\s+if)\s|range\s+[^(\s]|(?:end|else)\s*-?\}\}"
+    r'|(?:template|define|block)\s+")'
+)
+
+
+def is_go_template(source: str) -> bool:
+    """Whether ``source`` is a Go template (Ollama's format) rather than a Jinja one."""
+    return _GO_ACTION.search(source) is not None
 
 
 class TemplateError(BadRequest):

