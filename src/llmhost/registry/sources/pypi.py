@@ -154,7 +154,7 @@ def _pip_configured_index() -> str | None:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None  # no pip, or it hung: fall back to PyPI

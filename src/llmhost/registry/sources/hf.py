@@ -1,0 +1,518 @@
+"""Pulling GGUF models from Hugging Face: ``hf.co/<org>/<repo>[:<quant>]`` (or ``huggingface.co/…``).
+
+    model_info(files_metadata=True)   the repo's files at its current commit, with sizes and LFS sha256
+    → the GGUF the tag names          its quant in the file name, case-insensitively (``latest``: Q4_K_M,
+                                      else the only GGUF); split files (-00001-of-0000N) are one model
+    → hf_hub_download, file by file   pinned to that commit, into a work directory inside blobs/ (same disk)
+    → sha256, reading each file once  checked against the LFS sha256, then renamed to blobs/sha256-<hex>
+    → manifest                        the GGUF layer(s) and a config blob; template and parameters stay inside
+                                      the GGUF, as for every pulled GGUF
+
+huggingface_hub does the HTTP (``HF_ENDPOINT``, ``HF_TOKEN``, Xet, CDN redirects). Its blocking calls run
+in threads; its progress bars are replaced by a bridge to Ollama's pull events, and a cancelled pull stops
+the transfer at its next chunk. Nothing is resumed: huggingface_hub deletes a cut-off download.
+
+A split GGUF is stored as one model layer per part, in order. llama.cpp loads it from the first part's path
+only when the other parts sit beside it under ``<prefix>-0000k-of-0000N.gguf`` names: ``link_split_parts``
+makes such a directory of hard links (no copy) for whoever loads the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import httpx2
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from tqdm import tqdm
+
+from llmhost.errors import BadRequest, InvalidModelFile, LlmhostError, NotFound, PullError
+from llmhost.registry import manifest as media
+from llmhost.registry.create import manifest_for_gguf, write_config
+from llmhost.registry.download import DOWNLOADS, ProgressCallback, _fsync_dir, check_space, emit
+from llmhost.registry.gguf_meta import human_number, read_gguf_info
+from llmhost.registry.manifest import Layer, Manifest
+from llmhost.registry.names import ModelName
+from llmhost.registry.store import TEMP_PREFIX, Store
+
+HF_HOSTS = ("hf.co", "huggingface.co")
+DEFAULT_QUANT = "Q4_K_M"
+PROGRESS_INTERVAL = 0.06  # seconds between progress events, as Ollama's ~60 ms
+WORK_PREFIX = TEMP_PREFIX + "hf-"
+STALE_WORK_DIR = 3600.0  # a work directory untouched this long belongs to a pull that died
+SPLITS_DIR = "splits"
+# A quant as GGUF file names state it: Q4_K_M, IQ2_XXS, Q4_0_4_4, TQ1_0, MXFP4_MOE, BF16, F16, F32...
+QUANT_NAME = re.compile(
+    r"(?<![a-z0-9])(i?q\d+(?:_[a-z0-9]+)*|tq\d_\d|mxfp4(?:_moe)?|bf16|fp?16|fp?32)(?![a-z0-9])", re.IGNORECASE
+)
+_CANCEL_WAIT = 10.0  # seconds a cancelled pull waits for its download thread to notice
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
+
+
+class RepoNotFound(NotFound):
+    """The Hub has no such repository (or hides a private one from us)."""
+
+
+class QuantNotFound(NotFound):
+    """The repository has no GGUF file for the tag."""
+
+
+class AccessDenied(LlmhostError):
+    """A gated or private repository refused us: a token (HF_TOKEN) with access is needed."""
+
+    status = 403
+
+
+# ---- choosing the file: shared with the wheel source ---------------------------------------------
+
+
+def quant_of(filename: str) -> str:
+    """The quantization a GGUF file name states, upper-cased: ``Llama-3.2-1B.Q4_K_M.gguf`` → ``Q4_K_M``.
+
+    Without a recognisable quant, the last ``-``/``.``-separated word of the name stands for it.
+    """
+    stem = file_stem(filename)
+    found = QUANT_NAME.findall(stem)
+    return (found[-1] if found else re.split(r"[-.]", stem)[-1]).upper()
+
+
+def file_stem(filename: str) -> str:
+    """The file's base name without ``.gguf`` and without a split suffix (``-00001-of-00003``)."""
+    stem = PurePosixPath(filename).name
+    stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+    return _SPLIT.sub("", stem)
+
+
+def select_by_quant(items: Sequence[T], name_of: Callable[[T], str], wanted: str | None,
+                    default: str | None = None) -> list[T]:
+    """The items whose file names match a tag: its quant, or its whole stem, case-insensitively.
+
+    With no tag (``wanted`` None): those of quant ``default``, else the only item, else none.
+    """
+    def matching(tag: str) -> list[T]:
+        tag = tag.lower()
+        return [item for item in items
+                if quant_of(name_of(item)).lower() == tag or file_stem(name_of(item)).lower() == tag]
+
+    if wanted is not None:
+        return matching(wanted)
+    found = matching(default) if default else []
+    return found or (list(items) if len(items) == 1 else [])
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    """One file of a repository as ``model_info`` lists it."""
+
+    path: str
+    size: int | None
+    sha256: str | None  # the LFS sha256; None for a file kept in git itself
+
+    @property
+    def digest(self) -> str | None:
+        return f"sha256:{self.sha256}" if self.sha256 else None
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model in a repository: one GGUF file, or the parts of a split one in order."""
+
+    parts: tuple[RepoFile, ...]
+    count: int  # parts the file names announce (1 when not split)
+
+    @property
+    def name(self) -> str:
+        return self.parts[0].path
+
+    def check_complete(self, repo: str) -> None:
+        numbers = [_split_number(part.path)[0] for part in self.parts]
+        if numbers != list(range(1, self.count + 1)):
+            raise PullError(f"{repo}: the split model {file_stem(self.name)} is incomplete: the repository holds "
+                            f"parts {', '.join(map(str, numbers))} of {self.count}")
+
+
+def gguf_models(files: Sequence[RepoFile]) -> list[GGUFModel]:
+    """The GGUF models among a repository's files (projectors, ``mmproj-*.gguf``, left out)."""
+    groups: dict[str, list[RepoFile]] = {}
+    for file in files:
+        name = PurePosixPath(file.path).name.lower()
+        if name.endswith(".gguf") and "mmproj" not in name and _safe_path(file.path):
+            key = str(PurePosixPath(file.path).parent / file_stem(file.path))
+            groups.setdefault(key.lower(), []).append(file)
+    models = []
+    for parts in groups.values():
+        parts.sort(key=lambda part: _split_number(part.path))
+        models.append(GGUFModel(tuple(parts), max(_split_number(part.path)[1] for part in parts)))
+    return sorted(models, key=lambda model: model.name)
+
+
+def choose_model(models: Sequence[GGUFModel], tag: str, display: str) -> GGUFModel:
+    """The model ``tag`` names (``latest``: Q4_K_M, else the only one); QuantNotFound lists the choices."""
+    wanted = None if tag.lower() == "latest" else tag
+    found = select_by_quant(models, lambda model: model.name, wanted, DEFAULT_QUANT)
+    if len(found) == 1:
+        return found[0]
+    base = display.rsplit(":", 1)[0]
+    if not models:
+        raise QuantNotFound(f"{base} has no GGUF files to pull")
+    if found:
+        names = ", ".join(file_stem(model.name) for model in found)
+        raise BadRequest(f'several GGUF files in {base} match "{tag}" ({names}); use the file name as the tag, '
+                         f"e.g. {base}:{file_stem(found[0].name)}")
+    quants = ", ".join(sorted({quant_of(model.name) for model in models}))
+    if wanted is None:
+        raise QuantNotFound(f"{base} has several GGUF files and none is {DEFAULT_QUANT}; pick one with a tag "
+                            f"(available: {quants}), e.g. {base}:{quant_of(models[0].name)}")
+    raise QuantNotFound(f'no GGUF file for "{tag}" in {base} (available: {quants})')
+
+
+# ---- the pull ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Repo:
+    """What a pull needs to know about the repository, read once."""
+
+    id: str
+    revision: str  # the commit every file is downloaded from
+    files: tuple[RepoFile, ...]
+    parameters: int | None  # the Hub's count from the GGUF (``gguf.total``), when it gives one
+
+
+async def pull_hf(store: Store, name: ModelName | str, progress: ProgressCallback | None = None) -> ModelName:
+    """Pull ``hf.co/<org>/<repo>[:<quant>]`` into ``store``, reporting Ollama's pull events.
+
+    Raises RepoNotFound or QuantNotFound (404, the latter listing the quants there are), AccessDenied (403)
+    for gated and private repositories, BadRequest for names that are not Hugging Face names, PullError for
+    network, disk and file failures. The store is unchanged in those cases.
+    """
+    name = name if isinstance(name, ModelName) else ModelName.parse(name)
+    if name.host.lower() not in HF_HOSTS:
+        raise BadRequest(f'"{name}" is not a Hugging Face model name; use hf.co/<org>/<repo>[:<quant>]')
+    await emit(progress, {"status": "pulling manifest"})
+    repo = await asyncio.to_thread(_read_repo, f"{name.namespace}/{name.model}")
+    model = choose_model(gguf_models(repo.files), name.tag, name.display())
+    model.check_complete(repo.id)
+    source = {"type": "huggingface", "repo": repo.id, "revision": repo.revision,
+              "files": [part.path for part in model.parts]}
+    installed: list[str] = []
+    try:
+        with DOWNLOADS.claim(part.digest for part in model.parts if part.digest):
+            layers = await _fetch_model(store, repo, model, progress, installed)
+            manifest = await asyncio.to_thread(_manifest, store, layers, source, repo.parameters)
+            await emit(progress, {"status": "writing manifest"})
+            removed = await asyncio.to_thread(store.write_manifest, name, manifest)
+    except Exception as e:  # not on cancel: what arrived is kept, as other sources do
+        await asyncio.to_thread(DOWNLOADS.release_unused, store, installed)
+        if isinstance(e, InvalidModelFile):
+            raise PullError(f"{repo.id}/{model.name} is not a usable GGUF model: {e}") from None
+        raise
+    if removed:
+        await emit(progress, {"status": "removing unused layers"})
+    await emit(progress, {"status": "success"})
+    return name
+
+
+def _read_repo(repo_id: str) -> _Repo:
+    with _hub_errors(repo_id):
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    files = tuple(
+        RepoFile(s.rfilename, s.size, s.lfs.sha256.lower() if s.lfs and _SHA256.fullmatch(s.lfs.sha256 or "") else None)
+        for s in info.siblings or []
+    )
+    total = info.gguf.get("total") if isinstance(info.gguf, dict) else None
+    return _Repo(repo_id, info.sha or "main", files, total if isinstance(total, int) and total > 0 else None)
+
+
+async def _fetch_model(store: Store, repo: _Repo, model: GGUFModel, progress: ProgressCallback | None,
+                       installed: list[str]) -> list[tuple[str, int]]:
+    """Download the parts not in the store yet, verify them and move them into place: (digest, size) each.
+
+    Digests moved into the store are appended to ``installed`` as they arrive.
+    """
+    layers = {part: (part.digest, store.blob_size(part.digest))
+              for part in model.parts if part.digest and store.has_blob(part.digest)}
+    missing = [part for part in model.parts if part not in layers]
+    check_space(store, sum(part.size or 0 for part in missing), f"{repo.id}/{model.name}")
+    for part in model.parts:  # one bar per part, in order, before bytes flow (as Ollama)
+        size = layers[part][1] if part in layers else part.size or 0
+        await emit(progress, {**_event(part), "total": size, "completed": size if part in layers else 0})
+    await asyncio.to_thread(_remove_stale_work_dirs, store)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=_mkdir(store.blobs_dir)))
+    try:
+        downloaded = {part: await _download(repo, part, work, progress) for part in missing}
+        await emit(progress, {"status": "verifying sha256 digest"})
+        for part, path in downloaded.items():
+            layers[part] = await asyncio.to_thread(_install, store, path, part)
+            installed.append(layers[part][0])
+        return [layers[part] for part in model.parts]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _download(repo: _Repo, part: RepoFile, work: Path, progress: ProgressCallback | None) -> Path:
+    transfer = ThreadProgress()
+    reported = -1
+
+    async def report() -> None:
+        nonlocal reported
+        completed = transfer.completed if part.size is None else min(transfer.completed, part.size)
+        if completed != reported:
+            reported = completed
+            await emit(progress, {**_event(part), "total": part.size or completed, "completed": completed})
+
+    def download() -> Path:
+        with _hub_errors(repo.id, part.path):
+            return Path(hf_hub_download(repo.id, part.path, revision=repo.revision, local_dir=work / "files",
+                                        cache_dir=work / "cache", tqdm_class=progress_bridge(transfer)))
+
+    path = await run_in_thread(download, transfer, report)
+    await report()
+    return path
+
+
+def _event(part: RepoFile) -> dict[str, Any]:
+    if part.digest:
+        return {"status": f"pulling {part.digest[7:19]}", "digest": part.digest}
+    return {"status": f"pulling {file_stem(part.path)[:40]}"}  # a file kept in git: its sha256 is unknown yet
+
+
+def _install(store: Store, path: Path, part: RepoFile) -> tuple[str, int]:
+    """Hash the downloaded file (one read), check it, and rename it to its blob: no second copy."""
+    hasher, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            hasher.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    digest = "sha256:" + hasher.hexdigest()
+    if part.digest and digest != part.digest:
+        raise PullError(f'digest mismatch for {part.path}, expected "{part.digest}", got "{digest}"')
+    if part.size is not None and size != part.size:
+        raise PullError(f"{part.path}: downloaded {size} bytes, the repository lists {part.size}")
+    target = store.blob_path(digest)
+    os.chmod(path, 0o644)
+    os.replace(path, target)
+    _fsync_dir(target.parent)
+    return digest, size
+
+
+def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, parameters: int | None) -> Manifest:
+    if len(layers) == 1:
+        return manifest_for_gguf(store, layers[0][0], extra_config={"source": source})
+    info = read_gguf_info(store.blob_path(layers[0][0]))  # the first part holds the metadata and template
+    count = info.metadata.get("split.count")
+    if count != len(layers):
+        raise InvalidModelFile(f"the first part says split.count={count!r}, the repository has {len(layers)} parts")
+    for digest, _ in layers[1:]:
+        with open(store.blob_path(digest), "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InvalidModelFile("a part of the split model is not a GGUF file")
+    extra: dict[str, Any] = {"source": source}
+    if parameters:  # the first part's tensors are only a share of the model's
+        extra["model_type"] = human_number(parameters)
+    model_layers = tuple(Layer(media.MODEL, digest, size) for digest, size in layers)
+    return Manifest(write_config(store, info, extra), model_layers)
+
+
+# ---- split models ------------------------------------------------------------------------------
+
+
+def link_split_parts(store: Store, manifest: Manifest) -> Path | None:
+    """For a split model, the path llama.cpp should load: ``<root>/splits/<first digest hex>/
+    model-00001-of-0000N.gguf``, the parts hard-linked there under llama.cpp's names (made when missing).
+
+    None when the manifest has a single model layer. Call ``unlink_split_parts`` when the blobs go.
+    """
+    parts = manifest.find_all(media.MODEL)
+    if len(parts) < 2:
+        return None
+    directory = store.root / SPLITS_DIR / parts[0].digest[7:]
+    names = [f"model-{i:05d}-of-{len(parts):05d}.gguf" for i in range(1, len(parts) + 1)]
+    if _complete(directory, names):
+        return directory / names[0]
+    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=_mkdir(directory.parent)))
+    try:
+        for layer, file_name in zip(parts, names):
+            os.link(store.blob_path(layer.digest), staging / file_name)
+        try:
+            os.rename(staging, directory)  # atomic: a concurrent caller sees all links or none
+        except OSError:  # a directory is in the way: another caller's (complete) or a damaged one
+            if not _complete(directory, names):
+                shutil.rmtree(directory, ignore_errors=True)
+                os.rename(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed
+    return directory / names[0]
+
+
+def _complete(directory: Path, names: list[str]) -> bool:
+    return all((directory / name).is_file() for name in names)
+
+
+def unlink_split_parts(store: Store, removed_digests: Sequence[str]) -> None:
+    """Remove the link directories of split models whose first part was just deleted from the store."""
+    for digest in removed_digests:
+        shutil.rmtree(store.root / SPLITS_DIR / digest[7:], ignore_errors=True)
+
+
+# ---- huggingface_hub in threads ----------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """Raised inside a worker thread's copy loop (huggingface_hub's download, a wheel's extraction)."""
+
+
+class ThreadProgress:
+    """Bytes counted by a worker thread, read by the event loop, which can stop the worker through it."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.cancelled = threading.Event()
+
+    def add(self, n: int) -> None:
+        if self.cancelled.is_set():
+            raise _Stopped("the pull was cancelled")  # unwinds the worker, which deletes its partial file
+        self.completed += n
+
+
+class _ProgressBridge(tqdm):
+    """Takes the place of huggingface_hub's progress bars: draws nothing, counts bytes into ``transfer``."""
+
+    transfer: ThreadProgress
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "disable": True})
+
+    def update(self, n: float | None = 1) -> None:
+        self.transfer.add(int(n or 0))
+
+    def update_transfer(self, n: int) -> None:
+        """Xet's network bytes; ``update`` already counts the bytes written, which is what the bar shows."""
+
+    def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def progress_bridge(transfer: ThreadProgress) -> type[tqdm]:
+    """A ``tqdm_class`` for huggingface_hub that counts into ``transfer`` (it instantiates the class itself)."""
+    return type("ProgressBridge", (_ProgressBridge,), {"transfer": transfer})
+
+
+async def run_in_thread(call: Callable[[], T], transfer: ThreadProgress, report: Callable[[], Awaitable[None]]) -> T:
+    """Run ``call`` in a thread, awaiting ``report()`` every PROGRESS_INTERVAL while it runs.
+
+    Cancelling stops the thread at its next ``transfer.add`` (it is waited for, a bounded time).
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(call))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even when nobody waits
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=PROGRESS_INTERVAL)
+            await report()
+        return task.result()
+    except asyncio.CancelledError:
+        transfer.cancelled.set()
+        await asyncio.wait([task], timeout=_CANCEL_WAIT)  # it stops at its next chunk and deletes its file
+        raise
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, file: str | None = None) -> Iterator[None]:
+    """huggingface_hub's exceptions as llmhost errors a user can act on."""
+    what = f"{repo_id}/{file}" if file else repo_id
+    try:
+        yield
+    except GatedRepoError:
+        raise AccessDenied(f"{repo_id} is a gated model on Hugging Face: accept its conditions on its page, then set "
+                           "HF_TOKEN to a token of that account (https://huggingface.co/settings/tokens)") from None
+    except RepositoryNotFoundError:
+        raise RepoNotFound(f'Hugging Face repository "{repo_id}" not found; if it is private or gated, set HF_TOKEN '
+                           "to a token that can read it") from None
+    except HFValidationError as e:
+        raise BadRequest(f'"{repo_id}" is not a valid Hugging Face repository name: {_describe(e)}') from None
+    except RevisionNotFoundError:
+        raise RepoNotFound(f'Hugging Face repository "{repo_id}" has no main branch') from None
+    except RemoteEntryNotFoundError:
+        raise PullError(f"{what} is no longer in the repository; pull again") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise AccessDenied(f"Hugging Face refused access to {what} (HTTP {status}); set HF_TOKEN to a token "
+                               "that can read it") from None
+        raise PullError(f"Hugging Face answered HTTP {status} for {what}") from None
+    except OfflineModeIsEnabled:
+        raise PullError(f"cannot pull {what}: HF_HUB_OFFLINE is set") from None
+    except (LocalEntryNotFoundError, httpx2.TransportError) as e:
+        cause = e.__cause__ or e
+        raise PullError(f"cannot reach Hugging Face at {constants.ENDPOINT} for {what}: {_describe(cause)}") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PullError(f"no space left on device while downloading {what}") from None
+        raise PullError(f"downloading {what} failed: {_describe(e)}") from None
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _split_number(path: str) -> tuple[int, int]:
+    """(part, count) from a ``-0000k-of-0000N.gguf`` name; (1, 1) for a file that is not split."""
+    stem = PurePosixPath(path).name
+    match = _SPLIT.search(stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem)
+    return (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+
+
+def _safe_path(path: str) -> bool:
+    """A relative path inside the repository (a hostile endpoint could list ``../x``)."""
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not path.startswith("/") and "\\" not in path and ".." not in parts
+
+
+def _remove_stale_work_dirs(store: Store) -> None:
+    """Delete work directories of pulls that died with the daemon (nothing written to them for an hour)."""
+    cutoff = time.time() - STALE_WORK_DIR
+    for directory in store.blobs_dir.glob(WORK_PREFIX + "*"):
+        if directory.is_dir() and _newest_mtime(directory) < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _newest_mtime(directory: Path) -> float:
+    newest = 0.0
+    for root, _, files in os.walk(directory):
+        for name in [".", *files]:
+            with contextlib.suppress(OSError):  # a live pull may be removing it meanwhile
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _mkdir(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _describe(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
