@@ -15,12 +15,10 @@ from llmhost.registry.sources.hf import (
     QuantNotFound,
     RepoNotFound,
     ThreadProgress,
-    link_split_parts,
     progress_bridge,
     pull_hf,
     quant_of,
     select_by_quant,
-    unlink_split_parts,
 )
 
 from .fake_hf import split_gguf, start_hub
@@ -200,14 +198,15 @@ async def test_a_split_gguf_becomes_one_layer_per_part(store, hub, split_parts):
     assert statuses(events)[1:4] == [f"pulling {sha256_of(data)[7:19]}" for data in parts]
     assert store.load(name).chat_template == CHAT_TEMPLATE  # the first part holds the metadata
 
-    first = link_split_parts(store, manifest)
+    first = store.model_path(manifest)
     assert first.name == "model-00001-of-00003.gguf"
     for i, data in enumerate(parts, 1):
         linked = first.parent / f"model-{i:05d}-of-00003.gguf"
         assert os.path.samefile(linked, store.blob_path(sha256_of(data)))  # links, not copies
-    assert link_split_parts(store, manifest) == first  # idempotent
+    assert store.model_path(manifest) == first  # idempotent
+    assert store.load(name).model_path == first, "runners load the split model through the links"
 
-    unlink_split_parts(store, store.delete(name))  # the links would keep the parts' disk space
+    store.delete(name)  # the links would keep the parts' disk space
     assert not first.parent.exists() and not list(store.blobs_dir.iterdir())
 
 

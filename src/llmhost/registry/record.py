@@ -94,7 +94,7 @@ def load_record(store: Store, name: ModelName) -> ModelRecord:
         digest=hashlib.sha256(data).hexdigest(),
         size=manifest.size,
         modified_at=datetime.fromtimestamp(path.stat().st_mtime).astimezone(),
-        model_path=store.blob_path(model.digest),
+        model_path=store.model_path(manifest),
         template=_text(store, manifest.find(media.TEMPLATE) or manifest.find(media.PROMPT)),
         system=_text(store, manifest.find(media.SYSTEM)),
         parameters=_parameters(store, manifest.find(media.PARAMS)),

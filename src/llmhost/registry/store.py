@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -32,6 +33,7 @@ from llmhost.registry.record import ModelRecord, load_record, model_details, rea
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+SPLITS_DIR = "splits"  # hard links that give a split model's parts the names llama.cpp expects
 TEMP_PREFIX = ".tmp-"  # never a valid blob or name part, so listings skip these
 _DIGEST_IN_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 
@@ -190,6 +192,37 @@ class Store:
             self._prune_dirs(path.parent)
             return self._remove_unreferenced(old)
 
+    def model_path(self, manifest: Manifest) -> Path:
+        """The path llama.cpp should load for ``manifest``'s model layer(s).
+
+        One layer: its blob. A split model (several model layers, in order): llama.cpp only finds the
+        other parts beside the first under ``<prefix>-0000k-of-0000N.gguf`` names, so the parts are
+        hard-linked (no copy) into ``splits/<first digest hex>/`` and the first link is returned.
+        """
+        parts = manifest.find_all(MODEL)
+        if len(parts) < 2:
+            return self.blob_path(parts[0].digest)
+        directory = self.root / SPLITS_DIR / parts[0].digest[7:]
+        names = [f"model-{i:05d}-of-{len(parts):05d}.gguf" for i in range(1, len(parts) + 1)]
+        if not _all_files(directory, names):
+            self._link_parts(directory, [self.blob_path(p.digest) for p in parts], names)
+        return directory / names[0]
+
+    def _link_parts(self, directory: Path, blobs: list[Path], names: list[str]) -> None:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=directory.parent))
+        try:
+            for blob, file_name in zip(blobs, names):
+                os.link(blob, staging / file_name)
+            try:
+                os.rename(staging, directory)  # atomic: a concurrent caller sees all links or none
+            except OSError:  # a directory is in the way: another caller's (complete) or a damaged one
+                if not _all_files(directory, names):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    os.rename(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed
+
     def runner_key(self, name: ModelName | str) -> str:
         """A key that is equal for copies of one model: the digest of its GGUF blob."""
         layer = self.read_manifest(name).find(MODEL)
@@ -261,6 +294,8 @@ class Store:
         removed = []
         for digest in sorted(candidates - still_used):
             self.blob_path(digest).unlink(missing_ok=True)
+            # a split model's links would otherwise keep its parts' disk space
+            shutil.rmtree(self.root / SPLITS_DIR / digest[7:], ignore_errors=True)
             removed.append(digest)
         return removed
 
@@ -348,3 +383,7 @@ def _mtime(path: Path) -> float:
 def _as_name(name: ModelName | str) -> ModelName:
     return name if isinstance(name, ModelName) else ModelName.parse(name)
 
+
+
+def _all_files(directory: Path, names: list[str]) -> bool:
+    return all((directory / name).is_file() for name in names)

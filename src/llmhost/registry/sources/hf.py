@@ -13,7 +13,7 @@ in threads; its progress bars are replaced by a bridge to Ollama's pull events, 
 the transfer at its next chunk. Nothing is resumed: huggingface_hub deletes a cut-off download.
 
 A split GGUF is stored as one model layer per part, in order. llama.cpp loads it from the first part's path
-only when the other parts sit beside it under ``<prefix>-0000k-of-0000N.gguf`` names: ``link_split_parts``
+only when the other parts sit beside it under ``<prefix>-0000k-of-0000N.gguf`` names: ``Store.model_path``
 makes such a directory of hard links (no copy) for whoever loads the model.
 """
 
@@ -62,7 +62,6 @@ DEFAULT_QUANT = "Q4_K_M"
 PROGRESS_INTERVAL = 0.06  # seconds between progress events, as Ollama's ~60 ms
 WORK_PREFIX = TEMP_PREFIX + "hf-"
 STALE_WORK_DIR = 3600.0  # a work directory untouched this long belongs to a pull that died
-SPLITS_DIR = "splits"
 # A quant as GGUF file names state it: Q4_K_M, IQ2_XXS, Q4_0_4_4, TQ1_0, MXFP4_MOE, BF16, F16, F32...
 QUANT_NAME = re.compile(
     r"(?<![a-z0-9])(i?q\d+(?:_[a-z0-9]+)*|tq\d_\d|mxfp4(?:_moe)?|bf16|fp?16|fp?32)(?![a-z0-9])", re.IGNORECASE
@@ -337,47 +336,6 @@ def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, paramet
         extra["model_type"] = human_number(parameters)
     model_layers = tuple(Layer(media.MODEL, digest, size) for digest, size in layers)
     return Manifest(write_config(store, info, extra), model_layers)
-
-
-# ---- split models ------------------------------------------------------------------------------
-
-
-def link_split_parts(store: Store, manifest: Manifest) -> Path | None:
-    """For a split model, the path llama.cpp should load: ``<root>/splits/<first digest hex>/
-    model-00001-of-0000N.gguf``, the parts hard-linked there under llama.cpp's names (made when missing).
-
-    None when the manifest has a single model layer. Call ``unlink_split_parts`` when the blobs go.
-    """
-    parts = manifest.find_all(media.MODEL)
-    if len(parts) < 2:
-        return None
-    directory = store.root / SPLITS_DIR / parts[0].digest[7:]
-    names = [f"model-{i:05d}-of-{len(parts):05d}.gguf" for i in range(1, len(parts) + 1)]
-    if _complete(directory, names):
-        return directory / names[0]
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=_mkdir(directory.parent)))
-    try:
-        for layer, file_name in zip(parts, names):
-            os.link(store.blob_path(layer.digest), staging / file_name)
-        try:
-            os.rename(staging, directory)  # atomic: a concurrent caller sees all links or none
-        except OSError:  # a directory is in the way: another caller's (complete) or a damaged one
-            if not _complete(directory, names):
-                shutil.rmtree(directory, ignore_errors=True)
-                os.rename(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed
-    return directory / names[0]
-
-
-def _complete(directory: Path, names: list[str]) -> bool:
-    return all((directory / name).is_file() for name in names)
-
-
-def unlink_split_parts(store: Store, removed_digests: Sequence[str]) -> None:
-    """Remove the link directories of split models whose first part was just deleted from the store."""
-    for digest in removed_digests:
-        shutil.rmtree(store.root / SPLITS_DIR / digest[7:], ignore_errors=True)
 
 
 # ---- huggingface_hub in threads ----------------------------------------------------------------
