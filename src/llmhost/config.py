@@ -214,6 +214,10 @@ def describe_variables() -> str:
     """Help text listing every variable with its default and meaning."""
     lines = []
     for var in VARIABLES:
-        default = var.default if isinstance(var.default, str) else "(computed)"
+        default = var.default_text()
+        if var.attr == "max_memory":
+            from llmhost.units import format_size
+
+            default = f"{format_size(int(default))} on this machine now"
         lines.append(f"{var.name} (default {default}): {var.description}")
     return "\n".join(lines)
