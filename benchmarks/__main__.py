@@ -6,13 +6,14 @@ import json
 import sys
 import time
 
-from benchmarks import residency, throughput
+from benchmarks import pull, residency, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
     "p2": throughput.p2,
     "p3": throughput.p3,
     "p4": residency.p4,
+    "p5": pull.p5,
     "p7": residency.p7,
 }
 

@@ -45,6 +45,7 @@ def p5(repeats: int = 3) -> dict:
                     pull_s.append(asyncio.run(_pull(d.url, f"{base}/library/big:latest")))
                     shutil.rmtree(d.workdir / "models")  # not /api/delete: the blob is no GGUF
                 pull_s = pull_s[1:]
+            shutil.rmtree(d.workdir, ignore_errors=True)
         finally:
             server.terminate()
             server.wait(10)

@@ -119,6 +119,7 @@ class FakeDaemon:
         app.router.add_post("/api/copy", self._copy)
         app.router.add_delete("/api/delete", self._delete)
         app.router.add_post("/api/pull", self._pull)
+        app.router.add_post("/api/push", self._push)
         app.router.add_post("/api/create", self._create)
         app.router.add_route("HEAD", "/api/blobs/{digest}", self._blob_head)
         app.router.add_post("/api/blobs/{digest}", self._blob_upload)
@@ -180,6 +181,14 @@ class FakeDaemon:
         ]
         events += [{"status": s} for s in ("verifying sha256 digest", "writing manifest", "success")]
         self.models[name] = show_answer(name)
+        return await self._ndjson(request, events)
+
+    async def _push(self, request: web.Request) -> web.StreamResponse:
+        total = 1_000_000
+        events = [{"status": "retrieving manifest"}]
+        events += [{"status": f"pushing {DIGEST[7:19]}", "digest": DIGEST, "total": total, "completed": done}
+                   for done in (0, total)]
+        events += [{"status": "pushing manifest"}, {"status": "success"}]
         return await self._ndjson(request, events)
 
     async def _create(self, request: web.Request) -> web.StreamResponse:

@@ -77,6 +77,14 @@ def test_pull_shows_progress_and_ends_with_success(llm, daemon):
     assert daemon.bodies("/api/pull") == [{"model": "new-model", "stream": True}]
 
 
+def test_push_shows_progress_and_sends_insecure(llm, daemon):
+    result = llm("push", "127.0.0.1:5000/me/tiny:v1", "--insecure")
+    assert result.exit_code == 0, result.output
+    assert f"pushing {DIGEST[7:19]}" in result.stderr
+    assert result.stderr.rstrip().endswith("success")
+    assert daemon.bodies("/api/push") == [{"model": "127.0.0.1:5000/me/tiny:v1", "insecure": True, "stream": True}]
+
+
 def test_pull_in_stream_error_fails(llm, daemon):
     daemon.stream_error = "pull model manifest: file does not exist"
     result = llm("pull", "nope")

@@ -114,14 +114,14 @@ class FakeRegistry:
         self.requests.append((request.method, request.path))
         if "Authorization" in request.headers:
             self.authorization_seen.append(request.headers["Authorization"])
-        if self.token and request.path.startswith("/v2"):
-            if request.headers.get("Authorization") != f"Bearer {self.token}":
-                realm = self.realm or f"{self.url}/token"
-                header = self.challenge if self.challenge is not None else (
-                    f'Bearer realm="{realm}",service="fake-registry",scope="repository:x:pull"')
-                headers = {"WWW-Authenticate": header} if header else {}
-                return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-                                         status=401, headers=headers)
+        authorized = request.headers.get("Authorization") == f"Bearer {self.token}"
+        if self.token and request.path.startswith("/v2") and not authorized:
+            realm = self.realm or f"{self.url}/token"
+            header = self.challenge if self.challenge is not None else (
+                f'Bearer realm="{realm}",service="fake-registry",scope="repository:x:pull"')
+            headers = {"WWW-Authenticate": header} if header else {}
+            return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                                     status=401, headers=headers)
         return await handler(request)
 
     async def _base(self, request: web.Request) -> web.Response:

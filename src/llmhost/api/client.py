@@ -260,6 +260,10 @@ class Client:
         """Progress events: ``pulling manifest``, ``pulling <id>`` with digest/total/completed, ..., ``success``."""
         return self._stream("POST", "/api/pull", _body(model=model, insecure=insecure or None, stream=True))
 
+    def push(self, model: str, insecure: bool = False) -> Iterator[dict]:
+        """Progress events: ``retrieving manifest``, ``pushing <id>`` with digest/total/completed, ``success``."""
+        return self._stream("POST", "/api/push", _body(model=model, insecure=insecure or None, stream=True))
+
     def create(
         self,
         model: str,

@@ -116,14 +116,17 @@ async def _patch(client: RegistryClient, location: str, path: Path, start: int, 
                  reporter: _Reporter) -> str:
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                "Content-Range": f"{start}-{start + length - 1}"}
-    body = lambda: _read_range(path, start, length, reporter)  # noqa: E731 - a fresh stream per try
+    def body() -> AsyncIterator[bytes]:  # a fresh stream for each try (a 401 makes a second one)
+        return _read_range(path, start, length, reporter)
+
     async with await client.request("PATCH", location, headers=headers, body=body) as resp:
         await _expect(client, resp, (202, 204), f"uploading bytes {start}-{start + length - 1}")
         return _location(resp, location)
 
 
 async def _read_range(path: Path, start: int, length: int, reporter: _Reporter) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
+    f = await asyncio.to_thread(open, path, "rb")
+    with f:
         f.seek(start)
         sent = 0
         while sent < length:

@@ -7,7 +7,7 @@ import typer
 from llmhost.cli import render
 from llmhost.cli.session import connect
 
-HELP = "Push a model to a registry ([host/]namespace/model[:tag]; http registries need --insecure)."
+HELP = "Push a model to a registry (host/namespace/model:tag; a plain-http registry needs --insecure)."
 
 
 def command(
