@@ -14,7 +14,9 @@
     ├── ServerBusy (503)                queue full
     ├── InsufficientMemory (500)        a model cannot fit even after eviction
     ├── RunnerError (500)               the runner process failed or died
+    ├── AccessDenied (403)              a gated/private source refused us (a token is needed)
     ├── PullError (500)                 a source failed to deliver a model
+    ├── PushError (500)                 a registry refused or failed an upload
     └── ConfigError                     malformed LLMHOST_* variable (daemon refuses to start)
 """
 
@@ -91,7 +93,15 @@ class RunnerError(LlmhostError):
     status = 500
 
 
+class AccessDenied(LlmhostError):
+    status = 403
+
+
 class PullError(LlmhostError):
+    status = 500
+
+
+class PushError(LlmhostError):
     status = 500
 
 

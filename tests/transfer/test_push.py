@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from llmhost.errors import BadRequest, ModelNotFound
-from llmhost.registry.push import PushError, push_model
+from llmhost.errors import PushError
+from llmhost.registry.push import push_model
 from llmhost.registry.sources.ollama import pull_ollama
 from llmhost.registry.store import Store
 from tests.transfer.conftest import Events, add_local_model

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from llmhost.errors import LlmhostError
+from llmhost.errors import PushError
 from llmhost.registry.download import ProgressCallback, emit
 from llmhost.registry.manifest import MANIFEST_V2, Layer, Manifest
 from llmhost.registry.names import ModelName
@@ -33,10 +33,6 @@ CHUNK_SIZE = 64 << 20  # bytes per PATCH
 READ_SIZE = 1 << 20
 PROGRESS_INTERVAL = 0.08
 ERROR_BODY_LIMIT = 64 << 10
-
-
-class PushError(LlmhostError):
-    """The registry refused or failed a push (status 500, reported in-band)."""
 
 
 async def push_model(

@@ -48,7 +48,7 @@ from huggingface_hub.errors import (
 )
 from tqdm import tqdm
 
-from llmhost.errors import BadRequest, InvalidModelFile, LlmhostError, NotFound, PullError
+from llmhost.errors import AccessDenied, BadRequest, InvalidModelFile, NotFound, PullError
 from llmhost.registry import manifest as media
 from llmhost.registry.create import manifest_for_gguf, write_config
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, _fsync_dir, check_space, emit
@@ -78,12 +78,6 @@ class RepoNotFound(NotFound):
 
 class QuantNotFound(NotFound):
     """The repository has no GGUF file for the tag."""
-
-
-class AccessDenied(LlmhostError):
-    """A gated or private repository refused us: a token (HF_TOKEN) with access is needed."""
-
-    status = 403
 
 
 # ---- choosing the file: shared with the wheel source ---------------------------------------------
