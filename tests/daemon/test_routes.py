@@ -201,3 +201,19 @@ async def test_options_that_only_change_sampling_do_not_reload(harness):
     assert len(harness.factory.started) == 1, "num_ctx 1024 fits in the default 4096"
     await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "options": {"num_ctx": 8192}})
     assert len(harness.factory.started) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"GGUF\x03\x00", "gguf"),            # truncated: a header and nothing else
+    (b"just some text, not a model", "gguf"),
+])
+async def test_create_from_a_blob_that_is_not_a_usable_gguf(harness, content, message):
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    assert (await harness.client.post(f"/api/blobs/{digest}", data=content)).status == 201
+    before = harness.files()
+    r = await harness.client.post("/api/create", json={"model": "broken", "files": {"m.gguf": digest},
+                                                       "stream": False})
+    assert r.status == 400 and message in (await r.json())["error"].lower()
+    assert harness.files() == before, "no manifest or layer written"
+    names = [m["name"] for m in (await (await harness.client.get("/api/tags")).json())["models"]]
+    assert "broken:latest" not in names
