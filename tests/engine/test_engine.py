@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from llmhost.engine.llamacpp import DecodeError, Model
+from llmhost.engine import prompt as prompt_module
+from llmhost.engine.llamacpp import DecodeError, Model, Sampler, SamplerChain
 from llmhost.engine.prompt import CompletionRequest, PromptBuilder
 from llmhost.engine.sequence import Failed, Finished, FinishReason
 from tests.support.engine_harness import EngineHarness
@@ -102,6 +103,21 @@ def test_cancelled_sequence_frees_its_slot(harness):
 def test_json_format_constrains_output(harness):
     sink = harness.run({"prompt": "data:", "format": "json", "options": {"seed": 3, "num_predict": 30}})
     assert sink.text.lstrip().startswith("{")
+
+
+def test_grammar_checked_after_sampling_gives_what_grammar_first_gives(harness, monkeypatch):
+    """Greedy output must not depend on whether the grammar filters the whole vocabulary first
+    (the slow way) or only checks the token the chain picked (the fast way)."""
+    body = {"prompt": "data:", "format": "json", "options": {**GREEDY, "num_predict": 40}}
+    fast = harness.run(body).text
+
+    def grammar_inside_chain(model, params, *, grammar, n_ctx, prompt=None):
+        chain = SamplerChain().add_grammar(model, grammar).add_greedy()
+        return Sampler(chain, n_vocab=model.n_vocab)
+
+    monkeypatch.setattr(prompt_module, "build_sampler", grammar_inside_chain)
+    slow = harness.run(body).text
+    assert fast == slow and fast.lstrip().startswith("{")
 
 
 def test_next_chat_turn_evaluates_only_the_new_tokens(harness):

@@ -7,7 +7,7 @@ import pytest
 
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.sequence import Finished, FinishReason
-from tests.support.engine_harness import EngineHarness
+from tests.support.engine_harness import Collector, EngineHarness
 
 GREEDY = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0}
 SYSTEM = {"role": "system", "content": "You are a patient storyteller who never stops talking."}
@@ -32,39 +32,34 @@ def story(text: str, n: int, **body) -> dict:
 # --- context shift ---------------------------------------------------------------------------------
 
 
-def test_generation_continues_past_num_ctx_with_context_shift(model):
-    h = harness(model, ctx_size=64, parallel=1)
+def run_alone(model, body: dict, **kw) -> tuple[Collector, dict]:
+    """One request on a fresh one-slot engine: its outputs and the engine's counters."""
+    h = harness(model, parallel=1, **kw)
     try:
-        sink = h.run(story("Go on", 150))
-        shifts = h.engine.snapshot()["context_shifts"]
+        sink = h.run(body)
+        return sink, h.engine.snapshot()
     finally:
         h.close()
+
+
+def test_generation_continues_past_num_ctx_with_context_shift(model):
+    sink, stats = run_alone(model, story("Go on", 150), ctx_size=64)
     final = sink.final
     assert isinstance(final, Finished) and final.done_reason == FinishReason.LENGTH
     assert final.eval_count == 150  # far beyond the 64-token window
-    assert final.prompt_eval_count + final.eval_count > 64 and shifts >= 2
+    assert final.prompt_eval_count + final.eval_count > 64 and stats["context_shifts"] >= 2
 
 
 def test_without_context_shift_a_full_window_ends_with_length(model):
-    h = harness(model, ctx_size=64, parallel=1, context_shift=False)
-    try:
-        sink = h.run(story("Go on", 150))
-        shifts = h.engine.snapshot()["context_shifts"]
-    finally:
-        h.close()
+    sink, stats = run_alone(model, story("Go on", 150), ctx_size=64, context_shift=False)
     final = sink.final
-    assert final.done_reason == FinishReason.LENGTH and shifts == 0
+    assert final.done_reason == FinishReason.LENGTH and stats["context_shifts"] == 0
     assert final.prompt_eval_count + final.eval_count <= 65
 
 
 def test_output_before_the_first_shift_is_unchanged_by_it(model):
-    with_shift, without = harness(model, ctx_size=64, parallel=1), harness(model, ctx_size=64, parallel=1, context_shift=False)
-    try:
-        long = with_shift.run(story("Go on", 120)).text
-        short = without.run(story("Go on", 120)).text
-    finally:
-        with_shift.close()
-        without.close()
+    long = run_alone(model, story("Go on", 120), ctx_size=64)[0].text
+    short = run_alone(model, story("Go on", 120), ctx_size=64, context_shift=False)[0].text
     assert short and long.startswith(short) and len(long) > len(short)
 
 
@@ -139,7 +134,7 @@ def test_higher_priority_arrival_preempts_a_running_sequence(model):
 def test_waiting_requests_are_admitted_by_priority_then_age(model):
     h = harness(model, parallel=1)
     try:
-        first_seq, first = h.submit({**story("first", 3), "priority": 9}, gated=True)
+        _, first = h.submit({**story("first", 3), "priority": 9}, gated=True)
         assert first.first.wait(30)
         queued = [h.submit({**story(name, 3), "priority": prio}) for name, prio in [("b", 0), ("c", 5), ("d", 5), ("e", 1)]]
         first.gate.set()
@@ -178,3 +173,46 @@ def test_cancelled_sequence_leaves_the_running_set_and_its_cells_are_reclaimed(m
     assert after_cancel["running"] == 0 and after_cancel["kv_tokens"] >= 160
     assert other.final.done_reason == FinishReason.LENGTH and other.text == expected.text
     assert after["evicted_total"] >= 1 and after["kv_full_retries"] == 0
+
+
+def test_sequence_preempted_during_its_prefill_resumes_where_it_stopped(model):
+    low_body = {"prompt": "alpha beta gamma delta " * 30, "options": {**GREEDY, "num_predict": 12}}
+    expected = run_alone(model, low_body)[0].text
+    h = harness(model, parallel=1, batch=16)  # the long prompt takes several steps
+    real_step, steps, queued = h.engine.step, [0], []
+
+    def step():
+        steps[0] += 1
+        if steps[0] == 3:  # mid-prefill: a more urgent request arrives
+            queued.append(h.submit({**story("urgent", 4), "priority": 5})[1])
+        real_step()
+
+    h.engine.step = step
+    try:
+        low_seq, low = h.submit(low_body)
+        low.wait()
+        stats = h.engine.snapshot()
+    finally:
+        h.close()
+    assert low.text == expected and low.final.prompt_eval_count == len(low_seq.prompt)
+    assert queued[0].final.eval_count == 4 and queued[0].final.done_reason == FinishReason.LENGTH
+    assert stats["preempted_total"] == 1 and stats["swapped_in_total"] == 1
+
+
+def test_swapped_out_sequence_can_be_cancelled(model):
+    h = harness(model, parallel=1)
+    try:
+        low_seq, low = h.submit(story("low", 50), gated=True)
+        assert low.first.wait(30)
+        _, high = h.submit({**story("high", 30), "priority": 5}, gated=True)
+        low.gate.set()
+        assert high.first.wait(30)  # low is swapped out now, the engine paused in high's first output
+        h.engine.cancel(low_seq)
+        high.gate.set()
+        assert low.wait().final.done_reason == FinishReason.CANCELLED
+        high.wait()
+        stats = h.engine.snapshot()
+    finally:
+        h.close()
+    assert stats["swapped_out_total"] == 1 and stats["swapped_in_total"] == 0
+    assert stats["swapped"] == 0 and stats["swapped_bytes"] == 0

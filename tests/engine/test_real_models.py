@@ -52,9 +52,30 @@ def test_smollm2_json_format(smollm2):
     assert isinstance(json.loads(reply), dict)
 
 
+def test_smollm2_json_schema_format(smollm2):
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    reply = text_of(smollm2.completion({**ask("Describe Bob, who is 30, as JSON."), "format": schema}))
+    data = json.loads(reply)
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
 def test_gemma3_base_model_completes_text(gemma3_path, tmp_path):
     with RunnerProcess(gemma3_path, tmp_path, ctx_size=512, parallel=2, threads=2) as proc:
         body = {"prompt": "The capital of France is", "options": {"temperature": 0, "num_predict": 8}}
         first = proc.completion(body)
         second = proc.completion(body)
     assert text_of(first).strip() and text_of(first) == text_of(second)
+
+
+def test_gemma3_sliding_window_model_generates_past_its_context_with_shift(gemma3_path, tmp_path):
+    with RunnerProcess(gemma3_path, tmp_path, ctx_size=256, parallel=1, threads=2) as proc:
+        body = {"prompt": "Once upon a time, in a small village,", "options": {"temperature": 0, "num_predict": 300}}
+        final = proc.completion(body)[-1]
+        shifts = proc.health()["engine"]["context_shifts"]
+    assert final["done_reason"] == "length" and final["eval_count"] == 300 and shifts >= 1

@@ -6,7 +6,7 @@ one batch, runs one ``llama_decode`` and samples every sequence whose logits wer
 their window, and finishes sequences.
 
 Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
-(which the runner wires to ``loop.call_soon_threadsafe``). The thread blocks on the inbox only when
+(which the runner wires to the event loop through ``server.Mailbox``). The thread blocks on the inbox only when
 there is nothing to do, and ctypes releases the GIL during ``llama_decode``, so the event loop keeps
 serving while the model runs.
 """
@@ -204,7 +204,6 @@ class Engine:
         if dropped <= 0:
             return False
         seq.n_past -= dropped
-        seq.n_shifts += 1
         self.stats.context_shifts += 1
         log.debug("sequence %d: context shift dropped %d tokens", seq.id, dropped)
         return True

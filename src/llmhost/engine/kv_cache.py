@@ -56,7 +56,7 @@ class Slot:
     tokens: np.ndarray = field(init=False)
     n: int = 0  # tokens held (positions 0..n-1)
     exact: int = 0  # leading tokens whose cells equal a fresh evaluation of tokens[:exact]
-    lender: "Slot | None" = None  # the slot whose cells positions [0, borrowed) share
+    lender: Slot | None = None  # the slot whose cells positions [0, borrowed) share
     borrowed: int = 0
     busy: bool = False  # a running sequence owns it
     last_used: int = 0  # LRU clock tick of the last release

@@ -211,7 +211,11 @@ class Model:
 
 
 class Context:
-    """A llama_context: the KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequence ids."""
+    """A llama_context: the KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequence ids.
+
+    ``n_threads`` compute threads run multi-token ubatches (prefill, several sequences decoding);
+    ``n_threads_decode`` (default the same) run single-token ones.
+    """
 
     def __init__(
         self,
@@ -222,6 +226,7 @@ class Context:
         n_batch: int,
         n_ubatch: int | None = None,
         n_threads: int | None = None,
+        n_threads_decode: int | None = None,
         kv_unified: bool = True,
         embeddings: bool = False,
         pooling: int | None = None,
@@ -237,6 +242,8 @@ class Context:
             params.pooling_type = pooling
         if n_threads:
             params.n_threads = params.n_threads_batch = n_threads
+        if n_threads_decode:
+            params.n_threads = n_threads_decode  # llama.cpp uses it for one-token ubatches
         _router.first_error = ""
         self._ptr = L.llama_init_from_model(model.ptr, params)
         if not self._ptr:

@@ -68,7 +68,6 @@ class Scheduler:
         # than every slot at full capacity).
         overcommitted = kv.n_cells < len(kv.slots) * kv.slot_capacity
         self.reserve = max(1, kv.n_cells // 16) if overcommitted else 0
-        self._one = np.zeros(1, dtype=np.int32)
 
     def add(self, seq: Sequence) -> None:
         heapq.heappush(self._queue, (-seq.priority, seq.id, seq))

@@ -98,7 +98,6 @@ class Sequence:
         self.n_past = 0  # tokens of this sequence present in the KV cache
         self.next_token: int | None = None  # last sampled token, to be decoded next step
         self.n_generated = 0
-        self.n_shifts = 0  # context shifts so far
         self.arrival = time.perf_counter_ns()
         self.t_prefill = 0  # first step that evaluated prompt tokens
         self.t_first_token = 0

@@ -9,6 +9,7 @@ sequence's asyncio queue. A client that disconnects cancels its handler (the app
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -36,21 +37,57 @@ def resident_bytes() -> int:
         return 0
 
 
-class OutputStream:
-    """The asyncio end of a sequence's sink: the engine thread calls it, the handler awaits ``get``."""
+class Mailbox:
+    """Carries outputs from the engine thread to the event loop with one wake-up per batch.
+
+    Every output used to cost a ``call_soon_threadsafe`` (a self-pipe write and a loop wake-up);
+    with many sequences streaming, one engine step produced one of each per sequence. Outputs now
+    queue here and only the first one since the loop last drained wakes it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
+        self._items: collections.deque[tuple[asyncio.Queue, Output]] = collections.deque()
+        self._wake_pending = False
+
+    def post(self, queue: asyncio.Queue, output: Output) -> None:
+        """Engine thread: queue an output for ``queue``'s reader."""
+        self._items.append((queue, output))
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: the requests are long gone
+                pass
+
+    def _drain(self) -> None:
+        # Reset before draining: an output posted meanwhile either is drained now or wakes us again.
+        self._wake_pending = False
+        items = self._items
+        while items:
+            queue, output = items.popleft()
+            queue.put_nowait(output)
+
+
+class OutputStream:
+    """The asyncio end of a sequence's sink: the engine thread calls it, the handler awaits ``get``."""
+
+    def __init__(self, mailbox: Mailbox):
+        self._mailbox = mailbox
         self._queue: asyncio.Queue[Output] = asyncio.Queue()
 
     def __call__(self, output: Output) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
-        except RuntimeError:  # the loop is closed: the request is long gone
-            pass
+        self._mailbox.post(self._queue, output)
 
     async def get(self) -> Output:
         return await self._queue.get()
+
+    def get_ready(self) -> list[Output]:
+        """Outputs already delivered, without waiting."""
+        ready = []
+        while not self._queue.empty():
+            ready.append(self._queue.get_nowait())
+        return ready
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -71,6 +108,7 @@ class RunnerServer:
         self.builder = builder
         self.embedder = embedder
         self.info = info
+        self._mailbox: Mailbox | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -119,7 +157,9 @@ class RunnerServer:
         if isinstance(body, web.Response):
             return body
         loop = asyncio.get_running_loop()
-        stream = OutputStream(loop)
+        if self._mailbox is None:
+            self._mailbox = Mailbox(loop)
+        stream = OutputStream(self._mailbox)
         try:
             req = CompletionRequest.from_json(body)
             seq = await loop.run_in_executor(None, self.builder.sequence, req, stream)
@@ -138,19 +178,29 @@ class RunnerServer:
         try:
             await response.prepare(request)
             while not done:
-                output = await stream.get()
-                if isinstance(output, TextChunk):
-                    await response.write(_line({"content": output.text}))
-                elif isinstance(output, Finished):
-                    await response.write(_line(output.to_json()))
-                    done = True
-                elif isinstance(output, Failed):
-                    await response.write(_line({"error": output.message}))
-                    done = True
+                # Whatever arrived while the last write was under way goes out in one write.
+                outputs = [await stream.get(), *stream.get_ready()]
+                payload, done = _encode(outputs)
+                await response.write(payload)
         finally:
             if not done:  # client went away (handler cancelled or write failed)
                 self.engine.cancel(seq)
         return response
+
+
+def _encode(outputs: list[Output]) -> tuple[bytes, bool]:
+    """NDJSON lines for ``outputs`` (nothing after the final one), and whether it was final."""
+    lines = []
+    for output in outputs:
+        if isinstance(output, TextChunk):
+            lines.append(_line({"content": output.text}))
+        elif isinstance(output, Finished):
+            lines.append(_line(output.to_json()))
+            return b"".join(lines), True
+        elif isinstance(output, Failed):
+            lines.append(_line({"error": output.message}))
+            return b"".join(lines), True
+    return b"".join(lines), False
 
 
 async def _json_body(request: web.Request) -> Any:
