@@ -7,7 +7,7 @@ Settings are read once into a frozen ``Settings`` and passed in; nothing else re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -119,6 +119,10 @@ def _size(value: str) -> int:
         raise ValueError(str(e)) from None
 
 
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -165,6 +169,8 @@ VARIABLES: tuple[Variable, ...] = (
              "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
     Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
              "how long a runner may take to load a model before it is killed"),
+    Variable("LLMHOST_ORIGINS", "origins", "", _origins,
+             "extra browser origins allowed to call the API, comma-separated (* wildcards, e.g. chrome-extension://*)"),
     Variable("LLMHOST_DEBUG", "debug", "0", _flag,
              "verbose logging, runner output included"),
     Variable("LLMHOST_SERVE_REGISTRY", "serve_registry", "0", _flag,
@@ -189,7 +195,7 @@ class Settings:
     load_timeout: float
     debug: bool
     serve_registry: bool = False
-    extra: dict = field(default_factory=dict)
+    origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

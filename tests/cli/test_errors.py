@@ -98,3 +98,28 @@ def test_start_up_imports_nothing_heavy(argv):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_server_that_is_not_llmhost_is_not_driven(tmp_path):
+    """Ollama on the same port answers `GET /` too; the CLI must say so instead of using it."""
+    import http.server
+    import threading
+
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"Ollama is running")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(tmp_path / "absent.sock", f"127.0.0.1:{server.server_port}")
+        with pytest.raises(DaemonUnreachable, match="not llmhost"):
+            client.heartbeat()
+    finally:
+        server.shutdown()

@@ -2,6 +2,7 @@
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -164,3 +165,13 @@ async def test_shutdown_stops_every_runner():
     await use(residency, B)
     await residency.shutdown()
     assert factory.live() == []
+
+
+async def test_a_shorter_keep_alive_is_not_held_up_by_a_longer_one():
+    factory = FakeFactory()
+    residency = make(factory, clock=time.monotonic)  # real time: this is about the reaper's timer
+    await use(residency, A, keep_alive=3600)
+    await use(residency, B, keep_alive=0.1)
+    await asyncio.sleep(0.5)
+    assert loaded_keys(residency) == [A]
+    await residency.shutdown()

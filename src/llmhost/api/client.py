@@ -224,15 +224,19 @@ class Client:
     # -- API -------------------------------------------------------------------------------------
 
     def heartbeat(self, timeout: float = 2.0) -> None:
-        """Raise DaemonUnreachable unless a daemon answers ``GET /``."""
+        """Raise DaemonUnreachable unless an llmhost daemon answers ``GET /``."""
         try:
             conn, response = self._send("GET", "/", timeout=timeout)
             try:
-                response.read()
+                body = response.read()
             finally:
                 conn.close()
         except (OSError, http.client.HTTPException, ConnectionLost) as e:
             raise DaemonUnreachable(f"the llmhost daemon at {self.describe()} did not answer: {e}") from None
+        if not body.startswith(b"llmhost is running"):
+            # Ollama answers on the same default port; driving it by mistake would be confusing.
+            raise DaemonUnreachable(f"{self.describe()} answers, but it is not llmhost "
+                                    "(is Ollama running there? set LLMHOST_HOST to another address)")
 
     def version(self) -> dict:
         """``{"version": "..."}``."""

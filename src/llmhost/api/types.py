@@ -140,6 +140,9 @@ class GenerateRequest(InferenceCommon):
         )
         if req.raw and (req.template or req.system or body.get("context")):
             raise BadRequest("raw mode does not support template, system, or context")
+        if body.get("context"):  # deprecated token-id carry-over; silently ignoring it would lose the chat
+            raise BadRequest('"context" is not supported: send the conversation with /api/chat '
+                             "(llmhost reuses the KV cache of earlier turns automatically)")
         if body.get("images"):
             raise BadRequest("this model does not support images")
         if req.suffix:

@@ -44,14 +44,3 @@ def unload(client: Client, model: str) -> None:
     """Ask the daemon to unload ``model`` now (an empty generate with keep_alive 0)."""
     client.generate(model, "", stream=False, keep_alive=0)
 
-
-def same_model(a: str, b: str) -> bool:
-    """Whether two user-typed names denote the same model (default host, namespace and tag)."""
-    return _normal(a) == _normal(b)
-
-
-def _normal(name: str) -> str:
-    name = name.lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else name + ":latest"
-

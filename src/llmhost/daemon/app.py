@@ -8,9 +8,9 @@ from aiohttp import web
 
 from llmhost.daemon import routes_inference, routes_models, routes_openai, routes_registry, routes_transfer
 from llmhost.daemon.http import error_response
-from llmhost.daemon.security import make_security_middleware
+from llmhost.daemon.security import add_cors_headers, make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
-from llmhost.errors import ClientClosed, LlmhostError
+from llmhost.errors import LlmhostError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ async def errors_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except LlmhostError as e:
-        if e.status >= 500 and not isinstance(e, ClientClosed):
+        if e.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, e.message)
         return error_response(e)
     except web.HTTPException:
@@ -35,9 +35,11 @@ async def errors_middleware(request: web.Request, handler):
 
 def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[make_security_middleware(check_host), errors_middleware, routes_openai.openai_errors],
-        client_max_size=1024**4,  # blob uploads are streamed, never held in memory
+        middlewares=[make_security_middleware(check_host, state.settings.origins), errors_middleware,
+                     routes_openai.openai_errors],
+        client_max_size=64 * 1024**2,  # JSON bodies; blob uploads stream past this limit
     )
+    app.on_response_prepare.append(add_cors_headers)
     app[STATE_KEY] = state
     app.add_routes(routes_models.routes)
     app.add_routes(routes_inference.routes)

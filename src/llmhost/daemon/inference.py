@@ -10,7 +10,7 @@ from typing import AsyncIterator
 
 from llmhost.api.options import split_options
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
-from llmhost.daemon.prompting import effective_options, load_options, runner_body
+from llmhost.daemon.prompting import effective_options, runner_body
 from llmhost.daemon.residency import Lease
 from llmhost.daemon.state import DaemonState
 from llmhost.errors import RunnerError
@@ -22,7 +22,7 @@ async def lease_for(state: DaemonState, request: GenerateRequest | ChatRequest |
     """Hold a runner for ``record`` with the request's load options; also return its runtime options."""
     options = effective_options(record.parameters, request.options)
     runtime, load = split_options(options)
-    spec = state.load_spec(record, load_options(load, {}, {}))
+    spec = state.load_spec(record, load)
     keep_alive = state.settings.keep_alive if request.keep_alive is None else request.keep_alive
     info = {"digest": record.digest, "details": record.details(), "model": str(record.name)}
     lease = await state.residency.acquire(spec, str(record.name), keep_alive, info)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmhost.api.options import merge_parameters, split_options
 from llmhost.api.types import ChatRequest, GenerateRequest, Message
 
 
@@ -49,9 +48,3 @@ def conversation(record, request: GenerateRequest | ChatRequest) -> list[Message
     if system:
         prefix.insert(0, Message("system", system))
     return prefix + own
-
-
-def load_options(request_load: dict, model_parameters: dict, defaults: dict) -> dict:
-    """Load-time options in effect: request > Modelfile > daemon defaults."""
-    _, model_load = split_options(model_parameters)
-    return merge_parameters(merge_parameters(defaults, model_load), request_load)

@@ -14,7 +14,6 @@ Time comes from an injectable clock so keep_alive expiry is testable without sle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -127,18 +126,21 @@ class Residency:
             while True:
                 resident = self._usable(spec)
                 if resident is not None:
-                    return self._take(resident, keep_alive, 0.0)
+                    return self._take(resident, keep_alive, 0.0, info)
                 async with self._load_lock:
                     if self._usable(spec) is not None:
                         continue
                     await self._make_room(spec)
                     resident = await self._load(spec, name, keep_alive, info or {})
-                    return self._take(resident, keep_alive, resident.load_duration)
+                    return self._take(resident, keep_alive, resident.load_duration, info)
         finally:
             self._waiting -= 1
 
-    def _take(self, resident: Resident, keep_alive: float, load_duration: float) -> Lease:
+    def _take(self, resident: Resident, keep_alive: float, load_duration: float, info: dict | None) -> Lease:
         resident.refcount += 1
+        if info:  # /api/ps shows the name the model was last used under (a copy may outlive the original)
+            resident.info = info
+            resident.name = info.get("model", resident.name)
         resident.keep_alive = keep_alive
         resident.expires_at = None
         return Lease(self, resident, load_duration)
@@ -254,8 +256,10 @@ class Residency:
                 await self._unload(resident)
 
     def _schedule_reaper(self) -> None:
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+        # Restarted on every release: a new, shorter keep_alive must not wait for an older, longer one.
+        if self._reaper is not None:
+            self._reaper.cancel()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
 
     async def _reap_loop(self) -> None:
         while not self._closed:
@@ -286,12 +290,3 @@ class Residency:
 
 
 _background: set[asyncio.Task] = set()
-
-
-@contextlib.asynccontextmanager
-async def leased(residency: Residency, spec: LoadSpec, name: str, keep_alive: float, info: dict | None = None):
-    lease = await residency.acquire(spec, name, keep_alive, info)
-    try:
-        yield lease
-    finally:
-        lease.release()

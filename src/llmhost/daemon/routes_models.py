@@ -41,7 +41,6 @@ async def tags(request: web.Request) -> web.Response:
             "digest": entry.digest,
             "details": entry.details,  # from the small config blob: listing never parses GGUFs
         })
-    models.sort(key=lambda m: m["modified_at"], reverse=True)
     return web.json_response({"models": models})
 
 
@@ -98,18 +97,10 @@ async def copy(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
     state = state_of(request)
-    name = model_field(body)
-    record = await asyncio.to_thread(state.store.load, name)
-    remaining = [e for e in await asyncio.to_thread(state.store.list_models)
-                 if e.name.key() != record.name.key()]
-    if not any(_uses_blob(e, record.runner_key) for e in remaining):
-        await state.residency.expire(record.runner_key)
-    await asyncio.to_thread(state.store.delete, name)
+    removed = await asyncio.to_thread(state.store.delete, model_field(body))
+    for digest in removed:  # a runner of a GGUF no model uses any more is stopped (copies keep theirs)
+        await state.residency.expire(digest)
     return web.Response(status=200)
-
-
-def _uses_blob(entry, digest: str) -> bool:
-    return any(layer.digest == digest for layer in entry.manifest.layers)
 
 
 @routes.route("HEAD", "/api/blobs/{digest}")

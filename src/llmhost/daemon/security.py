@@ -1,23 +1,28 @@
 """Host-header and CORS checks (DNS rebinding, CVE-2024-28224; browser origins).
 
 When the daemon listens on loopback, a request whose Host header names anything but a local name is
-refused: that is what a DNS-rebinding page in a browser would send. Browser origins get CORS headers
-only when they are local (or app/extension schemes), never ``*``.
+refused: that is what a DNS-rebinding page in a browser would send. A request from a browser origin
+that is not local (or an app scheme, or listed in LLMHOST_ORIGINS) is refused whatever its method;
+allowed origins get CORS headers, never ``*``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
-import re
 import socket
 
 from aiohttp import web
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
-_ORIGIN = re.compile(
-    r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?"
-    r"|app://.*|file://.*|tauri://.*|vscode-webview://.*|chrome-extension://.*|moz-extension://.*)$"
+_DEFAULT_ORIGINS = (
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+    "http://[::1]", "http://[::1]:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*",
 )
+_ALLOWED_ORIGIN = web.AppKey("allowed_origin", str)
 
 
 def _host_only(host_header: str) -> str:
@@ -40,27 +45,41 @@ def host_allowed(host_header: str | None) -> bool:
     return address.is_loopback or address.is_private or address.is_unspecified
 
 
-def origin_allowed(origin: str) -> bool:
-    return bool(_ORIGIN.match(origin))
+def origin_allowed(origin: str, extra: tuple[str, ...] = ()) -> bool:
+    """Local origins and app schemes by default, plus LLMHOST_ORIGINS patterns (``*`` matches anything)."""
+    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in (*_DEFAULT_ORIGINS, *extra))
 
 
-def make_security_middleware(check_host: bool):
+def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = ()):
+    """Refuse foreign Host headers (on loopback) and foreign browser origins, on every method.
+
+    A browser sends a "simple" cross-site POST without a preflight, so refusing only OPTIONS would
+    still let any web page copy, push or delete models: every request with a foreign Origin is 403.
+    """
+
     @web.middleware
     async def security(request: web.Request, handler):
         if check_host and request.transport is not None and _is_tcp(request) and not host_allowed(request.host):
             return web.json_response({"error": "forbidden host"}, status=403)
         origin = request.headers.get("Origin")
-        allowed = origin is not None and origin_allowed(origin)
-        if request.method == "OPTIONS" and origin is not None:
-            if not allowed:
-                return web.Response(status=403)
+        if origin is None:
+            return await handler(request)
+        if not origin_allowed(origin, extra_origins):
+            return web.json_response({"error": f"origin {origin} is not allowed (see LLMHOST_ORIGINS)"},
+                                     status=403)
+        if request.method == "OPTIONS":
             return web.Response(status=204, headers=_cors_headers(origin, preflight=True))
-        response = await handler(request)
-        if allowed and not response.prepared:
-            response.headers.update(_cors_headers(origin))
-        return response
+        request[_ALLOWED_ORIGIN] = origin
+        return await handler(request)
 
     return security
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses get their CORS headers before the first byte too."""
+    origin = request.get(_ALLOWED_ORIGIN)
+    if origin is not None:
+        response.headers.update(_cors_headers(origin))
 
 
 def _is_tcp(request: web.Request) -> bool:

@@ -27,7 +27,6 @@ MESSAGES = _OLLAMA + "messages"
 LICENSE = _OLLAMA + "license"
 PROMPT = _OLLAMA + "prompt"  # the legacy name of TEMPLATE
 
-KNOWN_LAYER_TYPES = frozenset({MODEL, PROJECTOR, ADAPTER, TEMPLATE, SYSTEM, PARAMS, MESSAGES, LICENSE, PROMPT})
 # Newer Ollama releases add layer kinds (draft, tensor, ...); accept any well-formed Ollama type so
 # such models still list and delete, but nothing outside Ollama's namespace.
 _OLLAMA_LAYER_TYPE = re.compile(r"application/vnd\.ollama\.image\.[a-z0-9][a-z0-9.+-]{0,63}")

@@ -136,13 +136,6 @@ class Store:
                 return found
         raise ModelNotFound(name.display())
 
-    def exists(self, name: ModelName | str) -> bool:
-        try:
-            self.resolve(name)
-        except ModelNotFound:
-            return False
-        return True
-
     def read_manifest(self, name: ModelName | str) -> Manifest:
         """The manifest of an installed model (looked up case-insensitively)."""
         return Manifest.parse(self.manifest_path(self.resolve(name)).read_bytes())
@@ -282,7 +275,9 @@ class Store:
                 f.write(data)
                 _commit(f, tmp, target)
             for old in old_paths:
-                if old != target:  # the same model under another spelling: one name, one manifest
+                # The same model under another spelling: one name, one manifest. On a case-insensitive
+                # file system the old spelling *is* the new file, so compare files, not strings.
+                if old.exists() and not os.path.samefile(old, target):
                     old.unlink(missing_ok=True)
                     self._prune_dirs(old.parent)
             return self._remove_unreferenced(old_digests - _digests_in(data))
