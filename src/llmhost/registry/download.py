@@ -36,6 +36,7 @@ from yarl import URL
 
 from llmhost.errors import PullError
 from llmhost.registry.manifest import check_digest
+from llmhost.registry.net import describe, redact
 from llmhost.registry.store import Store
 from llmhost.units import format_size
 
@@ -329,7 +330,7 @@ class _Download:
                 etag = resp.headers.get("ETag")
                 ranged = resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise PullError(f"{self._what()}: cannot reach {_origin(self.url)}: {_describe(e)}") from None
+            raise PullError(f"{self._what()}: cannot reach {_origin(self.url)}: {describe(e)}") from None
         size = int(length) if length and length.isdigit() else None
         if size is None and expected is None:
             raise PullError(f"{self._what()}: {_origin(self.url)} did not report the file's size")
@@ -390,9 +391,9 @@ class _Download:
                 except (_Retry, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
                     tries = 1 if part.completed > before else tries + 1
                     if tries > self.options.retries:
-                        raise PullError(f"{self._what()} failed after {tries} tries: {_describe(e)}") from None
+                        raise PullError(f"{self._what()} failed after {tries} tries: {describe(e)}") from None
                     delay = self.options.backoff * 2 ** (tries - 1)
-                    log.info("%s: part at %d: %s; retrying in %.1fs", self._what(), part.offset, _describe(e), delay)
+                    log.info("%s: part at %d: %s; retrying in %.1fs", self._what(), part.offset, describe(e), delay)
                     await asyncio.sleep(delay)
 
     async def _stream_part(self, part: _Part) -> None:
@@ -544,7 +545,7 @@ class _Download:
         doc = {"version": _STATE_VERSION, "digest": self.request.digest, "size": self.total, "etag": self.etag,
                "parts": [{"offset": p.offset, "size": p.size, "completed": p.completed} for p in self.parts]}
         if self.request.digest is None:
-            doc["url"] = _redact(self.request.url)
+            doc["url"] = redact(self.request.url)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(doc))
@@ -630,12 +631,4 @@ def _origin(url: str) -> str:
         return "the server"
 
 
-def _redact(url: str) -> str:
-    try:
-        return str(URL(url).with_user(None).with_query(None))
-    except ValueError:
-        return ""
 
-
-def _describe(error: BaseException) -> str:
-    return str(error) or type(error).__name__

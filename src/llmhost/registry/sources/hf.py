@@ -54,6 +54,7 @@ from llmhost.registry.create import manifest_for_gguf, write_config
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, _fsync_dir, check_space, emit
 from llmhost.registry.gguf_meta import human_number, read_gguf_info
 from llmhost.registry.manifest import Layer, Manifest
+from llmhost.registry.net import describe, make_dir
 from llmhost.registry.names import ModelName
 from llmhost.registry.store import TEMP_PREFIX, Store
 
@@ -255,7 +256,7 @@ async def _fetch_model(store: Store, repo: _Repo, model: GGUFModel, progress: Pr
         size = layers[part][1] if part in layers else part.size or 0
         await emit(progress, {**_event(part), "total": size, "completed": size if part in layers else 0})
     await asyncio.to_thread(_remove_stale_work_dirs, store)
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=_mkdir(store.blobs_dir)))
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=make_dir(store.blobs_dir)))
     try:
         downloaded = {part: await _download(repo, part, work, progress) for part in missing}
         await emit(progress, {"status": "verifying sha256 digest"})
@@ -406,7 +407,7 @@ def _hub_errors(repo_id: str, file: str | None = None) -> Iterator[None]:
         raise RepoNotFound(f'Hugging Face repository "{repo_id}" not found; if it is private or gated, set HF_TOKEN '
                            "to a token that can read it") from None
     except HFValidationError as e:
-        raise BadRequest(f'"{repo_id}" is not a valid Hugging Face repository name: {_describe(e)}') from None
+        raise BadRequest(f'"{repo_id}" is not a valid Hugging Face repository name: {describe(e)}') from None
     except RevisionNotFoundError:
         raise RepoNotFound(f'Hugging Face repository "{repo_id}" has no main branch') from None
     except RemoteEntryNotFoundError:
@@ -421,11 +422,11 @@ def _hub_errors(repo_id: str, file: str | None = None) -> Iterator[None]:
         raise PullError(f"cannot pull {what}: HF_HUB_OFFLINE is set") from None
     except (LocalEntryNotFoundError, httpx2.TransportError) as e:
         cause = e.__cause__ or e
-        raise PullError(f"cannot reach Hugging Face at {constants.ENDPOINT} for {what}: {_describe(cause)}") from None
+        raise PullError(f"cannot reach Hugging Face at {constants.ENDPOINT} for {what}: {describe(cause)}") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise PullError(f"no space left on device while downloading {what}") from None
-        raise PullError(f"downloading {what} failed: {_describe(e)}") from None
+        raise PullError(f"downloading {what} failed: {describe(e)}") from None
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -460,11 +461,3 @@ def _newest_mtime(directory: Path) -> float:
                 newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
     return newest
 
-
-def _mkdir(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def _describe(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__

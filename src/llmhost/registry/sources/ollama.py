@@ -35,6 +35,7 @@ from llmhost.registry.download import (
     space_needed,
 )
 from llmhost.registry.manifest import MANIFEST_V2, MAX_MANIFEST_BYTES, Manifest, is_digest
+from llmhost.registry.net import read_capped
 from llmhost.registry.names import ModelName
 from llmhost.registry.store import Store
 
@@ -197,17 +198,6 @@ def parse_challenge(header: str) -> dict[str, str]:
     return params
 
 
-async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str,
-                      error: type[LlmhostError] = PullError) -> bytes:
-    """The body, refused once it passes ``limit`` bytes (a hostile server's endless body)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise error(f"{what} is larger than {limit} bytes; refusing it")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit:
-            raise error(f"{what} is larger than {limit} bytes; refusing it")
-    return bytes(body)
 
 
 def new_session() -> aiohttp.ClientSession:

