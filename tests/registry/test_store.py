@@ -173,6 +173,20 @@ def test_delete_keeps_blobs_another_model_uses(store):
     assert [e.name.display() for e in store.list_models()] == ["b:latest"]
 
 
+def test_delete_waits_while_a_model_is_being_assembled(store):
+    import threading
+
+    install(store, "a", b"weights")
+    with store.assembling():  # as create does while it reuses a's blobs for a new model
+        deleting = threading.Thread(target=store.delete, args=("a",))
+        deleting.start()
+        deleting.join(0.2)
+        assert deleting.is_alive(), "the delete must not prune blobs mid-create"
+        install(store, "b", b"weights")
+    deleting.join(5)
+    assert store.has_blob(sha256_of(b"weights")), "b still uses the blob"
+
+
 def test_delete_last_model_removes_blobs_and_empty_dirs(store):
     install(store, "ns/m:t", b"weights")
     store.delete("ns/m:t")

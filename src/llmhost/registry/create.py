@@ -61,25 +61,26 @@ def create_model(
     licenses = _check_licenses(license)
     if from_ and files:
         raise BadRequest('specify either "from" or "files", not both')
-    if files:
-        base_layers, base_params, info = _layers_from_files(store, files, emit)
-    elif from_:
-        base_layers, base_params, info = _layers_from_model(store, from_)
-    else:
-        raise BadRequest('neither "from" nor "files" was specified')
-    adapter_digests = _checked_files(store, adapters or {}).values()
-    adapter_layers = [Layer(media.ADAPTER, d, store.blob_size(d)) for d in adapter_digests]
-    overrides = {"template": template, "system": system, "messages": new_messages}
-    layers = [layer for layer in base_layers if not _replaced(layer, overrides)] + adapter_layers
-    layers += _new_layers(store, template, system, new_messages, licenses)
-    all_params = merge_parameters(base_params, params)
-    if all_params:
-        layers.append(store.write_json_blob(all_params, media.PARAMS))
-    manifest = Manifest(write_config(store, info), tuple(_dedupe(layers)))
-    for layer in manifest.layers:
-        emit({"status": f"{'using existing' if layer in base_layers else 'creating new'} layer {layer.digest}"})
-    emit({"status": "writing manifest"})
-    store.write_manifest(name, manifest)
+    with store.assembling():
+        if files:
+            base_layers, base_params, info = _layers_from_files(store, files, emit)
+        elif from_:
+            base_layers, base_params, info = _layers_from_model(store, from_)
+        else:
+            raise BadRequest('neither "from" nor "files" was specified')
+        adapter_digests = _checked_files(store, adapters or {}).values()
+        adapter_layers = [Layer(media.ADAPTER, d, store.blob_size(d)) for d in adapter_digests]
+        overrides = {"template": template, "system": system, "messages": new_messages}
+        layers = [layer for layer in base_layers if not _replaced(layer, overrides)] + adapter_layers
+        layers += _new_layers(store, template, system, new_messages, licenses)
+        all_params = merge_parameters(base_params, params)
+        if all_params:
+            layers.append(store.write_json_blob(all_params, media.PARAMS))
+        manifest = Manifest(write_config(store, info), tuple(_dedupe(layers)))
+        for layer in manifest.layers:
+            emit({"status": f"{'using existing' if layer in base_layers else 'creating new'} layer {layer.digest}"})
+        emit({"status": "writing manifest"})
+        store.write_manifest(name, manifest)
     emit({"status": "success"})
     return name
 

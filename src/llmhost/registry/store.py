@@ -185,6 +185,14 @@ class Store:
             self._prune_dirs(path.parent)
             return self._remove_unreferenced(old)
 
+    def assembling(self):
+        """Hold off deletes (and their blob pruning) while a model is assembled from existing blobs.
+
+        ``create`` reuses blobs of other models and installs its manifest last; a delete in between
+        would prune a blob the new manifest is about to reference.
+        """
+        return self._lock
+
     def model_path(self, manifest: Manifest) -> Path:
         """The path llama.cpp should load for ``manifest``'s model layer(s).
 
