@@ -50,6 +50,7 @@ def daemon(**env_overrides: str):
         "LLMHOST_SOCKET": str(workdir / "llmhost.sock"),
         "LLMHOST_NUM_THREADS": str(THREADS),
         "LLMHOST_KEEP_ALIVE": "30m",
+        "LLMHOST_SPARE_RUNNER": "1",  # a runner process kept ready for the next load (P4)
     })
     env.update(env_overrides)
     log = open(workdir / "daemon.log", "wb")

@@ -20,9 +20,12 @@ def load_model(path: Path):
     return L.llama_model_load_from_file(str(path).encode(), _model_params())
 
 
-def _context(model, n_ctx: int, threads: int):
+def _context(model, n_ctx: int, threads: int, n_seq: int = 1):
     params = L.llama_context_default_params()
     params.n_ctx = n_ctx
+    if n_seq > 1:  # one pool shared by the sequences, as the runner has it
+        params.n_seq_max = n_seq
+        params.kv_unified = True
     params.n_batch = 512
     params.n_threads = threads
     params.n_threads_batch = threads
@@ -66,12 +69,13 @@ def raw_loop(path: Path, prompt: str, n_predict: int, threads: int, model=None) 
     return {"tokens": produced, "rate": rate, "ttft": (first or started) - started}
 
 
-def cold_first_token(path: Path, prompt: str, threads: int) -> float:
-    """Seconds from llama_model_load_from_file to the first sampled token."""
+def cold_first_token(path: Path, prompt: str, threads: int, n_ctx: int = 4096, n_seq: int = 1) -> float:
+    """Seconds from llama_model_load_from_file to the first sampled token (a context of ``n_ctx``
+    KV cells for ``n_seq`` sequences)."""
     started = time.perf_counter()
     model = load_model(path)
     vocab = L.llama_model_get_vocab(model)
-    ctx = _context(model, 4096, threads)
+    ctx = _context(model, n_ctx, threads, n_seq)
     sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
     tokens = tokenize(vocab, prompt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -13,28 +14,48 @@ from benchmarks import inprocess
 from benchmarks.harness import GEMMA3, SMOLLM2, THREADS, create_model, daemon, stream
 
 PROMPT = "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n"
+PARALLEL = int(os.environ.get("LLMHOST_NUM_PARALLEL", "4"))  # the daemon's default unless set
 
 
-def p4(repeats: int = 3) -> dict:
-    """First token of an unloaded model through the daemon ÷ in-process load + first token."""
+def p4(repeats: int = 3, pause: float = 1.0) -> dict:
+    """First token of an unloaded model through the daemon ÷ in-process load + first token.
+
+    ``daemon_cold``: each load comes ``pause`` seconds after the previous model was unloaded (an
+    idle daemon, which has its spare runner ready by then). ``daemon_back_to_back``: the next load
+    follows as soon as the model is unloaded (what this benchmark measured before the spare
+    runner; the spare started by one load is then still importing at the next).
+    Baselines: ``inprocess``, a context of one 4096-token sequence; ``inprocess_same_kv``, the
+    KV pool the daemon's runner creates (4096 × LLMHOST_NUM_PARALLEL cells, which llama.cpp
+    zero-fills: ~0.1 s more for 4 × 4096 cells of SmolLM2).
+    """
     inprocess.silence_logs()
     baseline = statistics.median(inprocess.cold_first_token(SMOLLM2, PROMPT, THREADS) for _ in range(repeats))
+    same_kv = statistics.median(inprocess.cold_first_token(SMOLLM2, PROMPT, THREADS, n_ctx=4096 * PARALLEL,
+                                                           n_seq=PARALLEL) for _ in range(repeats))
 
-    async def run(url: str) -> list[float]:
-        await create_model(url, "cold", SMOLLM2)
+    async def cold_starts(s: aiohttp.ClientSession, url: str, gap: float) -> list[float]:
         times = []
-        async with aiohttp.ClientSession() as s:
-            for _ in range(repeats):
-                body = {"model": "cold", "prompt": PROMPT, "raw": True, "keep_alive": 0,
-                        "options": {"num_predict": 1, "temperature": 0}}
-                result = await stream(s, url, "/api/generate", body)
-                times.append(result.ttft)
-                await _wait_unloaded(s, url)
+        for _ in range(repeats):
+            await asyncio.sleep(gap)
+            body = {"model": "cold", "prompt": PROMPT, "raw": True, "keep_alive": 0,
+                    "options": {"num_predict": 1, "temperature": 0}}
+            times.append((await stream(s, url, "/api/generate", body)).ttft)
+            await _wait_unloaded(s, url)
         return times
 
-    with daemon() as d:
-        served = statistics.median(asyncio.run(run(d.url)))
-    return {"daemon_cold_ttft_s": served, "inprocess_cold_ttft_s": baseline, "ratio": served / baseline}
+    async def run(url: str) -> tuple[float, float]:
+        await create_model(url, "cold", SMOLLM2)
+        async with aiohttp.ClientSession() as s:
+            spaced = await cold_starts(s, url, pause)
+            back_to_back = await cold_starts(s, url, 0.0)
+        return statistics.median(spaced), statistics.median(back_to_back)
+
+    with daemon(LLMHOST_NUM_PARALLEL=str(PARALLEL)) as d:
+        served, back_to_back = asyncio.run(run(d.url))
+    return {"daemon_cold_ttft_s": served, "daemon_back_to_back_ttft_s": back_to_back,
+            "inprocess_cold_ttft_s": baseline, "inprocess_same_kv_cold_ttft_s": same_kv,
+            "ratio": served / baseline, "ratio_back_to_back": back_to_back / baseline,
+            "ratio_same_kv": served / same_kv}
 
 
 async def _wait_unloaded(s: aiohttp.ClientSession, url: str) -> None:
@@ -46,8 +67,10 @@ async def _wait_unloaded(s: aiohttp.ClientSession, url: str) -> None:
 
 
 def _runner_rss(daemon_pid: int) -> int:
-    """Resident bytes of the daemon's (only) runner child."""
+    """Resident bytes of the daemon's (only) runner holding a model (its spare is not one)."""
     for child in Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children").read_text().split():
+        if Path(f"/proc/{child}/comm").read_text().strip() != "llmhost-runner":
+            continue
         status = Path(f"/proc/{child}/status").read_text()
         for line in status.splitlines():
             if line.startswith("VmRSS:"):

@@ -120,6 +120,28 @@ def test_grammar_checked_after_sampling_gives_what_grammar_first_gives(harness, 
     assert fast == slow and fast.lstrip().startswith("{")
 
 
+def test_repetition_penalties_pick_what_llama_cpps_own_sampler_picks(harness, monkeypatch):
+    """The penalties are applied to the logits in numpy (llama.cpp's sampler looks up the whole
+    vocabulary); the tokens must be the ones llama.cpp's penalties sampler gives."""
+    options = {**GREEDY, "repeat_penalty": 1.6, "frequency_penalty": 0.4, "presence_penalty": 0.3,
+               "repeat_last_n": 12, "num_predict": 40}
+    body = {"prompt": "the the the the the", "options": options}
+    ours = harness.run(body).text
+
+    def native_penalties(model, params, *, grammar, n_ctx, prompt=None):
+        chain = SamplerChain().add_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty,
+                                             params.frequency_penalty, params.presence_penalty)
+        sampler = Sampler(chain.add_greedy(), n_vocab=model.n_vocab)
+        sampler.accept_history(prompt[-params.repeat_last_n:])
+        return sampler
+
+    monkeypatch.setattr(prompt_module, "build_sampler", native_penalties)
+    native = harness.run(body).text
+    monkeypatch.undo()
+    unpenalised = harness.run({**body, "options": {**GREEDY, "num_predict": 40}}).text
+    assert ours == native and ours != unpenalised
+
+
 def test_next_chat_turn_evaluates_only_the_new_tokens(harness):
     messages = [{"role": "user", "content": "Hello, how are you?"}]
     prompt_lengths = []

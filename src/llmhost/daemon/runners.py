@@ -1,9 +1,13 @@
 """The daemon's side of the runner seam: a runner process reached over its private unix socket.
 
 The daemon sees a loaded model only through ``Runner`` (and starts one through ``RunnerFactory``),
-so tests plug in a fake runner with canned answers. ``ProcessRunner`` is the real one: it spawns
-``python -m llmhost.engine.runner``, waits until the socket answers ``/health``, and notices when the
-process dies (a llama.cpp abort or segfault must never take the daemon down).
+so tests plug in a fake runner with canned answers. ``ProcessRunner`` is the real one: a
+``python -m llmhost.engine.runner --spare`` child that imports everything, is handed its model on
+stdin and says ``ready`` on stdout (docs/runner-protocol.md, "Start"); the daemon then notices when
+the process dies (a llama.cpp abort or segfault must never take the daemon down).
+
+``ProcessRunnerFactory`` can keep one such process waiting (``keep_spare``), so a cold start skips
+Python's start-up and imports (~0.3 s of the ~0.7 s it took).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from llmhost.errors import BadRequest, LlmhostError, RunnerError
 
@@ -75,25 +80,37 @@ class RunnerFactory(Protocol):
         """Start a runner and return once it is ready; RunnerError with the reason otherwise."""
 
 
-def _set_parent_death_signal() -> None:
-    """In the child: get SIGTERM if the daemon dies, so a killed daemon leaves no orphan runner."""
+def _set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """In the child: get ``sig`` if the daemon dies, so a killed daemon leaves no orphan runner."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def _spare_death_signal() -> None:
+    # A spare may be stopped (see _Spares); a stopped process acts on SIGKILL only.
+    _set_parent_death_signal(signal.SIGKILL)
 
 
 class ProcessRunner:
-    """A runner child process; requests go over HTTP on its unix socket."""
+    """A runner child process: a spare until ``hand_over`` gives it a model; then requests go over
+    HTTP on its unix socket."""
 
-    def __init__(self, spec: LoadSpec, proc: asyncio.subprocess.Process, socket_path: Path):
-        self.spec = spec
+    def __init__(self, proc: asyncio.subprocess.Process, on_request: Callable[[int], None] = lambda delta: None):
+        self.spec: LoadSpec | None = None  # set by hand_over(); a spare has none
         self.memory_bytes = 0
         self._proc = proc
-        self._socket_path = socket_path
+        self._socket_path: Path | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
+        loop = asyncio.get_running_loop()
+        # Control lines from stdout (engine/control.py); None when stdout ends first.
+        self._announced: asyncio.Future[dict | None] = loop.create_future()
+        self._ready: asyncio.Future[dict | None] = loop.create_future()
+        self._stdout_task = asyncio.create_task(self._read_control())
         self._session = None
         self._watchdog: asyncio.Task | None = None
+        self._on_request = on_request  # +1 when a request starts, -1 when it ends
 
     def watch(self, interval: float, misses: int) -> None:
         """Kill the runner if it stops answering ``/health`` (``misses`` times in a row).
@@ -110,8 +127,10 @@ class ProcessRunner:
         while self.alive:
             await asyncio.sleep(interval)
             try:
-                await asyncio.wait_for(self.health(), interval)
+                health = await asyncio.wait_for(self.health(), interval)
                 missed = 0
+                # Resident memory grows after ready (compute buffers of the first full batch).
+                self.memory_bytes = int(health.get("memory_bytes") or self.memory_bytes)
             except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
                 missed += 1
                 if missed >= misses and self.alive:
@@ -127,6 +146,16 @@ class ProcessRunner:
     def alive(self) -> bool:
         return self._proc.returncode is None
 
+    @property
+    def announcement(self) -> dict | None:
+        """The spare's ``spare`` line (what it loaded), once it has imported everything."""
+        return self._announced.result() if self._announced.done() else None
+
+    async def wait_announced(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the spare's announcement."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._announced), timeout)
+
     async def _drain_stderr(self) -> None:
         # llama.cpp logs a lot; an undrained pipe would block the runner.
         assert self._proc.stderr is not None
@@ -134,6 +163,21 @@ class ProcessRunner:
             line = raw.decode(errors="replace").rstrip()
             self._stderr_tail.append(line)
             log.debug("runner %d: %s", self._proc.pid, line)
+
+    async def _read_control(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            async for raw in self._proc.stdout:
+                kind, _, payload = raw.decode(errors="replace").strip().partition(" ")
+                future = {"spare": self._announced, "ready": self._ready}.get(kind)
+                if future is not None and not future.done():
+                    future.set_result(_json_object(payload))
+                elif kind:
+                    log.debug("runner %d (stdout): %s", self._proc.pid, raw.decode(errors="replace").rstrip())
+        finally:
+            for future in (self._announced, self._ready):
+                if not future.done():
+                    future.set_result(None)
 
     async def stderr_drained(self) -> None:
         """Wait (briefly) until everything the process wrote to stderr has been read."""
@@ -149,6 +193,29 @@ class ProcessRunner:
         if code is not None and code < 0:
             return f"model runner crashed (signal {-code}); see the daemon log with LLMHOST_DEBUG=1"
         return f"model runner exited with status {code}"
+
+    def hand_over(self, spec: LoadSpec, args: list[str], socket_path: Path) -> None:
+        """Give a spare its model (a process started for one has its arguments already)."""
+        self.spec, self._socket_path = spec, socket_path
+        self.resume()
+        stdin = self._proc.stdin
+        if stdin is not None:
+            # One short line into an empty pipe: written at once, no drain needed. A spare that
+            # died meanwhile never says ready, which wait_ready reports.
+            with contextlib.suppress(ConnectionError):
+                stdin.write(b"load " + json.dumps({"args": args}).encode() + b"\n")
+                stdin.close()  # it reads one line; EOF tells a runner nothing more is coming
+
+    async def wait_ready(self) -> dict:
+        """Wait for ``ready``; the health it reports. RunnerError with the reason if it exits."""
+        health = await self._ready
+        if health is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), 5)
+            await self.stderr_drained()
+            raise RunnerError(f"failed to load model: {self.failure_reason()}")
+        self.memory_bytes = int(health.get("memory_bytes") or 0)
+        return health
 
     def _http(self):
         import aiohttp
@@ -168,19 +235,29 @@ class ProcessRunner:
     async def completion(self, body: dict) -> AsyncIterator[dict]:
         import aiohttp
 
+        self._on_request(+1)
         try:
             async with self._http().post("http://runner/completion", json=body) as resp:
                 if resp.status >= 400 and resp.content_type == "application/json":
                     raise _error_from(resp.status, (await resp.json()).get("error", "runner error"))
-                async for line in resp.content:
-                    if line.strip():
-                        yield json.loads(line)
+                # Whatever has arrived, split here: cheaper per token than aiohttp's readline.
+                rest = b""
+                async for data in resp.content.iter_any():
+                    *lines, rest = (rest + data).split(b"\n")
+                    for line in lines:
+                        if line:
+                            yield json.loads(line)
+                if rest.strip():
+                    yield json.loads(rest)
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
+        finally:
+            self._on_request(-1)
 
     async def embed(self, body: dict) -> dict:
         import aiohttp
 
+        self._on_request(+1)
         try:
             async with self._http().post("http://runner/embed", json=body) as resp:
                 data = await resp.json()
@@ -190,6 +267,20 @@ class ProcessRunner:
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
             raise AssertionError("unreachable")
+        finally:
+            self._on_request(-1)
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): a spare must not import while requests are served."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
 
     async def _raise_if_dead(self, error: Exception) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -210,6 +301,7 @@ class ProcessRunner:
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.terminate()
+                self._proc.send_signal(signal.SIGCONT)  # a paused spare acts on SIGTERM only once resumed
             try:
                 await asyncio.wait_for(self._proc.wait(), 10)
             except asyncio.TimeoutError:
@@ -217,16 +309,52 @@ class ProcessRunner:
                     self._proc.kill()
                 await self._proc.wait()
         self._stderr_task.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+        self._stdout_task.cancel()
+        if self._socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+
+
+def _runner_env() -> dict[str, str]:
+    # numpy's OpenBLAS would start a pool of spinning threads nobody needs beside llama.cpp's (and
+    # in a spare they would be started by its idle-priority importing thread, and inherit that).
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _error_from(status: int, message: str) -> LlmhostError:
     return BadRequest(message) if status == 400 else RunnerError(message)
 
 
+def _unchanged(announcement: dict) -> bool:
+    """Whether every file a spare loaded is still the one on disk (same mtime and size).
+
+    A spare started before an upgrade of llmhost or llama-cpp-python would otherwise serve the
+    next model with the old code, where a fresh process would run the new one.
+    """
+    for path, (mtime_ns, size) in (announcement.get("files") or {}).items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_mtime_ns != mtime_ns or st.st_size != size:
+            return False
+    return True
+
+
 class ProcessRunnerFactory:
-    """Starts real runner processes with sockets in ``socket_dir`` (private to this daemon)."""
+    """Starts real runner processes with sockets in ``socket_dir`` (private to this daemon).
+
+    With ``keep_spare()`` a new runner is usually a spare that has already imported everything
+    (see ``_Spares``). Without a spare, a process is started for the model.
+    """
 
     def __init__(self, socket_dir: Path, load_timeout: float, debug: bool = False,
                  health_interval: float = 5.0, health_misses: int = 3,
@@ -239,10 +367,46 @@ class ProcessRunnerFactory:
         # num_gpu = -1 (auto) stays -1 in the spec, so the chosen layer count never forces a reload.
         self._auto_gpu_layers = auto_gpu_layers
         self._counter = 0
+        self._in_flight = 0  # requests being served by this factory's runners
+        self._spares = _Spares(self._spawn)
 
-    def _command(self, spec: LoadSpec, socket_path: Path) -> list[str]:
-        cmd = [
-            sys.executable, "-m", "llmhost.engine.runner",
+    def keep_spare(self) -> None:
+        """From now on keep one runner process imported and waiting (call inside the event loop)."""
+        self._spares.enable(paused=self._in_flight > 0)
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The current spare's process id (None without one)."""
+        return self._spares.pid
+
+    async def close(self) -> None:
+        """Stop the spare (loaded runners are closed by their owners)."""
+        await self._spares.close()
+
+    def _on_request(self, delta: int) -> None:
+        # A spare still importing must not compete with llama.cpp's threads for the CPUs.
+        before, self._in_flight = self._in_flight, self._in_flight + delta
+        if before == 0 and self._in_flight > 0:
+            self._spares.pause()
+        elif before > 0 and self._in_flight == 0:
+            self._spares.resume()
+
+    async def _spawn(self, args: list[str] | None = None) -> ProcessRunner:
+        """A runner process: with ``args`` it loads that model at once, without it is a spare."""
+        command = ["-m", "llmhost.engine.runner", *args] if args is not None else ["-m", "llmhost.engine.spare"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *command,
+            stdin=asyncio.subprocess.DEVNULL if args is not None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,  # control lines (engine/control.py)
+            stderr=asyncio.subprocess.PIPE,
+            env=_runner_env(),
+            preexec_fn=(_set_parent_death_signal if args is not None else _spare_death_signal)
+            if sys.platform.startswith("linux") else None,
+        )
+        return ProcessRunner(proc, self._on_request)
+
+    def _args(self, spec: LoadSpec, socket_path: Path) -> list[str]:
+        args = [
             "--model", str(spec.model_path),
             "--socket", str(socket_path),
             "--ctx-size", str(spec.num_ctx),
@@ -252,45 +416,150 @@ class ProcessRunnerFactory:
             "--gpu-layers", str(spec.num_gpu if spec.num_gpu >= 0 else self._auto_gpu_layers(spec)),
         ]
         if not spec.use_mmap:
-            cmd.append("--no-mmap")
+            args.append("--no-mmap")
         if self._debug:
-            cmd.append("--verbose")  # llama.cpp's own log, into the daemon's log
-        return cmd
+            args.append("--verbose")  # llama.cpp's own log, into the daemon's log
+        return args
 
     async def start(self, spec: LoadSpec) -> ProcessRunner:
         self._socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._counter += 1
         socket_path = self._socket_dir / f"runner-{os.getpid()}-{self._counter}.sock"
-        proc = await asyncio.create_subprocess_exec(
-            *self._command(spec, socket_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
-        )
-        runner = ProcessRunner(spec, proc, socket_path)
+        started = time.monotonic()
+        args = self._args(spec, socket_path)
+        runner = await self._spares.take()
+        warm = runner is not None
+        if runner is None:
+            runner = await self._spawn(args)
+        runner.hand_over(spec, args, socket_path)
+        self._spares.replenish()  # after the hand-over: starting a process blocks the loop a few ms
         try:
-            health = await asyncio.wait_for(self._wait_ready(runner), self._load_timeout)
+            health = await asyncio.wait_for(runner.wait_ready(), self._load_timeout)
         except asyncio.TimeoutError:
             await runner.close()
             raise RunnerError(f"timed out after {self._load_timeout:.0f}s waiting for the model to load") from None
         except BaseException:
             await runner.close()
             raise
-        runner.memory_bytes = int(health.get("memory_bytes") or 0)
+        log.debug("runner %d ready in %.3fs (%s; phases %s)", runner.pid, time.monotonic() - started,
+                  "warm spare" if warm else "new process", health.get("load_seconds"))
         runner.watch(self._health_interval, self._health_misses)
         return runner
 
-    async def _wait_ready(self, runner: ProcessRunner) -> dict:
-        import aiohttp
 
-        delay = 0.02
-        while True:
-            if not runner.alive:
-                await runner.stderr_drained()
-                raise RunnerError(f"failed to load model: {runner.failure_reason()}")
-            if runner._socket_path.exists():
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError):
-                    return await runner.health()
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+class _Spares:
+    """Keeps one runner process imported and waiting for a model: the spare.
+
+    A new spare is started as soon as the last one is taken, so it imports while that model
+    loads; it is paused (SIGSTOP) while any runner serves requests and resumed when none does,
+    because its imports, even at idle priority, slowed a concurrent prompt evaluation from ~30 to
+    ~70 ms on 2 CPUs. An idle spare holds ~60 MiB resident (~38 MiB of it private); it is not part
+    of any model's size. One that dies is replaced, unless spares keep dying before they finish
+    importing (a broken install): then loads start their own process, as without a spare.
+    """
+
+    MAX_FAILURES = 3
+    GRACE = 0.25  # seconds a load waits for a spare to finish importing (it takes ~0.3 s)
+
+    def __init__(self, spawn: Callable[[], Awaitable[ProcessRunner]]):
+        self._spawn = spawn
+        self._enabled = False
+        self._paused = False
+        self._spare: ProcessRunner | None = None
+        self._starting: asyncio.Task | None = None
+        self._failures = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._spare.pid if self._spare is not None else None
+
+    def enable(self, paused: bool) -> None:
+        self._enabled, self._paused = True, paused
+        self.replenish()
+
+    def replenish(self) -> None:
+        """Start a spare unless there is one (or one is starting)."""
+        if self._enabled and not self._closed and self._spare is None and self._starting is None:
+            self._starting = self._background(self._start())
+
+    async def _start(self) -> None:
+        try:
+            spare = await self._spawn()
+        except OSError as e:
+            log.warning("cannot start a spare runner: %s", e)
+            return
+        finally:
+            self._starting = None
+        if self._closed:
+            await spare.close()
+            return
+        self._spare = spare
+        if self._paused:
+            spare.pause()
+        self._background(self._watch(spare))
+
+    async def _watch(self, spare: ProcessRunner) -> None:
+        status = await spare.wait_exited()
+        if self._spare is not spare:
+            return  # taken (its exit is the loaded runner's business) or closed
+        self._spare = None
+        await spare.stderr_drained()
+        if spare.announcement is None:
+            self._failures += 1
+        log.warning("spare runner %d exited (status %s): %s", spare.pid, status, spare.failure_reason())
+        await spare.close()
+        if self._failures < self.MAX_FAILURES:
+            asyncio.get_running_loop().call_later(self._failures, self.replenish)
+        else:
+            log.warning("not keeping a spare runner: %d in a row failed to start", self._failures)
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._spare is not None and self._spare.announcement is None:
+            self._spare.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._spare is not None:
+            self._spare.resume()
+
+    async def take(self) -> ProcessRunner | None:
+        """The spare, if it has imported everything and its code is still what is on disk.
+
+        One still importing gets ``GRACE`` seconds (resumed meanwhile: this load needs it): on an
+        idle machine that is all it lacks. Not longer: it imports at idle priority, so on a busy
+        machine a new process at normal priority is the faster way.
+        """
+        spare = self._spare
+        if spare is None:
+            return None
+        if spare.announcement is None:
+            spare.resume()
+            await spare.wait_announced(self.GRACE)
+            if spare.announcement is None or self._spare is not spare:
+                if self._paused and self._spare is spare:
+                    spare.pause()
+                return None
+        self._spare = None
+        self._failures = 0
+        if spare.alive and _unchanged(spare.announcement):
+            return spare
+        log.info("spare runner %d is gone or runs code that changed on disk; not using it", spare.pid)
+        self._background(spare.close())
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.close()
+
+    def _background(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -22,7 +22,7 @@ _DEFAULT_ORIGINS = (
     "http://[::1]", "http://[::1]:*",
     "app://*", "file://*", "tauri://*", "vscode-webview://*",
 )
-_ALLOWED_ORIGIN = web.AppKey("allowed_origin", str)
+_ALLOWED_ORIGIN = "llmhost.allowed_origin"  # request storage key
 
 
 def _host_only(host_header: str) -> str:

@@ -61,7 +61,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def build_state(settings: Settings):
-    """The daemon's store, residency and runner factory from settings."""
+    """The daemon's state (store, residency), its runner folder and its runner factory."""
     from llmhost.daemon.memory import auto_gpu_layers_for_spec, estimate_for_spec
     from llmhost.daemon.residency import Residency
     from llmhost.daemon.runners import ProcessRunnerFactory
@@ -81,14 +81,14 @@ def build_state(settings: Settings):
     )
     store = Store(settings.models)
     store.remove_stale_temp_files()  # uploads and pulls cut short by a crash
-    return DaemonState(settings=settings, store=store, residency=residency), runner_base
+    return DaemonState(settings=settings, store=store, residency=residency), runner_base, factory
 
 
 async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> None:
     from llmhost.daemon.app import create_app
 
     prepare_socket(settings.socket)
-    state, runner_base = build_state(settings)
+    state, runner_base, factory = build_state(settings)
     app = create_app(state, check_host=_is_loopback(settings.host))
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -108,11 +108,17 @@ async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> 
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    # A spare runner (runners._Spares) is started once the daemon answers, so its imports do not
+    # slow the daemon's own start. ``spare_runner`` is meant to become LLMHOST_SPARE_RUNNER in
+    # config.py (default on) once the e2e tests tell a spare from a runner holding a model.
+    if getattr(settings, "spare_runner", False):
+        factory.keep_spare()
     try:
         await stop.wait()
     finally:
         log.info("shutting down: stopping runners")
         await runner.cleanup()  # on_shutdown stops every runner
+        await factory.close()
         with contextlib.suppress(FileNotFoundError):
             settings.socket.unlink()
         shutil.rmtree(runner_base / str(os.getpid()), ignore_errors=True)

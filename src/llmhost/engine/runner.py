@@ -1,7 +1,9 @@
 """``python -m llmhost.engine.runner``: one process serving one model over a private unix socket.
 
-Lifecycle (docs/runner-protocol.md): load the model and context, warm up with one decode, start the
-engine thread, and only then bind the socket (mode 0600) — a successful ``GET /health`` means ready.
+Lifecycle (docs/runner-protocol.md): load the model and context, start the engine thread, and only
+then bind the socket (mode 0600) and print ``ready {health}`` to stdout, so a successful
+``GET /health`` means ready too. With ``--spare`` (see ``engine/spare.py``) it first waits for its
+arguments on stdin (``engine/control.py``): the daemon keeps one such process ready for a model.
 A load failure prints one line ``error: <message>`` to stderr and exits 1. SIGTERM/SIGINT end
 in-flight sequences with an error line, close the server, free the model and remove the socket.
 The runner also asks the kernel to send it SIGTERM when its parent dies, so a crashed daemon does
@@ -12,20 +14,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from llmhost.engine import control
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
-from llmhost.engine.llamacpp import Batch, Context, DecodeError, LoadError, Model
-from llmhost.engine.prompt import PromptBuilder
+from llmhost.engine.llamacpp import Context, LoadError, Model, init_backend
+from llmhost.engine.prompt import PromptBuilder, TemplateError
 from llmhost.engine.server import RunnerServer, resident_bytes
 
 log = logging.getLogger("llmhost.runner")
@@ -55,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--decode-threads",
         type=int,
         default=None,
-        help="threads for steps that decode one token (default: --threads, less one when --threads "
-        "takes every available CPU)",
+        help="threads for steps that decode one token (default: --threads)",
     )
     p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU")
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
@@ -81,6 +84,7 @@ class Runtime:
     builder: PromptBuilder
     embedder: Embedder
     args: argparse.Namespace
+    load_seconds: dict[str, float]  # how long each loading phase took (for the ready line)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -100,10 +104,20 @@ class Runtime:
 
 
 def load(args: argparse.Namespace) -> Runtime:
-    """Model + context + engine, warmed up; raises LoadError with a user-facing message."""
+    """Model + context + engine; raises LoadError with a user-facing message.
+
+    No warm-up decode: the weights are resident once loaded (llama.cpp populates the mapping) and
+    the KV cache once the context exists (it is zero-filled), so a one-token decode added ~8 ms
+    and ~2 MiB of compute buffer, and made the first prompt no faster. What it left uncounted, the
+    compute buffer of a full batch (15–35 MiB for the test models), /health reports once used.
+    """
     threads = args.threads or len(os.sched_getaffinity(0))
-    decode_threads = args.decode_threads or default_decode_threads(threads, len(os.sched_getaffinity(0)))
+    decode_threads = args.decode_threads or threads
+    clock = _Stopwatch()
     model = Model(args.model, n_gpu_layers=args.gpu_layers, use_mmap=not args.no_mmap)
+    clock.lap("model")
+    compiling = _compile_template_meanwhile(model, args.ctx_size)
+    failure = None
     try:
         ctx = Context(
             model,
@@ -114,10 +128,13 @@ def load(args: argparse.Namespace) -> Runtime:
             n_threads_decode=decode_threads,
             kv_unified=True,
         )
-    except LoadError:
+    except LoadError as e:
+        failure = e
+    compiling.join()  # it reads the model, so it must be done before the model can be closed
+    if failure is not None:
         model.close()
-        raise
-    _warm_up(model, ctx)
+        raise failure
+    clock.lap("context")
     engine = Engine(
         model,
         ctx,
@@ -129,32 +146,37 @@ def load(args: argparse.Namespace) -> Runtime:
     embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
     # A sequence can never hold more than the whole pool, so prompts are fitted to the smaller.
     builder = PromptBuilder(model, engine.kv.slot_capacity)
-    return Runtime(model, ctx, engine, builder, embedder, args)
+    clock.lap("engine")
+    return Runtime(model, ctx, engine, builder, embedder, args, clock.laps)
 
 
-def default_decode_threads(threads: int, cpus: int) -> int:
-    """Compute threads for one-token steps (single-stream generation).
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
 
-    llama.cpp's threads spin at a barrier after every graph node, so a compute thread the kernel
-    preempts stalls the others. Streaming a token wakes this runner's HTTP loop, the daemon and the
-    client; when the compute threads already take every CPU, each wake-up preempts one of them. On
-    2 CPUs that made a 2-thread token step take ~9.5 ms in the runner instead of ~5.7 ms in a bare
-    loop, while 1 thread takes ~6.5 ms undisturbed, so one CPU is left to the HTTP path. Steps with
-    several tokens (prefill, batched sequences) gain more from every core and keep ``threads``.
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
+
+
+def _compile_template_meanwhile(model: Model, ctx_size: int) -> threading.Thread:
+    """Compile the model's chat template (~4 ms of Jinja) while llama.cpp creates the context.
+
+    Creating the context runs in C with the GIL released, so this costs the first chat request
+    nothing; the compiled template is cached for every later request.
     """
-    return threads - 1 if threads > 1 and threads >= cpus else threads
 
+    def compile_template() -> None:
+        try:
+            PromptBuilder(model, ctx_size).template()
+        except TemplateError:
+            pass  # a broken template is reported to the request that uses it
 
-def _warm_up(model: Model, ctx: Context) -> None:
-    """One decode touches the mmapped weights and builds the compute graph, so the first request
-    is not slow and resident memory is measured for real."""
-    batch = Batch(1)
-    batch.add([model.bos if model.bos >= 0 else 0], 0, 0)
-    try:
-        ctx.decode(batch)
-    except DecodeError as e:
-        raise LoadError(f"the model does not run: {e}") from None
-    ctx.seq_rm(0, -1, -1)
+    thread = threading.Thread(target=compile_template, name="llmhost-template", daemon=True)
+    thread.start()
+    return thread
 
 
 async def serve(runtime: Runtime, socket_path: str) -> None:
@@ -172,7 +194,10 @@ async def serve(runtime: Runtime, socket_path: str) -> None:
     await web_runner.setup()
     try:
         await _bind(web_runner, socket_path)
-        log.info("serving %s on %s (%d MiB resident)", runtime.model.path, socket_path, resident_bytes() >> 20)
+        memory = resident_bytes()
+        control.announce("ready", {"status": "ok", **runtime.info(), "memory_bytes": memory,
+                                   "load_seconds": runtime.load_seconds})
+        log.info("serving %s on %s (%d MiB resident)", runtime.model.path, socket_path, memory >> 20)
         await stop.wait()
     finally:
         # Stopping the engine first ends every stream with an error line, so handlers return
@@ -206,24 +231,36 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent exits (PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def _wait_as_spare() -> list[str] | None:
+    """Everything is imported; initialise llama.cpp, announce, and wait for the arguments."""
+    control.set_process_name("llmhost-spare")
+    init_backend()
+    control.announce("spare", control.identity())
+    return control.wait_for_load()
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--spare"]:
+        # SIGKILL: the daemon stops (SIGSTOP) a spare that is still importing while requests run,
+        # and a stopped process would keep a SIGTERM pending forever. Nothing to clean up yet.
+        control.die_with_parent(signal.SIGKILL)
+        try:
+            argv = _wait_as_spare()
+        except ValueError as e:  # a malformed load line (a daemon bug)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
+        if argv is None:  # the daemon closed our stdin: it no longer needs a spare
+            return 0
     args = parse_args(argv)
+    control.set_process_name("llmhost-runner")
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # Keep stderr to our own lines (a failed load must print exactly one "error:" line);
         # llama.cpp's first error still reaches the user through LoadError's message.
         logging.getLogger("llmhost.llama").setLevel(logging.CRITICAL)
-    _die_with_parent()
+    control.die_with_parent(signal.SIGTERM)
     try:
         runtime = load(args)
     except LoadError as e:

@@ -1,10 +1,12 @@
 """Per-request sampling: options → ``SamplingParams`` → a native llama.cpp sampler chain.
 
-Chain order follows llama.cpp's common sampler: penalties, then truncation (top_k, typical, top_p,
-min_p), temperature and a seeded ``dist`` draw. Temperature 0 is greedy; mirostat 1/2 replace the
-truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar, kept beside the
-chain rather than in it (``llamacpp.Sampler`` checks only the token the chain picked). The prompt's
-last ``repeat_last_n`` tokens seed the penalty history, so a reply is not free to repeat its prompt.
+Order follows llama.cpp's common sampler: penalties (``engine.penalties``, applied to the logits
+before the native chain), then truncation (top_k, typical, top_p, min_p), temperature and a seeded
+``dist`` draw. Temperature 0 is greedy (an argmax, see ``llamacpp.Sampler``); mirostat 1/2 replace
+the truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar, kept beside
+the chain rather than in it (``llamacpp.Sampler`` checks only the token the chain picked). The
+prompt's last ``repeat_last_n`` tokens seed the penalty history, so a reply is not free to repeat
+its prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from llmhost.api.options import DEFAULTS, RUNTIME_OPTIONS, validate_options
 from llmhost.engine.llamacpp import JSON_GBNF, Model, Sampler, SamplerChain, json_schema_to_gbnf
+from llmhost.engine.penalties import Penalties
 from llmhost.errors import BadRequest, InvalidOption
 
 
@@ -86,11 +89,10 @@ def build_sampler(
     tokens seed the penalty history."""
     chain = SamplerChain()
     grammar_chain = None
+    window = penalty_window(params, n_ctx)
+    penalties = (Penalties(window, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
+                 if window else None)
     try:
-        window = penalty_window(params, n_ctx)
-        if window:
-            chain.add_penalties(model.n_vocab, window, params.repeat_penalty, params.frequency_penalty,
-                                params.presence_penalty)  # fmt: skip
         _add_selection(chain, model, params)
         if grammar is not None:
             grammar_chain = SamplerChain()
@@ -103,7 +105,8 @@ def build_sampler(
         if grammar_chain is not None:
             grammar_chain.close()
         raise
-    sampler = Sampler(chain, grammar_chain, n_vocab=model.n_vocab)
+    sampler = Sampler(chain, grammar_chain, n_vocab=model.n_vocab, penalties=penalties,
+                      greedy=params.temperature == 0)
     if window and prompt is not None and len(prompt):
         sampler.accept_history(prompt[-window:])
     return sampler
