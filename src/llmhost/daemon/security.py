@@ -22,7 +22,8 @@ _DEFAULT_ORIGINS = (
     "http://[::1]", "http://[::1]:*",
     "app://*", "file://*", "tauri://*", "vscode-webview://*",
 )
-_ALLOWED_ORIGIN = "llmhost.allowed_origin"  # request storage key
+# Typed request-storage keys are newer than some aiohttp 3.x releases we accept.
+_ALLOWED_ORIGIN = web.RequestKey("allowed_origin", str) if hasattr(web, "RequestKey") else "allowed_origin"
 
 
 def _host_only(host_header: str) -> str:
