@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def daemon(**env_overrides: str):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    # Each run copies the model into its store (~100–350 MB); a failed run keeps it, with its log.
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_up(url: str, proc: subprocess.Popen) -> None:

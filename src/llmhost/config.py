@@ -169,6 +169,8 @@ VARIABLES: tuple[Variable, ...] = (
              "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
     Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
              "how long a runner may take to load a model before it is killed"),
+    Variable("LLMHOST_SPARE_RUNNER", "spare_runner", "1", _flag,
+             "keep one runner process warm (imports done, no model) so a model loads without Python start-up"),
     Variable("LLMHOST_ORIGINS", "origins", "", _origins,
              "extra browser origins allowed to call the API, comma-separated (* wildcards, e.g. chrome-extension://*)"),
     Variable("LLMHOST_DEBUG", "debug", "0", _flag,
@@ -195,6 +197,7 @@ class Settings:
     load_timeout: float
     debug: bool
     serve_registry: bool = False
+    spare_runner: bool = True
     origins: tuple[str, ...] = ()
 
     @classmethod

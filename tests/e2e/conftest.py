@@ -33,12 +33,22 @@ class LiveDaemon:
         return subprocess.run([sys.executable, "-m", "llmhost.cli.app", "--no-autostart", *args],
                               env=self.env, input=input, capture_output=True, text=True, timeout=timeout)
 
-    def runner_pids(self) -> list[int]:
+    def runner_pids(self, *, spare: bool = False) -> list[int]:
+        """Child runners holding a model (and, with ``spare``, the warm spare too), by process name."""
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        wanted = {"llmhost-runner", "llmhost-spare"} if spare else {"llmhost-runner"}
+        pids = []
         try:
-            return [int(p) for p in path.read_text().split()]
+            children = [int(p) for p in path.read_text().split()]
         except FileNotFoundError:
             return []
+        for pid in children:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() in wanted:
+                    pids.append(pid)
+            except FileNotFoundError:
+                continue
+        return pids
 
     def log(self) -> str:
         return (self.workdir / "daemon.log").read_text(errors="replace")

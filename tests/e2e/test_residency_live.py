@@ -78,13 +78,16 @@ def test_two_models_under_a_budget_that_fits_one_alternate(tmp_path, smollm2_pat
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_no_runner_outlives_the_daemon(tmp_path, smollm2_path, how):
     daemon = start_daemon(tmp_path / "d")
-    create(daemon, "smol", smollm2_path)
-    with post(daemon.url, "/api/generate", {"model": "smol", "prompt": "", "keep_alive": -1}) as response:
-        assert json.loads(response.read())["done_reason"] == "load"
-    runners = daemon.runner_pids()
-    assert len(runners) == 1
-    daemon.proc.send_signal(how)
-    daemon.proc.wait(20)
+    try:
+        create(daemon, "smol", smollm2_path)
+        with post(daemon.url, "/api/generate", {"model": "smol", "prompt": "", "keep_alive": -1}) as response:
+            assert json.loads(response.read())["done_reason"] == "load"
+        assert len(daemon.runner_pids()) == 1
+        runners = daemon.runner_pids(spare=True)
+        daemon.proc.send_signal(how)
+        daemon.proc.wait(20)
+    finally:
+        stop_daemon(daemon)
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in runners) and time.monotonic() < deadline:
         time.sleep(0.1)

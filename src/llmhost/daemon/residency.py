@@ -44,6 +44,11 @@ class Resident:
     info: dict = field(default_factory=dict)  # digest, details… for /api/ps
 
     @property
+    def memory(self) -> int:
+        """Bytes held now: the runner's own report (refreshed by its watchdog), else the load-time size."""
+        return getattr(self.runner, "memory_bytes", 0) or self.size
+
+    @property
     def pinned(self) -> bool:
         return math.isinf(self.keep_alive)
 
@@ -183,7 +188,7 @@ class Residency:
             self._notify()
 
     def _used(self) -> int:
-        return sum(r.size for r in self._residents.values())
+        return sum(r.memory for r in self._residents.values())
 
     async def _make_room(self, spec: LoadSpec) -> None:
         """Evict idle models until ``spec`` fits in count and memory; wait for busy ones if needed."""
@@ -215,7 +220,7 @@ class Residency:
         idle = sorted((r for r in self._residents.values() if r.idle and not r.pinned),
                       key=lambda r: r.last_used)
         for resident in idle:  # least recently used that alone frees enough
-            if resident.size >= short:
+            if resident.memory >= short:
                 return resident
         return idle[0] if idle else None
 
@@ -223,7 +228,7 @@ class Residency:
         if over_count:
             return (f"cannot load another model: {len(self._residents)} models are loaded "
                     "(LLMHOST_MAX_LOADED_MODELS) and all are pinned with keep_alive < 0")
-        available = self.memory_budget - sum(r.size for r in self._residents.values() if r.pinned)
+        available = self.memory_budget - sum(r.memory for r in self._residents.values() if r.pinned)
         return (f"model requires {format_size(needed)} of memory but only {format_size(max(available, 0))} "
                 "can be freed (the rest is held by pinned models)")
 

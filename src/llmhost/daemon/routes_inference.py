@@ -115,7 +115,7 @@ async def ps(request: web.Request) -> web.Response:
         models.append({
             "name": resident.info.get("model", resident.name),
             "model": resident.info.get("model", resident.name),
-            "size": resident.size,
+            "size": resident.memory,
             "size_vram": 0,
             "digest": resident.info.get("digest", ""),
             "details": resident.info.get("details", {}),

@@ -109,9 +109,8 @@ async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> 
     if ready is not None:
         ready.set()
     # A spare runner (runners._Spares) is started once the daemon answers, so its imports do not
-    # slow the daemon's own start. ``spare_runner`` is meant to become LLMHOST_SPARE_RUNNER in
-    # config.py (default on) once the e2e tests tell a spare from a runner holding a model.
-    if getattr(settings, "spare_runner", False):
+    # slow the daemon's own start.
+    if settings.spare_runner:
         factory.keep_spare()
     try:
         await stop.wait()
