@@ -172,6 +172,22 @@ def test_shared_system_prompt_is_evaluated_once(harness):
     assert again.text == b.text
 
 
+def test_conversations_arriving_together_evaluate_a_shared_system_prompt_once(model):
+    system = {"role": "system", "content": "You are a terse assistant who answers briefly. " * 12}
+    h = EngineHarness(model, ctx_size=512, parallel=4, batch=32, start=False)  # prefill takes several steps
+    try:
+        sinks = [h.submit({"messages": [system, {"role": "user", "content": f"question {i}"}],
+                           "options": {**GREEDY, "num_predict": 2}})[1] for i in range(4)]
+        h.start()
+        finals = [sink.wait().final for sink in sinks]
+    finally:
+        h.close()
+    evaluated = [f.prompt_eval_count for f in finals]
+    cached = [f.prompt_cached_count for f in finals]
+    assert cached[0] == 0 and all(c > 100 for c in cached[1:]), (evaluated, cached)
+    assert sum(evaluated) < evaluated[0] + 3 * 20, "the others evaluate only their own question"
+
+
 def test_stop_fails_waiting_and_running_sequences(model):
     h = EngineHarness(model, ctx_size=256, parallel=1, batch=64)
     sinks = [h.submit({"prompt": "x", "options": GREEDY}, gated=True)[1] for _ in range(3)]

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmhost.engine.kv_cache import KVCacheManager
+from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
 from llmhost.engine.sequence import Sequence, SeqStatus
+
+
+MIN_SHARED_PREFILL = 32  # tokens: below this, evaluating twice is cheaper than waiting
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class Scheduler:
     def _admit(self) -> None:
         while self._queue:
             seq = self._queue[0][2]
+            if self._shares_a_prefill_in_progress(seq):
+                return  # admitted once that prefix is in the cache: one evaluation, then seq_cp
             if self.kv.has_free_slot() and self._room_for(seq):
                 heapq.heappop(self._queue)
                 if not self._start(seq):
@@ -140,6 +145,22 @@ class Scheduler:
                 return
             self._swap_out(self._victim(lower))
             self.stats.preempted_total += 1
+
+    def _shares_a_prefill_in_progress(self, seq: Sequence) -> bool:
+        """True when a running sequence is still evaluating a prefix ``seq`` could copy instead.
+
+        Eight chats that share a system prompt and arrive together would otherwise each evaluate it;
+        waiting the few steps until the first one has it in the cache costs less than evaluating it.
+        """
+        if seq.swap is not None:
+            return False
+        _, cached = self.kv.longest_prefix(seq.prompt)
+        for other in self.running:
+            if other.prefilling:
+                shared = common_prefix_len(other.prompt, seq.prompt)
+                if shared - cached >= MIN_SHARED_PREFILL and other.n_past < shared:
+                    return True
+        return False
 
     def _room_for(self, seq: Sequence) -> bool:
         reserve = self.reserve if self.running else 0
