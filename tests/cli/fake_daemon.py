@@ -72,6 +72,9 @@ class FakeDaemon:
     loaded: list[dict] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     tokens: list[str] = field(default_factory=lambda: ["Hello", ", ", "world", "!"])
+    # what a model with the "thinking" capability thinks before answering (unless asked not to)
+    thoughts: list[str] = field(default_factory=lambda: ["Let me ", "think."])
+    tool_calls: list[dict] | None = None  # sent in a chunk of their own after the tokens (chat only)
     stream_error: str | None = None  # sent as a final {"error"} line after the tokens
     status_error: tuple[int, str] | None = None  # answer every API call with this status and message
     requests: list[Recorded] = field(default_factory=list)
@@ -144,10 +147,13 @@ class FakeDaemon:
             raise web.HTTPNotFound(text=json.dumps({"error": f"model '{name}' not found"}),
                                    content_type="application/json")
 
-    async def _show(self, request: web.Request) -> web.Response:
-        name = (await request.json())["model"]
+    def _info(self, name: str) -> dict:
+        """The ``/api/show`` answer of a model (404 when absent)."""
         self._require(name)
-        return web.json_response(self.models.get(name) or self.models[f"{name}:latest"])
+        return self.models.get(name) or self.models[f"{name}:latest"]
+
+    async def _show(self, request: web.Request) -> web.Response:
+        return web.json_response(self._info((await request.json())["model"]))
 
     async def _copy(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -212,26 +218,42 @@ class FakeDaemon:
         self.blobs[digest] = data
         return web.Response(status=201)
 
+    def _thinks(self, body: dict) -> bool:
+        """Whether the model thinks for this request; a 400 for ``think`` on a model that cannot."""
+        think = body.get("think")
+        capable = "thinking" in self._info(body["model"]).get("capabilities", [])
+        if think not in (None, False) and not capable:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f'"{body["model"]}" does not support thinking'}),
+                                     content_type="application/json")
+        return capable and think is not False
+
     async def _answer(self, request: web.Request, piece) -> web.StreamResponse:
         body = await request.json()
         self._require(body["model"])
+        thoughts = self.thoughts if self._thinks(body) else []
         base = {"model": body["model"], "created_at": "2026-01-01T00:00:00Z"}
         empty = not (body.get("prompt") or body.get("messages"))
         if empty:  # load or unload
             reason = "unload" if body.get("keep_alive") == 0 else "load"
             return web.json_response({**base, **piece(""), "done": True, "done_reason": reason})
         if body.get("stream") is False:
-            return web.json_response({**base, **piece("".join(self.tokens)), **final_metrics()})
-        lines = [{**base, **piece(t), "done": False} for t in self.tokens]
+            extra = {"thinking": "".join(thoughts)} if thoughts else {}
+            return web.json_response({**base, **piece("".join(self.tokens), **extra), **final_metrics()})
+        lines = [{**base, **piece("", thinking=t), "done": False} for t in thoughts]
+        lines += [{**base, **piece(t), "done": False} for t in self.tokens]
+        if self.tool_calls and "messages" in body:
+            lines.append({**base, **piece("", tool_calls=self.tool_calls), "done": False})
         if not self.stream_error:
             lines.append({**base, **piece(""), **final_metrics()})
         return await self._ndjson(request, lines)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, lambda text: {"response": text})
+        return await self._answer(request, lambda text, **extra: {"response": text, **extra})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, lambda text: {"message": {"role": "assistant", "content": text}})
+        return await self._answer(
+            request, lambda text, **extra: {"message": {"role": "assistant", "content": text, **extra}}
+        )
 
     async def _embed(self, request: web.Request) -> web.Response:
         body = await request.json()

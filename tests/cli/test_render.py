@@ -68,3 +68,64 @@ def test_token_writer_without_width_writes_text_unchanged():
     writer.write("a long line " * 20)
     writer.finish()
     assert out.getvalue() == "a long line " * 20 + "\n"
+
+
+GREY, BOLD_GREY, RESET = "\x1b[38;5;245m", "\x1b[1;38;5;245m", "\x1b[0m"  # Ollama's readline colours
+
+
+def answer(pieces: list[tuple[str, str]], **options) -> str:
+    """What an AnswerWriter prints for (kind, text) pieces, kind being "thinking" or "content"."""
+    out = io.StringIO()
+    writer = render.AnswerWriter(out, **options)
+    for kind, text in pieces:
+        getattr(writer, kind)(text)
+    writer.finish()
+    return out.getvalue()
+
+
+STREAM = [("thinking", "Let me "), ("thinking", "think."), ("content", "Hi"), ("content", " there")]
+
+
+@pytest.mark.parametrize("options, shown", [
+    ({"styled": False}, "Thinking...\nLet me think.\n...done thinking.\n\nHi there\n"),
+    ({"styled": True}, f"{BOLD_GREY}Thinking...\n{RESET}{GREY}Let me {RESET}{GREY}think.{RESET}\n"
+                       f"{BOLD_GREY}...done thinking.\n\n{RESET}Hi there\n"),
+    ({"styled": True, "show_thinking": False}, "Hi there\n"),
+], ids=["plain", "terminal", "hidden"])
+def test_thinking_is_set_apart_from_the_answer(options, shown):
+    assert answer(STREAM, **options) == shown
+
+
+def test_thinking_ending_in_a_newline_gets_no_extra_line():
+    shown = answer([("thinking", "Done.\n"), ("content", "Hi")], styled=False)
+    assert shown == "Thinking...\nDone.\n...done thinking.\n\nHi\n"
+
+
+def test_thinking_cut_short_ends_its_line_and_leaves_no_colour_on():
+    shown = answer([("thinking", "Hmm")], styled=True)
+    assert shown.endswith(f"Hmm{RESET}\n") and "done thinking" not in shown
+
+
+def test_answer_without_thinking_is_unchanged():
+    assert answer([("content", "Hi")], styled=True) == "Hi\n"
+
+
+def test_tool_calls_are_one_readable_line_each():
+    out = io.StringIO()
+    writer = render.AnswerWriter(out, styled=False)
+    writer.thinking("I should call it.")
+    writer.tool_calls([
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"function": {"name": "now", "arguments": {}}},
+    ])
+    writer.finish()
+    assert out.getvalue() == (
+        "Thinking...\nI should call it.\n...done thinking.\n\n"
+        "  Model called a non-existent function 'get_weather()' with arguments: {\"city\":\"Paris\"}\n"
+        "  Model called a non-existent function 'now()' with arguments: {}\n"
+    )
+
+
+def test_thinking_wraps_words_at_the_width():
+    shown = answer([("thinking", "alpha beta gamma delta epsilon")], width=12, styled=False)
+    assert shown.startswith("Thinking...\nalpha beta ") and "\n" in shown[len("Thinking...\n"):-1]

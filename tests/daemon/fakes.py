@@ -18,13 +18,14 @@ def spec(key: str = "sha256:" + "a" * 64, num_ctx: int = 2048, **kw) -> LoadSpec
 
 
 class FakeRunner:
-    def __init__(self, spec: LoadSpec, memory_bytes: int, words: list[str], gate: asyncio.Event | None):
+    def __init__(self, spec: LoadSpec, memory_bytes: int, words: list, gate: asyncio.Event | None):
         self.spec = spec
         self.memory_bytes = memory_bytes
         self.words = words
         self.gate = gate
         self.closed = False
         self.bodies: list[dict] = []
+        self.cached = 0  # prompt tokens the final line reports as reused from the KV cache
         self._exited: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def completion(self, body: dict):
@@ -34,12 +35,13 @@ class FakeRunner:
                 raise RunnerError("model runner crashed (signal 9)")
             if self.gate is not None and i == 1:
                 await self.gate.wait()
-            yield {"content": word}
+            yield word if isinstance(word, dict) else {"content": word}  # a dict: a whole runner line
             await asyncio.sleep(0)
         if self._exited.done():
             raise RunnerError("model runner crashed (signal 9)")
-        yield {"done": True, "done_reason": "stop", "prompt_eval_count": 5, "prompt_cached_count": 0,
-               "prompt_eval_duration": 1000, "eval_count": len(self.words), "eval_duration": 2000}
+        yield {"done": True, "done_reason": "stop", "prompt_eval_count": 5, "prompt_cached_count": self.cached,
+               "prompt_eval_duration": 1000, "eval_count": len(self.words), "eval_duration": 2000,
+               **({"context": [1, 2, 3]} if body.get("return_context") else {})}
 
     async def embed(self, body: dict) -> dict:
         return {"embeddings": [[0.6, 0.8, 0.0] for _ in body["input"]], "prompt_eval_count": 3}
@@ -62,7 +64,7 @@ class FakeFactory:
     """Starts FakeRunners; ``memory`` maps a model key to the bytes its runner declares."""
 
     memory: dict[str, int] = field(default_factory=dict)
-    words: list[str] = field(default_factory=lambda: ["Hello", ",", " world"])
+    words: list = field(default_factory=lambda: ["Hello", ",", " world"])  # str: content; dict: a raw line
     gate: asyncio.Event | None = None
     load_delay: float = 0.0
     started: list[FakeRunner] = field(default_factory=list)

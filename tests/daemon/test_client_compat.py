@@ -52,7 +52,8 @@ async def test_openai_client_completions_models_embeddings_and_errors(harness, b
     client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused")
     completion = await client.completions.create(model="tiny", prompt="Once upon")
     assert completion.choices[0].text == "Hello, world"
-    assert harness.factory.started[0].bodies[0]["prompt"] == "Once upon", "raw prompt, no template"
+    sent = harness.factory.started[0].bodies[0]
+    assert sent["messages"][-1] == {"role": "user", "content": "Once upon"}, "templated, as Ollama's /v1/completions"
     models = await client.models.list()
     assert [m.id for m in models.data] == ["tiny:latest"]
     vectors = await client.embeddings.create(model="tiny", input=["a", "b"])

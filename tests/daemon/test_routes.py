@@ -131,7 +131,8 @@ async def test_blob_upload_verifies_digest(harness):
     ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "5 minutes"}, 400, "duration"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
-    ("/api/generate", {"model": "tiny", "prompt": "x", "context": [1, 2, 3]}, 400, "/api/chat"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "context": [1, "two"]}, 400, "context"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "raw": True, "context": [1]}, 400, "raw mode"),
     ("/api/generate", {"model": "../x", "prompt": "x"}, 400, "invalid"),
     ("/api/show", {"model": "a/b/c/d/e"}, 400, "invalid"),
     ("/api/show", {"model": "x" * 81}, 400, "invalid"),
@@ -233,3 +234,48 @@ async def test_a_model_whose_blob_is_gone_can_still_be_deleted(harness):
     r = await harness.client.delete("/api/delete", json={"model": "tiny"})
     assert r.status == 200
     assert (await (await harness.client.get("/api/tags")).json())["models"] == []
+
+
+# --- /api/show capabilities -----------------------------------------------------------------------
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SHOW_TOOLS = (
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SHOW_THINKING = SHOW_TOOLS.replace(
+    "<|im_start|>assistant\n{% endif %}",
+    "<|im_start|>assistant\n{% if enable_thinking is false %}<think>\n\n</think>\n{% endif %}{% endif %}")
+SHOW_CASES = {
+    "the-ggufs-chatml-template": ({}, None, ["completion"]),
+    "tools-template-layer": ({}, SHOW_TOOLS, ["completion", "tools"]),
+    "thinking-template-layer": ({}, SHOW_THINKING, ["completion", "tools", "thinking"]),
+    "fim-vocabulary": ({"extra_tokens": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")}, None,
+                       ["completion", "insert"]),
+    "embedding-model": ({"metadata": {"llama.pooling_type": 1}}, None, ["embedding"]),
+}
+
+
+@pytest.mark.parametrize("gguf, template, expected", SHOW_CASES.values(), ids=SHOW_CASES.keys())
+async def test_show_lists_the_capabilities_of_a_created_model(harness, tmp_path, gguf, template, expected):
+    from tests.support.tiny_gguf import small_tokenizer, tokenizer_with, write_tiny_llama
+
+    fields = tokenizer_with(small_tokenizer(), **gguf)
+    data = write_tiny_llama(tmp_path / "m.gguf", tokenizer=fields, chat_template=CHATML_TEMPLATE).read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (await harness.client.post(f"/api/blobs/{digest}", data=data)).status == 201
+    body = {"model": "made", "files": {"m.gguf": digest}, "stream": False}
+    r = await harness.client.post("/api/create", json=body | ({"template": template} if template else {}))
+    assert r.status == 200, await r.text()
+    show = await (await harness.client.post("/api/show", json={"model": "made"})).json()
+    assert show["capabilities"] == expected
+
+
+async def test_show_of_the_smollm2_based_tiny_model_is_completion_only(harness):
+    show = await (await harness.client.post("/api/show", json={"model": "tiny"})).json()
+    assert show["capabilities"] == ["completion"]

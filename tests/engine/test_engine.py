@@ -111,7 +111,7 @@ def test_grammar_checked_after_sampling_gives_what_grammar_first_gives(harness, 
     body = {"prompt": "data:", "format": "json", "options": {**GREEDY, "num_predict": 40}}
     fast = harness.run(body).text
 
-    def grammar_inside_chain(model, params, *, grammar, n_ctx, prompt=None):
+    def grammar_inside_chain(model, params, *, grammar, n_ctx, prompt=None, logit_bias=None):
         chain = SamplerChain().add_grammar(model, grammar).add_greedy()
         return Sampler(chain, n_vocab=model.n_vocab)
 
@@ -128,7 +128,7 @@ def test_repetition_penalties_pick_what_llama_cpps_own_sampler_picks(harness, mo
     body = {"prompt": "the the the the the", "options": options}
     ours = harness.run(body).text
 
-    def native_penalties(model, params, *, grammar, n_ctx, prompt=None):
+    def native_penalties(model, params, *, grammar, n_ctx, prompt=None, logit_bias=None):
         chain = SamplerChain().add_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty,
                                              params.frequency_penalty, params.presence_penalty)
         sampler = Sampler(chain.add_greedy(), n_vocab=model.n_vocab)

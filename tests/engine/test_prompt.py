@@ -117,7 +117,8 @@ def request(messages=None, **body) -> CompletionRequest:
 
 
 def test_kept_tokens_default_to_the_rendered_system_prompt(builder):
-    tokens, keep = builder.prepare(request([SYSTEM, USER]))
+    prepared = builder.prepare(request([SYSTEM, USER]))
+    tokens, keep = prepared.tokens, prepared.keep
     system_only = builder.model.tokenize("<|im_start|>system\nYou are terse.<|im_end|>\n", add_special=True)
     assert keep == len(system_only) and tokens[:keep].tolist() == system_only.tolist()
 
@@ -131,7 +132,7 @@ def test_kept_tokens_default_to_the_rendered_system_prompt(builder):
     ],
 )
 def test_kept_tokens_rule(builder, req, keep):
-    assert builder.prepare(req())[1] == keep
+    assert builder.prepare(req()).keep == keep
 
 
 def test_go_template_falls_back_to_the_models_own_template(builder, caplog):

@@ -147,3 +147,38 @@ def _tensors(shape: TinyShape, n_vocab: int, seed: int):
         yield f"blk.{i}.ffn_down.weight", weight(d, shape.n_ff)
     yield "output_norm.weight", np.ones(d, dtype=np.float32)
     yield "output.weight", weight(n_vocab, d, scale=1.0)
+
+
+# A made-up vocabulary for tests that read metadata rather than run the model.
+SMALL_VOCAB = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"t{i}" for i in range(29)))
+_TOKEN_CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
+_KINDS = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32,
+          str: GGUFValueType.STRING}
+
+
+def small_tokenizer(tokens: tuple[str, ...] = SMALL_VOCAB) -> dict[str, _Field]:
+    """Tokenizer fields for ``tokens`` with no merges: enough for metadata, not loadable by llama.cpp."""
+    return {
+        "tokenizer.ggml.model": _Field("gpt2", GGUFValueType.STRING),
+        "tokenizer.ggml.tokens": _Field(list(tokens), GGUFValueType.ARRAY, GGUFValueType.STRING),
+        "tokenizer.ggml.token_type": _Field([1] * len(tokens), GGUFValueType.ARRAY, GGUFValueType.INT32),
+    }
+
+
+def tokenizer_with(
+    tokenizer: dict[str, _Field], *, extra_tokens: tuple[str, ...] = (), metadata: dict[str, Any] | None = None
+) -> dict[str, _Field]:
+    """``tokenizer`` (``read_tokenizer()`` or ``small_tokenizer()``) with ``extra_tokens`` appended as
+    control tokens and ``metadata`` keys added (bool, int as uint32, float, str); pass the result as
+    ``write_tiny_llama(..., tokenizer=...)``. The input is not changed."""
+    fields = dict(tokenizer)
+    if extra_tokens:
+        for name, extra in (("tokenizer.ggml.tokens", list(extra_tokens)),
+                            ("tokenizer.ggml.token_type", [_TOKEN_CONTROL] * len(extra_tokens)),
+                            ("tokenizer.ggml.scores", [0.0] * len(extra_tokens))):
+            if name in fields:
+                old = fields[name]
+                fields[name] = _Field(list(old.value) + extra, old.kind, old.sub_kind)
+    for name, value in (metadata or {}).items():
+        fields[name] = _Field(value, _KINDS[type(value)])
+    return fields

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmhost.api.options import validate_options
+from llmhost.api.tools import ToolCall, ToolChoice, think_field, tools_field
 from llmhost.errors import BadRequest
 from llmhost.units import parse_duration
 
@@ -56,21 +57,39 @@ def format_field(body: dict) -> str | dict | None:
     raise BadRequest(f'invalid format: {value!r}; expected "json" or a valid JSON Schema object')
 
 
-def _think_field(body: dict) -> None:
-    think = body.get("think")
-    if think is None or think is False:
-        return
-    if think is True or think in ("low", "medium", "high", "max"):
-        raise BadRequest(f'"{body.get("model")}" does not support thinking')
-    raise BadRequest(f'invalid value for "think": {think!r}; expected a boolean or "low", "medium", "high"')
+MAX_TOP_LOGPROBS = 20
+MAX_CONTEXT_TOKENS = 1 << 20  # ``context`` ids a generate request may carry back (bounds the body's work)
+
+
+def logprobs_fields(body: dict) -> int | None:
+    """``logprobs``/``top_logprobs`` → None (off) or how many alternatives to return (0..20)."""
+    top = field_of(body, "top_logprobs", int, 0)
+    if top < 0 or top > MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if not field_of(body, "logprobs", bool, False):
+        return None
+    return top
+
+
+def context_field(body: dict) -> tuple[int, ...]:
+    """``context`` of /api/generate: the token ids a previous answer returned."""
+    value = field_of(body, "context", list, [])
+    if len(value) > MAX_CONTEXT_TOKENS or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                  for t in value):
+        raise BadRequest('invalid value for "context": expected an array of token ids')
+    return tuple(value)
 
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message, with what agents and reasoning models put in a history."""
 
     role: str
     content: str
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_name: str = ""
+    tool_call_id: str = ""
 
     @classmethod
     def from_json(cls, value: Any, index: int) -> "Message":
@@ -79,17 +98,45 @@ class Message:
         role = value.get("role")
         if not isinstance(role, str) or not role:
             raise BadRequest(f'invalid message at index {index}: "role" must be a non-empty string')
-        content = value.get("content", "")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise BadRequest(f'invalid message at index {index}: "content" must be a string')
+        text = {}
+        for name in ("content", "thinking", "tool_name", "tool_call_id"):
+            item = value.get(name)
+            if item is not None and not isinstance(item, str):
+                raise BadRequest(f'invalid message at index {index}: "{name}" must be a string')
+            text[name] = item or ""
         if value.get("images"):
             raise BadRequest("this model does not support images")
-        return cls(role=role.lower(), content=content)
+        calls = value.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise BadRequest(f'invalid message at index {index}: "tool_calls" must be an array')
+        tool_calls = tuple(ToolCall.from_json(c, f"messages[{index}].tool_calls[{j}]") for j, c in enumerate(calls))
+        return cls(role=role.lower(), tool_calls=tool_calls, **text)
 
     def to_json(self) -> dict:
-        return {"role": self.role, "content": self.content}
+        """Ollama's native shape (empty optional fields left out, as Go's omitempty does)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.thinking:
+            out["thinking"] = self.thinking
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_json() for c in self.tool_calls]
+        if self.tool_name:
+            out["tool_name"] = self.tool_name
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    def for_template(self) -> dict:
+        """What chat templates read: HF's conventions, with Ollama's names alongside."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.thinking:
+            out["thinking"] = out["reasoning_content"] = self.thinking
+        if self.tool_calls:
+            out["tool_calls"] = [c.for_template() for c in self.tool_calls]
+        if self.tool_name:
+            out["tool_name"] = out["name"] = self.tool_name
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -103,10 +150,12 @@ class InferenceCommon:
     options: dict = field(default_factory=dict)
     truncate: bool = True
     priority: int = 0
+    think: bool | str | None = None  # None: the model's default (on for thinking models)
+    logprobs: int | None = None  # None: off; else how many top alternatives per token (0..20)
+    logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as text) → bias; /v1 only
 
     @staticmethod
     def common_fields(body: dict) -> dict:
-        _think_field(body)
         return {
             "model": model_field(body),
             "stream": field_of(body, "stream", bool, True),
@@ -115,7 +164,27 @@ class InferenceCommon:
             "options": validate_options(body.get("options")),
             "truncate": field_of(body, "truncate", bool, True),
             "priority": field_of(body, "priority", int, 0),
+            "think": think_field(body.get("think")),
+            "logprobs": logprobs_fields(body),
+            "logit_bias": logit_bias_field(body),
         }
+
+    def needs(self) -> list[str]:
+        """Capabilities beyond completion and thinking the model must have (Ollama's names)."""
+        return []
+
+
+def logit_bias_field(body: dict) -> dict[str, float]:
+    """OpenAI's ``logit_bias``: token id → bias in [-100, 100]."""
+    value = field_of(body, "logit_bias", dict, {})
+    if len(value) > 4096:
+        raise BadRequest('too many entries in "logit_bias" (at most 4096)')
+    for key, bias in value.items():
+        if not str(key).isdigit():
+            raise BadRequest(f'invalid token id {key!r} in "logit_bias": expected a token id')
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise BadRequest(f'invalid bias for token {key} in "logit_bias": expected a number from -100 to 100')
+    return {str(k): float(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -127,6 +196,7 @@ class GenerateRequest(InferenceCommon):
     system: str | None = None
     template: str | None = None
     raw: bool = False
+    context: tuple[int, ...] = ()
 
     @classmethod
     def from_json(cls, body: dict) -> "GenerateRequest":
@@ -137,17 +207,16 @@ class GenerateRequest(InferenceCommon):
             system=field_of(body, "system", str),
             template=field_of(body, "template", str),
             raw=field_of(body, "raw", bool, False),
+            context=context_field(body),
         )
-        if req.raw and (req.template or req.system or body.get("context")):
+        if req.raw and (req.template or req.system or req.context):
             raise BadRequest("raw mode does not support template, system, or context")
-        if body.get("context"):  # deprecated token-id carry-over; silently ignoring it would lose the chat
-            raise BadRequest('"context" is not supported: send the conversation with /api/chat '
-                             "(llmhost reuses the KV cache of earlier turns automatically)")
         if body.get("images"):
             raise BadRequest("this model does not support images")
-        if req.suffix:
-            raise BadRequest(f'"{req.model}" does not support insert')
         return req
+
+    def needs(self) -> list[str]:
+        return ["insert"] if self.suffix else []
 
 
 @dataclass(frozen=True)
@@ -155,16 +224,29 @@ class ChatRequest(InferenceCommon):
     """POST /api/chat."""
 
     messages: tuple[Message, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
 
     @classmethod
     def from_json(cls, body: dict) -> "ChatRequest":
         raw_messages = field_of(body, "messages", list, [])
-        if body.get("tools"):
-            raise BadRequest(f'"{body.get("model")}" does not support tools')
+        tools = tools_field(body.get("tools"))
         return cls(
             **cls.common_fields(body),
             messages=tuple(Message.from_json(m, i) for i, m in enumerate(raw_messages)),
+            tools=tools,
+            tool_choice=ToolChoice.from_json(body.get("tool_choice"), tools),
+            parallel_tool_calls=field_of(body, "parallel_tool_calls", bool, True),
         )
+
+    @property
+    def offered_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools the template sees: none at all with ``tool_choice: "none"``."""
+        return () if self.tool_choice.mode == "none" else self.tools
+
+    def needs(self) -> list[str]:
+        return ["tools"] if self.tools else []
 
 
 @dataclass(frozen=True)

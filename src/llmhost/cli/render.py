@@ -7,6 +7,7 @@ Tables are plain text padded like Ollama's, so ``llm ls | awk`` works.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -295,10 +296,11 @@ class TokenWriter:
         self.word = ""
         self.last = "\n"
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, codes: tuple[str, str] = ("", "")) -> None:
+        """Write ``text``, between the escape codes ``codes`` (opening, closing) when given."""
         if not text:
             return
-        self.out.write(self._wrap(text) if self.width else text)
+        self.out.write(codes[0] + (self._wrap(text) if self.width else text) + codes[1])
         self.out.flush()
         self.last = text[-1]
 
@@ -335,6 +337,120 @@ class TokenWriter:
             self.out.write("\n")
             self.last = "\n"
         self.out.flush()
+
+
+THINKING_STYLE = "color(245)"  # Ollama's grey
+THINKING_HEADER_STYLE = "bold color(245)"
+THINKING_OPENING = "Thinking...\n"
+THINKING_CLOSING = "...done thinking.\n\n"
+
+
+@functools.lru_cache(maxsize=None)
+def _codes(style: str) -> tuple[str, str]:
+    """The escape codes that open and close a rich ``style``."""
+    from rich.color import ColorSystem
+    from rich.style import Style
+
+    start, _, end = Style.parse(style).render("\0", color_system=ColorSystem.EIGHT_BIT).partition("\0")
+    return start, end
+
+
+def takes_colour(out: TextIO) -> bool:
+    """Whether ``out`` is a terminal that wants colour (rich's view of NO_COLOR, TERM=dumb, FORCE_COLOR)."""
+    from rich.console import Console
+
+    console = Console(file=out)
+    return console.is_terminal and not console.no_color and not console.is_dumb_terminal
+
+
+class AnswerWriter:
+    """Streams one answer: the model's thinking set apart, then its text, then any tool calls.
+
+    As Ollama prints it: ``Thinking...``, the thinking in grey, ``...done thinking.`` and a blank line,
+    then the answer. Off a terminal the same words come without colour; with ``show_thinking`` off the
+    thinking is not shown at all. With ``spinner``, a spinner turns on stderr until something shows.
+    """
+
+    def __init__(self, out: TextIO, width: int | None = None, *, show_thinking: bool = True,
+                 styled: bool | None = None, spinner: bool = False):
+        self.out = out
+        self.width = width
+        self.text = TokenWriter(out, width)
+        self.show_thinking = show_thinking
+        self.styled = takes_colour(out) if styled is None else styled
+        self.thinking_open = False
+        self._status = _start_spinner() if spinner else None
+
+    def thinking(self, text: str) -> None:
+        if not text or not self.show_thinking:
+            return
+        self._shown()
+        if not self.thinking_open:
+            self.text.finish()
+            self._write([(THINKING_OPENING, THINKING_HEADER_STYLE)])
+            self.thinking_open = True
+        self.text.write(text, self._style(THINKING_STYLE))
+
+    def content(self, text: str) -> None:
+        if not text:
+            return
+        self._shown()
+        self._close_thinking()
+        self.text.write(text)
+
+    def tool_calls(self, calls: list[dict]) -> None:
+        """Calls the model made: the CLI offers no tools, so each is reported as Ollama does."""
+        if not calls:
+            return
+        self._shown()
+        self._close_thinking()
+        self.text.finish()
+        for call in calls:
+            function = call.get("function") or {}
+            arguments = json.dumps(function.get("arguments") or {}, ensure_ascii=False, separators=(",", ":"))
+            self._write([
+                ("  Model called a non-existent function '", THINKING_HEADER_STYLE),
+                (f"{function.get('name', '')}()", ""),
+                ("' with arguments: ", THINKING_HEADER_STYLE),
+                (arguments + "\n", ""),
+            ])
+
+    def finish(self) -> None:
+        """End the answer on a new line (a thinking block cut short stays open, as in Ollama)."""
+        self._shown()
+        self.text.finish()
+
+    def _close_thinking(self) -> None:
+        if not self.thinking_open:
+            return
+        self.text.finish()
+        self._write([(THINKING_CLOSING, THINKING_HEADER_STYLE)])
+        self.thinking_open = False
+        self.text = TokenWriter(self.out, self.width)
+
+    def _style(self, style: str) -> tuple[str, str]:
+        return _codes(style) if self.styled and style else ("", "")
+
+    def _write(self, parts: list[tuple[str, str]]) -> None:
+        for text, style in parts:
+            start, end = self._style(style)
+            self.out.write(start + text + end)
+        self.out.flush()
+
+    def _shown(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def _start_spinner():
+    """A running spinner on stderr (None off a terminal); the caller stops it."""
+    console = _console()
+    if not console.is_terminal:
+        return None
+    status = console.status("")
+    status.start()
+    return status
 
 
 def go_duration(ns: int) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from llmhost.api.client import Client
 from llmhost.cli import render
-from llmhost.cli.commands.run import RunOptions, stream_text, writer
+from llmhost.cli.commands.run import RunOptions, chat_parts, parse_think, stream_answer, writer
 from llmhost.errors import LlmhostError
 
 QUOTES = '"""'
@@ -35,6 +35,9 @@ SET_HELP = """Available Commands:
   /set nowordwrap        Disable wordwrap
   /set format json       Enable JSON mode
   /set noformat          Disable formatting
+  /set think             Enable thinking
+  /set think <level>     Think at a level: low, medium, high
+  /set nothink           Disable thinking
 """
 
 SHOW_HELP = """Available Commands:
@@ -78,7 +81,10 @@ class Repl:
 
     def run(self) -> None:
         with render.spinner("loading model"):
-            self.client.generate(self.opts.model, "", stream=False, keep_alive=self.opts.keep_alive)
+            # think goes along so a model that cannot think fails here, before the first prompt (Ollama)
+            self.client.generate(
+                self.opts.model, "", stream=False, keep_alive=self.opts.keep_alive, think=self.opts.think
+            )
         while True:
             try:
                 text = self.read_message()
@@ -113,20 +119,17 @@ class Repl:
         try:
             chunks = self.client.chat(
                 self.opts.model, system + self.messages, format=self.opts.format, options=self.opts.options,
-                keep_alive=self.opts.keep_alive,
+                keep_alive=self.opts.keep_alive, think=self.opts.think,
             )
-            final, answer = stream_text(
-                chunks, writer(self.opts), lambda c: (c.get("message") or {}).get("content") or "",
-                interruptible=True,
-            )
+            answer = stream_answer(chunks, writer(self.opts), chat_parts, interruptible=True)
         except LlmhostError as e:
             self.messages.pop()
             render.print_error(str(e))
             return
-        self.messages.append({"role": "assistant", "content": answer})
+        self.messages.append(_assistant(answer.content, answer.thinking))
         _say("")
-        if self.opts.verbose and final:
-            render.print_stats(final)
+        if self.opts.verbose and answer.final:
+            render.print_stats(answer.final)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -166,8 +169,25 @@ class Repl:
         elif what == "noformat":
             self.opts.format = None
             _say("Disabled format.")
+        elif what in ("think", "nothink"):
+            self.set_think(what, args[1:])
         else:
             _say(SET_HELP)
+
+    def set_think(self, what: str, args: list[str]) -> None:
+        """``/set think [level]`` or ``/set nothink``: sent with every later message."""
+        try:
+            think = parse_think(args[0]) if what == "think" and args else what == "think"
+        except LlmhostError as e:
+            render.print_error(str(e).replace("--think", "/set think"))
+            return
+        self.opts.think = think
+        if "thinking" not in (self.info.get("capabilities") or []):
+            sys.stderr.write(f'warning: model "{self.opts.model}" does not support thinking output\n')
+        if isinstance(think, str):
+            _say(f"Set 'think' mode to '{think}'.")
+        else:
+            _say(f"Set '{'think' if think else 'nothink'}' mode.")
 
     def set_parameter(self, args: list[str]) -> None:
         from llmhost.api.options import merge_parameters, parse_parameter
@@ -212,6 +232,14 @@ class Repl:
             rows = "\n".join(f"  {k:<15} {_value(v)}" for k, v in self.opts.options.items())
             text += "\n\nUser defined parameters:\n" + rows
         return text
+
+
+def _assistant(content: str, thinking: str) -> dict[str, Any]:
+    """The history entry of an answer; its thinking kept apart, as Ollama's client keeps it."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    return message
 
 
 def _value(value: Any) -> str:

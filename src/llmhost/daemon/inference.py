@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -13,7 +15,8 @@ from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.prompting import effective_options, runner_body
 from llmhost.daemon.residency import Lease
 from llmhost.daemon.state import DaemonState
-from llmhost.errors import RunnerError
+from llmhost.errors import BadRequest, RunnerError
+from llmhost.registry.capabilities import capabilities
 
 NS = 1_000_000_000
 
@@ -44,9 +47,32 @@ async def start_completion(state: DaemonState, request: GenerateRequest | ChatRe
     started = time.monotonic()
     if record is None:
         record = await asyncio.to_thread(state.store.load, request.model)
+    think = resolve_think(record, request)
     lease, runtime = await lease_for(state, request, record)
-    lines = _runner_lines(lease, runner_body(record, request, runtime))
+    lines = _runner_lines(lease, runner_body(record, request, runtime, think))
     return Completion(str(record.name), started, lease, lines)
+
+
+def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str | None:
+    """Check the model can serve the request (Ollama's 400s otherwise) and settle ``think``.
+
+    As in Ollama, thinking is on by default for a model that can think; ``False`` switches it off
+    through the template's own switch. None: the model has no thinking to switch.
+    """
+    available = capabilities(record)
+    quoted = json.dumps(request.model)  # Go's %q of the name as the client sent it
+    if request.think not in (None, False) and "thinking" not in available:
+        raise BadRequest(f"{quoted} does not support thinking")
+    if "completion" not in available:
+        raise BadRequest(f"{quoted} does not support {'chat' if isinstance(request, ChatRequest) else 'generate'}")
+    missing = [need for need in request.needs() if need not in available]
+    if missing:  # Ollama names the model in full here, and joins several with newlines
+        name = record.name
+        raise BadRequest(f"{name.host}/{name.namespace}/{name.model}:{name.tag} does not support "
+                         + "\n".join(missing))
+    if "thinking" not in available:
+        return None
+    return True if request.think is None else request.think
 
 
 async def _runner_lines(lease: Lease, body: dict) -> AsyncIterator[dict]:
@@ -63,12 +89,64 @@ async def _runner_lines(lease: Lease, body: dict) -> AsyncIterator[dict]:
         lease.release()
 
 
+@dataclass(frozen=True)
+class Delta:
+    """What one step of a completion adds: answer text, thinking, whole tool calls, token logprobs."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: tuple[dict, ...] = ()  # native shape, each with its ``id`` and ``function.index``
+    logprobs: tuple[dict, ...] = ()
+
+
+async def deltas(completion: Completion) -> AsyncIterator[Delta | dict]:
+    """The runner's lines as Deltas, then its final line (a dict with ``done``).
+
+    A token's logprobs arrive before its text and ride on the next delta; tool calls get Ollama's
+    ``call_…`` ids and their index among this answer's calls.
+    """
+    pending: list[dict] = []
+    n_calls = 0
+    async for line in completion.lines:
+        if line.get("done"):
+            if pending:
+                yield Delta(logprobs=tuple(pending))
+            yield line
+            return
+        if "logprobs" in line:
+            pending.extend(line["logprobs"])
+            continue
+        calls = tuple(_numbered_call(call, n_calls + i) for i, call in enumerate(line.get("tool_calls") or ()))
+        n_calls += len(calls)
+        yield Delta(line.get("content", ""), line.get("thinking", ""), calls, tuple(pending))
+        pending = []
+
+
+def _numbered_call(call: dict, index: int) -> dict:
+    function = call.get("function") or {}
+    return {"id": tool_call_id(), "function": {"index": index, "name": function.get("name", ""),
+                                               "arguments": function.get("arguments") or {}}}
+
+
+def tool_call_id() -> str:
+    """An id in Ollama's form: ``call_`` and 8 lowercase letters or digits."""
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
 def metrics(final: dict, completion: Completion) -> dict:
-    """Ollama's final-chunk metrics (ns), from the runner's final line."""
+    """Ollama's final-chunk metrics (ns), from the runner's final line.
+
+    ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
+    report it as prompt usage); ``prompt_cached_count`` (our extension) says how many of those the KV
+    cache supplied, and ``prompt_eval_duration`` is the time spent on the rest.
+    """
     return {
         "total_duration": int((time.monotonic() - completion.started) * NS),
         "load_duration": int(completion.lease.load_duration * NS),
-        "prompt_eval_count": final.get("prompt_eval_count", 0),
+        "prompt_eval_count": final.get("prompt_eval_count", 0) + final.get("prompt_cached_count", 0),
         "prompt_eval_duration": final.get("prompt_eval_duration", 0),
         "prompt_cached_count": final.get("prompt_cached_count", 0),
         "eval_count": final.get("eval_count", 0),

@@ -18,21 +18,44 @@ def effective_options(model_parameters: dict[str, Any], request_options: dict[st
     return merged
 
 
-def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options: dict) -> dict:
-    """The ``/completion`` body for the runner (see docs/runner-protocol.md)."""
+def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options: dict,
+                think: bool | str | None = None) -> dict:
+    """The ``/completion`` body for the runner (see docs/runner-protocol.md).
+
+    ``think`` is the request's thinking switch resolved against the model (None: the model has none).
+    """
     body: dict[str, Any] = {
         "options": runtime_options,
         "format": request.format,
         "priority": request.priority,
         "truncate": request.truncate,
     }
-    if isinstance(request, GenerateRequest) and request.raw:
-        body["prompt"] = request.prompt
-        return body
+    if request.logprobs is not None:
+        body["logprobs"] = request.logprobs
+    if request.logit_bias:
+        body["logit_bias"] = request.logit_bias
+    if isinstance(request, GenerateRequest):
+        if request.raw or request.suffix:
+            # Raw text as is; with a suffix, the prefix and suffix around the model's FIM tokens.
+            body["prompt"] = request.prompt
+            if request.suffix:
+                body["suffix"] = request.suffix
+            return body
+        body["return_context"] = True
+        if request.context:
+            body["context"] = list(request.context)
+    else:
+        if request.offered_tools:
+            body["tools"] = list(request.offered_tools)
+        if request.tool_choice.to_json() is not None:
+            body["tool_choice"] = request.tool_choice.to_json()
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    if think is not None:
+        body["think"] = think
     template = getattr(request, "template", None) or record.template
     if template:
         body["template"] = template
-    body["messages"] = [m.to_json() for m in conversation(record, request)]
+    body["messages"] = [m.for_template() for m in conversation(record, request)]
     return body
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.http import format_time, now_rfc3339, read_json, stream_ndjson
-from llmhost.daemon.inference import NS, Completion, embed, lease_for, metrics, start_completion
+from llmhost.daemon.inference import NS, Completion, Delta, deltas, embed, lease_for, metrics, start_completion
 from llmhost.daemon.state import DaemonState, state_of
 
 routes = web.RouteTableDef()
@@ -22,26 +22,41 @@ FOREVER = "2318-08-16T00:00:00Z"  # what Ollama shows for a model pinned with ke
 @routes.post("/api/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
     req = GenerateRequest.from_json(await read_json(request))
-    return await _infer(request, req, not req.prompt, lambda text: {"response": text})
+    return await _infer(request, req, not req.prompt and not req.suffix, _generate_fields)
 
 
 @routes.post("/api/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
     req = ChatRequest.from_json(await read_json(request))
-    return await _infer(request, req, not req.messages,
-                        lambda text: {"message": {"role": "assistant", "content": text}})
+    return await _infer(request, req, not req.messages, _chat_fields)
 
 
-async def _infer(request: web.Request, req, empty: bool, wrap) -> web.StreamResponse:
+def _generate_fields(delta: Delta) -> dict:
+    out: dict = {"response": delta.content}
+    if delta.thinking:
+        out["thinking"] = delta.thinking
+    return out
+
+
+def _chat_fields(delta: Delta) -> dict:
+    message: dict = {"role": "assistant", "content": delta.content}
+    if delta.thinking:
+        message["thinking"] = delta.thinking
+    if delta.tool_calls:
+        message["tool_calls"] = list(delta.tool_calls)
+    return {"message": message}
+
+
+async def _infer(request: web.Request, req, empty: bool, fields) -> web.StreamResponse:
     state = state_of(request)
     record = await asyncio.to_thread(state.store.load, req.model)
     if empty:
-        return web.json_response(await _load_or_unload(state, req, record, wrap))
+        return web.json_response(await _load_or_unload(state, req, record, fields))
     completion = await start_completion(state, req, record)
-    return await stream_ndjson(request, _chunks(completion, wrap), req.stream, merge=_merge_chunks)
+    return await stream_ndjson(request, _chunks(completion, fields), req.stream, merge=_merge_chunks)
 
 
-async def _load_or_unload(state: DaemonState, req, record, wrap) -> dict:
+async def _load_or_unload(state: DaemonState, req, record, fields) -> dict:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (``llm stop``)."""
     started = time.monotonic()
     if req.keep_alive == 0:
@@ -52,27 +67,38 @@ async def _load_or_unload(state: DaemonState, req, record, wrap) -> dict:
         lease.release()
         extra = {"done_reason": "load", "total_duration": int((time.monotonic() - started) * NS),
                  "load_duration": int(lease.load_duration * NS)}
-    return {"model": str(record.name), "created_at": now_rfc3339(), **wrap(""), "done": True, **extra}
+    return {"model": str(record.name), "created_at": now_rfc3339(), **fields(Delta()), "done": True, **extra}
 
 
-async def _chunks(completion: Completion, wrap) -> AsyncIterator[dict]:
-    async for line in completion.lines:
-        if line.get("done"):
-            yield {"model": completion.model, "created_at": now_rfc3339(), **wrap(""), "done": True,
-                   "done_reason": line.get("done_reason", "stop"), **metrics(line, completion)}
-        else:
-            yield {"model": completion.model, "created_at": now_rfc3339(), **wrap(line.get("content", "")),
-                   "done": False}
+async def _chunks(completion: Completion, fields) -> AsyncIterator[dict]:
+    async for item in deltas(completion):
+        head = {"model": completion.model, "created_at": now_rfc3339()}
+        if isinstance(item, Delta):
+            chunk = {**head, **fields(item), "done": False}
+            if item.logprobs:
+                chunk["logprobs"] = list(item.logprobs)
+            yield chunk
+            continue
+        final = {**head, **fields(Delta()), "done": True, "done_reason": item.get("done_reason", "stop")}
+        if "context" in item:
+            final["context"] = item["context"]
+        yield {**final, **metrics(item, completion)}
 
 
 def _merge_chunks(chunks: list[dict]) -> dict:
-    """``stream: false``: the final chunk carrying the whole text."""
+    """``stream: false``: the final chunk carrying the whole answer (text, thinking, calls, logprobs)."""
     final = dict(chunks[-1])
-    text = "".join(c.get("response", "") or c.get("message", {}).get("content", "") for c in chunks)
+    parts = [c.get("message", c) for c in chunks]
+    text = "".join(p.get("response", p.get("content", "")) for p in parts)
+    thinking = "".join(p.get("thinking", "") for p in parts)
+    calls = [call for p in parts for call in p.get("tool_calls", ())]
+    logprobs = [lp for c in chunks for lp in c.get("logprobs", ())]
     if "message" in final:
-        final["message"] = {"role": "assistant", "content": text}
+        final["message"] = _chat_fields(Delta(text, thinking, tuple(calls)))["message"]
     else:
-        final["response"] = text
+        final.update(_generate_fields(Delta(text, thinking)))
+    if logprobs:
+        final["logprobs"] = logprobs
     return final
 
 

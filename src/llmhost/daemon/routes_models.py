@@ -12,6 +12,7 @@ from llmhost.api.types import field_of, model_field
 from llmhost.daemon.http import read_json, stream_ndjson
 from llmhost.daemon.state import state_of
 from llmhost.errors import BadRequest, NotFound
+from llmhost.registry.capabilities import capabilities
 from llmhost.registry.names import ModelName
 
 routes = web.RouteTableDef()
@@ -42,14 +43,6 @@ async def tags(request: web.Request) -> web.Response:
             "details": entry.details,  # from the small config blob: listing never parses GGUFs
         })
     return web.json_response({"models": models})
-
-
-def capabilities(record) -> list[str]:
-    """Ollama's capability names: embedding models declare a pooling type in their metadata."""
-    info = record.info
-    if info.metadata.get(f"{info.architecture}.pooling_type") is not None:
-        return ["embedding"]
-    return ["completion"]
 
 
 @routes.post("/api/show")

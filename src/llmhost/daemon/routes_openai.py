@@ -1,14 +1,16 @@
 """OpenAI-compatible routes (``/v1/*``), translated onto the native inference path.
 
 Shapes follow OpenAI's API as Ollama serves it: SSE ``data:`` lines ending with ``data: [DONE]``,
-errors as ``{"error": {"message", "type", "param", "code"}}``. ``/v1/completions`` treats the prompt
-as raw text (no chat template), which is what that endpoint means.
+errors as ``{"error": {"message", "type", "param", "code"}}``. ``/v1/completions`` renders the prompt
+through the chat template, as Ollama's does (it maps onto /api/generate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 import uuid
 from typing import Any
@@ -17,7 +19,9 @@ from aiohttp import web
 
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.http import read_json
-from llmhost.daemon.inference import Completion, embed, start_completion
+from llmhost.api.tools import arguments_object
+from llmhost.daemon.inference import Completion, Delta, deltas, embed, start_completion
+from llmhost.daemon.routes_inference import cut_dimensions
 from llmhost.daemon.state import state_of
 from llmhost.errors import BadRequest, LlmhostError
 
@@ -42,18 +46,28 @@ async def openai_errors(request: web.Request, handler):
         raise
 
 
-def _options(body: dict) -> dict:
-    """OpenAI sampling fields → Ollama options (validated by the native request types)."""
-    options: dict[str, Any] = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                         ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty")):
-        if body.get(theirs) is not None:
-            options[ours] = body[theirs]
+def _options(body: dict, *, legacy: bool = False) -> dict:
+    """OpenAI sampling fields → Ollama options (validated by the native request types).
+
+    Defaults are Ollama's for these routes: temperature and top_p 1.0 (OpenAI's), not the native 0.8/0.9;
+    /v1/completions also sends its zero penalties, as Ollama does.
+    """
+    options: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
+    if legacy:
+        options.update(frequency_penalty=0.0, presence_penalty=0.0)
+    for name in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
+        if body.get(name) is not None:
+            options[name] = body[name]
+    if legacy and body.get("top_p") == 0:
+        options["top_p"] = 1.0
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         options["num_predict"] = limit
-    if body.get("stop") is not None:
-        options["stop"] = body["stop"]
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        options["stop"] = [stop]
+    elif stop is not None:
+        options["stop"] = stop
     return options
 
 
@@ -76,31 +90,116 @@ def _format(body: dict) -> Any:
     raise BadRequest(f'invalid response_format type {kind!r}; expected "text", "json_object" or "json_schema"')
 
 
-def _content(value: Any, index: int) -> str:
-    """A message's content: a string, or an array of text parts."""
-    if value is None or isinstance(value, str):
-        return value or ""
-    if isinstance(value, list):
-        parts = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise BadRequest(f"message {index}: only text content parts are supported")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise BadRequest(f"message {index}: content must be a string or an array of parts")
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise BadRequest('invalid value for "stream_options": expected an object')
+    return bool(options.get("include_usage"))
+
+
+_EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                                           "high": "high", "max": "max", "xhigh": "max", "ultra": "max"}
+
+
+def _think(body: dict) -> bool | str | None:
+    """``reasoning.effort`` or ``reasoning_effort`` → Ollama's ``think`` (as Ollama maps them)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    if effort is None or effort == "":
+        return None
+    if effort not in _EFFORT_TO_THINK:
+        raise BadRequest(f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
+                         '"high", "xhigh", "ultra", "max", or "none")')
+    return _EFFORT_TO_THINK[effort]
+
+
+def _messages(messages: Any) -> list[dict]:
+    """OpenAI messages → native ones (each text or image part its own message, as Ollama splits them)."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest('"messages" must be a non-empty array')
+    native: list[dict] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"invalid message at index {i}: expected an object")
+        extra = {"thinking": m.get("reasoning") or m.get("reasoning_content"),
+                 "tool_calls": _tool_calls_in(m.get("tool_calls"), i),
+                 "tool_call_id": m.get("tool_call_id")}
+        if str(m.get("role", "")).lower() == "tool":
+            extra["tool_name"] = m.get("name") or _name_of_call(messages, m.get("tool_call_id"))
+        extra = {k: v for k, v in extra.items() if v}
+        native.extend(_split_content(m.get("role"), m.get("content"), extra, i))
+    return native
+
+
+def _split_content(role: Any, content: Any, extra: dict, index: int) -> list[dict]:
+    if isinstance(content, str):
+        return [{"role": role, "content": content, **extra}]
+    if content is None:
+        if not extra.get("tool_calls"):
+            raise BadRequest(f"invalid message content type at index {index}: content is null and there are "
+                             "no tool calls")
+        return [{"role": role, "content": "", **extra}]
+    if not isinstance(content, list):
+        raise BadRequest(f"invalid message content type at index {index}: expected a string or an array of parts")
+    parts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                raise BadRequest("this model does not support images")
+            raise BadRequest("invalid message format")
+        parts.append({"role": role, "content": part["text"]})
+    if parts:  # tool calls and the rest ride on the last part, as in Ollama
+        parts[-1].update(extra)
+    return parts
+
+
+def _tool_calls_in(calls: Any, index: int) -> list[dict] | None:
+    """OpenAI tool calls (arguments as a JSON string) → native ones (arguments as an object)."""
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        raise BadRequest(f'invalid message at index {index}: "tool_calls" must be an array')
+    native = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise BadRequest(f'invalid tool call in message {index}: expected a "function" object')
+        try:
+            arguments = arguments_object(function.get("arguments"), f"messages[{index}]")
+        except BadRequest:
+            raise BadRequest("invalid tool call arguments") from None
+        native.append({"id": call.get("id") or "", "function": {"name": function.get("name"), "arguments": arguments}})
+    return native
+
+
+def _name_of_call(messages: list, call_id: Any) -> str:
+    """The function name of the (last) assistant tool call with ``call_id``."""
+    for m in reversed(messages):
+        for call in (m.get("tool_calls") or []) if isinstance(m, dict) else []:
+            if isinstance(call, dict) and call.get("id") == call_id and isinstance(call.get("function"), dict):
+                return str(call["function"].get("name") or "")
+    return ""
+
+
+def _logprobs(body: dict) -> dict:
+    return {"logprobs": body.get("logprobs"), "top_logprobs": body.get("top_logprobs")}
 
 
 def _chat_request(body: dict) -> ChatRequest:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest('"messages" must be a non-empty array')
     native = {
         "model": body.get("model"),
-        "messages": [{"role": m.get("role"), "content": _content(m.get("content"), i)} if isinstance(m, dict) else m
-                     for i, m in enumerate(messages)],
+        "messages": _messages(body.get("messages")),
         "options": _options(body),
         "format": _format(body),
         "stream": bool(body.get("stream", False)),
+        "tools": body.get("tools"),
+        "tool_choice": body.get("tool_choice"),
+        "parallel_tool_calls": body.get("parallel_tool_calls"),
+        "think": _think(body),
+        "logit_bias": body.get("logit_bias"),
+        **_logprobs(body),
     }
     return ChatRequest.from_json(native)
 
@@ -109,83 +208,122 @@ def _chat_request(body: dict) -> ChatRequest:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     req = _chat_request(body)
+    include_usage = _include_usage(body)
     completion = await start_completion(state_of(request), req)
-    return await _respond(request, completion, req.stream, body, chat=True)
+    return await _respond(request, completion, req.stream, include_usage, chat=True)
 
 
-@routes.post("/v1/completions")
-async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+def _completion_request(body: dict) -> GenerateRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequest('"prompt" must be a string')
-    req = GenerateRequest.from_json({"model": body.get("model"), "prompt": prompt, "raw": True,
-                                     "options": _options(body), "format": _format(body),
-                                     "stream": bool(body.get("stream", False))})
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)):
+        raise BadRequest('invalid value for "logprobs": expected an integer')
+    return GenerateRequest.from_json({
+        "model": body.get("model"), "prompt": prompt, "suffix": body.get("suffix"),
+        "options": _options(body, legacy=True), "format": _format(body), "stream": bool(body.get("stream", False)),
+        "logit_bias": body.get("logit_bias"),
+        "logprobs": bool(logprobs), "top_logprobs": logprobs or None,
+    })
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    """Rendered like Ollama's: through /api/generate's path, the chat template applied."""
+    body = await read_json(request)
+    req = _completion_request(body)
+    include_usage = _include_usage(body)
     completion = await start_completion(state_of(request), req)
-    return await _respond(request, completion, req.stream, body, chat=False)
+    return await _respond(request, completion, req.stream, include_usage, chat=False)
 
 
-def _finish_reason(final: dict) -> str:
-    return "length" if final.get("done_reason") == "length" else "stop"
+def _finish_reason(final: dict, called: bool) -> str:
+    reason = final.get("done_reason") or "stop"
+    return "tool_calls" if reason == "stop" and called else reason
 
 
 def _usage(final: dict) -> dict:
-    prompt = final.get("prompt_eval_count", 0) + final.get("prompt_cached_count", 0)
+    cached = final.get("prompt_cached_count", 0)
+    prompt = final.get("prompt_eval_count", 0) + cached
     completion = final.get("eval_count", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-async def _respond(request, completion: Completion, stream: bool, body: dict, chat: bool) -> web.StreamResponse:
+def _openai_calls(calls: Any) -> list[dict]:
+    return [{"id": c["id"], "index": c["function"]["index"], "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+            for c in calls]
+
+
+def _reasoning(thinking: str) -> dict:
+    # Ollama's /v1 field is "reasoning"; most OpenAI-protocol clients read "reasoning_content".
+    return {"reasoning": thinking, "reasoning_content": thinking} if thinking else {}
+
+
+async def _respond(request, completion: Completion, stream: bool, include_usage: bool, chat: bool):
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     base = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
             "model": completion.model, "system_fingerprint": "fp_llmhost"}
-    if not stream:
-        text, final = [], {}
-        async for line in completion.lines:
-            if line.get("done"):
-                final = line
-            else:
-                text.append(line.get("content", ""))
-        content = "".join(text)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": content}} if chat
-                  else {"index": 0, "text": content, "logprobs": None})
-        choice["finish_reason"] = _finish_reason(final)
-        return web.json_response({**base, "choices": [choice], "usage": _usage(final)})
-    return await _stream_sse(request, completion, base, chat,
-                             include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+    if stream:
+        return await _stream_sse(request, completion, base, chat, include_usage)
+    text, thinking, calls, logprobs, final = [], [], [], [], {}
+    async for item in deltas(completion):
+        if isinstance(item, Delta):
+            text.append(item.content)
+            thinking.append(item.thinking)
+            calls.extend(item.tool_calls)
+            logprobs.extend(item.logprobs)
+        else:
+            final = item
+    if chat:
+        message = {"role": "assistant", "content": "".join(text), **_reasoning("".join(thinking))}
+        if calls:
+            message["tool_calls"] = _openai_calls(calls)
+        choice: dict[str, Any] = {"index": 0, "message": message}
+    else:
+        choice = {"index": 0, "text": "".join(text)}
+    choice["finish_reason"] = _finish_reason(final, bool(calls))
+    choice.update(_logprobs_field(logprobs))
+    return web.json_response({**base, "choices": [choice], "usage": _usage(final)})
 
 
 async def _stream_sse(request, completion: Completion, base: dict, chat: bool, include_usage: bool):
     base = {**base, "object": "chat.completion.chunk" if chat else "text_completion"}
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    lines = completion.lines
-    first = await lines.__anext__()  # errors before the first token are still plain HTTP errors
+    items = deltas(completion)
+    first = await items.__anext__()  # errors before the first token are still plain HTTP errors
     await response.prepare(request)
 
-    def chunk(content: str | None, finish: str | None) -> dict:
-        if chat:
-            delta = {"role": "assistant", "content": content} if content is not None else {}
-            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return {**base, "choices": [{"index": 0, "text": content or "", "finish_reason": finish, "logprobs": None}]}
-
-    async def send(obj: Any) -> None:
+    async def send(choice: dict | None, **extra: Any) -> None:
+        obj = {**base, "choices": [choice] if choice else [], **extra}
         await response.write(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
 
+    called, role_sent = False, False
     try:
-        line = first
-        while True:
-            if line.get("done"):
-                await send(chunk(None, _finish_reason(line)))
-                if include_usage:
-                    await send({**base, "choices": [], "usage": _usage(line)})
-                break
-            await send(chunk(line.get("content", ""), None))
-            line = await lines.__anext__()
+        item = first
+        while isinstance(item, Delta):
+            if chat:
+                for choice in _chat_chunks(item, include_role=not role_sent):
+                    await send(choice)
+                role_sent = True
+            else:
+                await send({"index": 0, "text": item.content, "finish_reason": None,
+                            **_logprobs_field(item.logprobs)})
+            called = called or bool(item.tool_calls)
+            item = await items.__anext__()
+        finish = _finish_reason(item, called)
+        await send({"index": 0, "delta": {}, "finish_reason": finish} if chat
+                   else {"index": 0, "text": "", "finish_reason": finish})
+        if include_usage:
+            await send(None, usage=_usage(item))
     except LlmhostError as e:
-        await send({"error": {"message": e.message, "type": "api_error", "param": None, "code": None}})
+        await response.write(b"data: " + json.dumps({"error": {"message": e.message, "type": "api_error",
+                                                                "param": None, "code": None}}).encode() + b"\n\n")
     except StopAsyncIteration:
         pass
     await response.write(b"data: [DONE]\n\n")
@@ -193,19 +331,49 @@ async def _stream_sse(request, completion: Completion, base: dict, chat: bool, i
     return response
 
 
+def _chat_chunks(delta: Delta, include_role: bool) -> list[dict]:
+    """A delta as chat chunks: reasoning in a chunk of its own before content or calls (as Ollama)."""
+    choices = []
+    head = {"role": "assistant"} if include_role else {}
+    logprobs = _logprobs_field(delta.logprobs)
+    if delta.thinking:
+        choices.append({"index": 0, "delta": {**head, **_reasoning(delta.thinking)}, "finish_reason": None,
+                        **logprobs})
+        if not (delta.content or delta.tool_calls):
+            return choices
+        head, logprobs = {}, {}
+    body: dict[str, Any] = {**head, "content": delta.content}
+    if delta.tool_calls:
+        body["tool_calls"] = _openai_calls(delta.tool_calls)
+    choices.append({"index": 0, "delta": body, "finish_reason": None, **logprobs})
+    return choices
+
+
+def _logprobs_field(logprobs) -> dict:
+    """``logprobs`` in OpenAI's shape, left out when there are none (as Ollama does)."""
+    return {"logprobs": {"content": list(logprobs)}} if logprobs else {}
+
+
 @routes.post("/v1/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise BadRequest(f'invalid value for "encoding_format": {encoding!r}; expected "float" or "base64"')
     req = EmbedRequest.from_json({"model": body.get("model"), "input": body.get("input"),
                                   "dimensions": body.get("dimensions")})
     model, result, _ = await embed(state_of(request), req)
-    from llmhost.daemon.routes_inference import cut_dimensions
-
-    data = [{"object": "embedding", "embedding": cut_dimensions(v, req.dimensions), "index": i}
-            for i, v in enumerate(result["embeddings"])]
+    vectors = [cut_dimensions(v, req.dimensions) for v in result["embeddings"]]
+    data = [{"object": "embedding", "embedding": _base64_floats(v) if encoding == "base64" else v, "index": i}
+            for i, v in enumerate(vectors)]
     tokens = result.get("prompt_eval_count", 0)
     return web.json_response({"object": "list", "data": data, "model": model,
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _model_object(entry) -> dict:

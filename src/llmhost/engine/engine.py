@@ -1,9 +1,10 @@
 """The engine: one thread that owns the llama.cpp context and runs the continuous-batching loop.
 
 Each step is three verbs (as in vLLM): ``schedule()`` picks this step's tokens, ``_execute()`` fills
-one batch, runs one ``llama_decode`` and samples every sequence whose logits were requested, and
-``_update()`` turns sampled tokens into streamed text, shifts the context of sequences that filled
-their window, and finishes sequences.
+one batch, runs one ``llama_decode`` and samples every sequence whose logits were requested (first
+emitting the token's log-probabilities for a sequence that asked for them), and ``_update()``
+turns sampled tokens into streamed text, shifts the context of sequences that filled their window,
+and finishes sequences.
 
 Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
 (which the runner wires to the event loop through ``server.Mailbox``). The thread blocks on the inbox only when
@@ -22,6 +23,7 @@ from typing import Callable
 
 from llmhost.engine.kv_cache import KVCacheManager
 from llmhost.engine.llamacpp import Batch, Context, DecodeError, Model
+from llmhost.engine.logprobs import LogprobsProcessor
 from llmhost.engine.outputs import OutputProcessor
 from llmhost.engine.scheduler import Chunk, Scheduler, StepPlan
 from llmhost.engine.sequence import Failed, FinishReason, Sequence
@@ -65,6 +67,7 @@ class Engine:
         self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx)
         self.scheduler = Scheduler(self.kv, ctx.n_batch)
         self.outputs = OutputProcessor(model)
+        self.logprobs = LogprobsProcessor(model)
         self.context_shift = context_shift
         self.stats = EngineStats()
         self._batch = Batch(ctx.n_batch)
@@ -177,7 +180,18 @@ class Engine:
             if chunk.seq.prefilling:
                 self.stats.prompt_tokens += len(chunk.tokens)
             chunk.seq.n_past = chunk.start + len(chunk.tokens)
-        return {chunk.seq: chunk.seq.sampler.sample(self.ctx, row) for chunk, row in rows if chunk.sample}
+        return {chunk.seq: self._sample(chunk.seq, row) for chunk, row in rows if chunk.sample}
+
+    def _sample(self, seq: Sequence, row: int) -> int:
+        """The sequence's next token; its log-probabilities go out first when the sequence asked
+        (not for an end-of-generation token, nor one num_predict drops: they have no text)."""
+        if seq.logprobs is None:
+            return seq.sampler.sample(self.ctx, row)
+        logits = self.ctx.logits(row).copy()  # the raw row: penalties change it in place
+        token = seq.sampler.sample(self.ctx, row)
+        if not self.model.is_eog(token) and (seq.max_tokens is None or seq.n_generated < seq.max_tokens):
+            seq.emit(self.logprobs.describe(logits, token, seq.logprobs))
+        return token
 
     def _relieve(self, plan: StepPlan) -> bool:
         """llama_decode found no room for the step (status 1: nothing was stored): free cells by

@@ -127,6 +127,7 @@ class Model:
         self.eos = L.llama_vocab_eos(self._vocab)
         self.size_bytes = L.llama_model_size(self._ptr)
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
 
     @property
     def ptr(self):
@@ -196,14 +197,29 @@ class Model:
             self._pieces[token] = cached
         return cached
 
-    def _token_to_piece(self, token: int) -> bytes:
+    def special_piece(self, token: int) -> bytes:
+        """Bytes of one token with control tokens rendered as their text (``[TOOL_CALLS]``,
+        ``<|python_tag|>``): what output parsers need to see the markers a model emits."""
+        cached = self._special_pieces.get(token)
+        if cached is None:
+            cached = self._token_to_piece(token, special=True)
+            self._special_pieces[token] = cached
+        return cached
+
+    def _token_to_piece(self, token: int, special: bool = False) -> bytes:
         size = 32
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = L.llama_token_to_piece(self._vocab, token, buf, size, 0, False)
+            n = L.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
             if n >= 0:
                 return buf.raw[:n]
             size = -n
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-middle prefix, suffix and middle tokens, or None when the vocabulary lacks them."""
+        ids = (L.llama_vocab_fim_pre(self._vocab), L.llama_vocab_fim_suf(self._vocab),
+               L.llama_vocab_fim_mid(self._vocab))
+        return ids if all(0 <= t < self.n_vocab for t in ids) else None
 
     def detokenize(self, tokens) -> str:
         """Text of a token sequence (special tokens rendered as nothing)."""
@@ -253,6 +269,7 @@ class Context:
         self.n_ctx = L.llama_n_ctx(self._ptr)
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
+        self._row_type = ctypes.c_float * model.n_vocab
 
     @property
     def ptr(self):
@@ -268,6 +285,14 @@ class Context:
         rc = L.llama_decode(self._ptr, batch.struct)
         if rc != 0:
             raise DecodeError(rc)
+
+    def logits(self, row: int) -> np.ndarray:
+        """A zero-copy float32 view of one output row's logits (n_vocab), valid until the next
+        decode; a sampler with penalties changes it in place (``Sampler.sample``)."""
+        address = _logits_ith(self._ptr, row)
+        if not address:
+            raise ValueError(f"batch row {row} has no logits")
+        return np.frombuffer(self._row_type.from_address(address), dtype=np.float32)
 
     def embeddings_seq(self, seq_id: int, n_embd: int) -> np.ndarray | None:
         """The pooled embedding of a sequence (a copy), or None without pooling."""
@@ -460,6 +485,11 @@ class SamplerChain:
 
     def add_dist(self, seed: int):
         return self._add(L.llama_sampler_init_dist(_seed(seed)))
+
+    def add_logit_bias(self, n_vocab: int, biases: list[tuple[int, float]]):
+        """Add each ``bias`` to its ``token``'s logit (llama.cpp copies the list)."""
+        entries = (L.llama_logit_bias * len(biases))(*(L.llama_logit_bias(t, b) for t, b in biases))
+        return self._add(L.llama_sampler_init_logit_bias(n_vocab, len(biases), entries))
 
     def add_greedy(self):
         return self._add(L.llama_sampler_init_greedy())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from llmhost.engine.llamacpp import Model
-from llmhost.engine.sequence import FinishReason, Finished, Sequence, TextChunk
+from llmhost.engine.parsing import Parsed
+from llmhost.engine.sequence import FinishReason, Finished, Sequence, TextChunk, ThinkingChunk, ToolCallsChunk
 
 
 class OutputProcessor:
@@ -24,9 +25,13 @@ class OutputProcessor:
         if self.model.is_eog(token):
             return FinishReason.STOP
         seq.n_generated += 1
-        text = seq.detokenizer.push(self.model.piece(token))
+        if seq.generated is not None:
+            seq.generated.append(token)
+        # A parser looks for markers that may be control tokens ([TOOL_CALLS]): give it their text.
+        piece = self.model.piece(token) if seq.parser is None else self.model.special_piece(token)
+        text = seq.detokenizer.push(piece)
         if text:
-            seq.emit(TextChunk(text))
+            _emit_text(seq, text)
         if seq.detokenizer.stopped:
             return FinishReason.STOP
         if seq.max_tokens is not None and seq.n_generated >= seq.max_tokens:
@@ -40,7 +45,26 @@ class OutputProcessor:
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
             tail = seq.detokenizer.finish()
             if tail:
-                seq.emit(TextChunk(tail))
+                _emit_text(seq, tail)
+            if seq.parser is not None:
+                _emit_parsed(seq, seq.parser.finish())
         result = seq.result(reason)
         seq.emit(result)
         return result
+
+
+def _emit_text(seq: Sequence, text: str) -> None:
+    if seq.parser is None:
+        seq.emit(TextChunk(text))
+    else:
+        _emit_parsed(seq, seq.parser.feed(text))
+
+
+def _emit_parsed(seq: Sequence, parsed: Parsed) -> None:
+    # Thinking comes before the answer it led to, and a call after the text that introduced it.
+    if parsed.thinking:
+        seq.emit(ThinkingChunk(parsed.thinking))
+    if parsed.content:
+        seq.emit(TextChunk(parsed.content))
+    if parsed.tool_calls:
+        seq.emit(ToolCallsChunk(tuple(parsed.tool_calls)))

@@ -12,7 +12,7 @@ when the request has leading system messages, else nothing — and a leading BOS
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -20,6 +20,9 @@ import numpy as np
 
 from llmhost.engine.detokenizer import Detokenizer
 from llmhost.engine.llamacpp import Model
+from llmhost.engine.parsing import OutputParser, make_parser
+from llmhost.engine.parsing.tool_calls import detect_tool_format
+from llmhost.engine.parsing.tool_grammar import tool_call_grammar
 from llmhost.engine.sampling import SamplingParams, build_sampler, grammar_for_format
 from llmhost.engine.sequence import Sequence, Sink
 from llmhost.engine.kv_cache import common_prefix_len
@@ -40,6 +43,15 @@ class CompletionRequest:
     grammar: str | None
     priority: int
     truncate: bool
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    think: bool | str | None = None  # None: the template has no thinking switch (nothing to split)
+    tool_choice: str | dict[str, str] | None = None  # "required" or {"name": ...}: forced by a grammar
+    parallel_tool_calls: bool = True
+    suffix: str | None = None  # fill-in-the-middle (with ``prompt``)
+    context: list[int] = field(default_factory=list)  # token ids to continue from (generate's context)
+    logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    return_context: bool = False
 
     @classmethod
     def from_json(cls, body: Any) -> "CompletionRequest":
@@ -50,32 +62,102 @@ class CompletionRequest:
             raise BadRequest('exactly one of "messages" and "prompt" is required')
         if prompt is not None and not isinstance(prompt, str):
             raise BadRequest('"prompt" must be a string')
-        template = body.get("template")
-        if template is not None and not isinstance(template, str):
-            raise BadRequest('"template" must be a string')
-        priority = body.get("priority", 0)
-        if priority is None:
-            priority = 0
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise BadRequest('"priority" must be an integer')
-        truncate = body.get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise BadRequest('"truncate" must be a boolean')
+        template = _typed(body, "template", str, None)
+        suffix = _typed(body, "suffix", str, None)
+        if suffix is not None and prompt is None:
+            raise BadRequest('"suffix" needs "prompt"')
         return cls(
             messages=validate_messages(messages) if messages is not None else None,
             prompt=prompt,
             template=template or None,
             params=SamplingParams.from_options(body.get("options")),
             grammar=grammar_for_format(body.get("format")),
-            priority=priority,
-            truncate=truncate,
+            priority=_typed(body, "priority", int, 0),
+            truncate=_typed(body, "truncate", bool, True),
+            tools=_typed(body, "tools", list, []),
+            think=_think(body.get("think")),
+            tool_choice=_tool_choice(body.get("tool_choice")),
+            parallel_tool_calls=_typed(body, "parallel_tool_calls", bool, True),
+            suffix=suffix,
+            context=_token_ids(_typed(body, "context", list, []), "context"),
+            logprobs=_logprobs(body.get("logprobs")),
+            logit_bias=_logit_bias(_typed(body, "logit_bias", dict, {})),
+            return_context=_typed(body, "return_context", bool, False),
         )
+
+    def template_variables(self) -> dict[str, Any]:
+        """Variables beyond ``messages`` for the chat template: tools and the thinking switch."""
+        extra: dict[str, Any] = {}
+        if self.tools:
+            extra["tools"] = self.tools
+        if self.think is not None:  # the switches templates use: Qwen3's, Granite's, and a level
+            extra["enable_thinking"] = extra["thinking"] = self.think is not False
+            if isinstance(self.think, str):
+                extra["reasoning_effort"] = self.think
+        return extra
+
+
+def _typed(body: dict, name: str, kind: type, default: Any) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadRequest(f'"{name}" must be {_KIND_NAMES[kind]}')
+    return value
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
+
+
+def _think(value: Any) -> bool | str | None:
+    if value is None or isinstance(value, bool) or value in ("low", "medium", "high", "max"):
+        return value
+    raise BadRequest('"think" must be a boolean or "low", "medium", "high"')
+
+
+def _tool_choice(value: Any) -> str | dict[str, str] | None:
+    if value is None or value == "required":
+        return value
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return {"name": value["name"]}
+    raise BadRequest('"tool_choice" must be "required" or {"name": ...}')
+
+
+def _token_ids(value: list, name: str) -> list[int]:
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        raise BadRequest(f'"{name}" must be an array of token ids')
+    return value
+
+
+def _logprobs(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+        raise BadRequest('"logprobs" must be null or the number of top alternatives, 0 to 20')
+    return value
+
+
+def _logit_bias(value: dict) -> dict[int, float]:
+    try:
+        return {int(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise BadRequest('"logit_bias" must map token ids to numbers') from None
 
 
 @lru_cache(maxsize=32)
 def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
     # Requests usually repeat the same few templates; compiling Jinja costs milliseconds.
     return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request's prompt as the engine takes it."""
+
+    tokens: np.ndarray  # cut to fit the context
+    keep: int  # leading tokens that truncation and context shift never drop
+    text: str  # the rendered prompt (before any cut), for output parsers
+    template: str | None  # the chat template's source (None: a raw prompt)
 
 
 class PromptBuilder:
@@ -97,16 +179,24 @@ class PromptBuilder:
     def render(self, req: CompletionRequest) -> str:
         if req.messages is None:
             return req.prompt or ""
-        return self.template(req.template).render(req.messages, add_generation_prompt=True)
+        return self.template(req.template).render(req.messages, add_generation_prompt=True,
+                                                  **req.template_variables())
 
     def tokens(self, req: CompletionRequest) -> np.ndarray:
         """Prompt tokens of a request, cut to fit the context (or BadRequest with truncate false)."""
-        return self.prepare(req)[0]
+        return self.prepare(req).tokens
 
-    def prepare(self, req: CompletionRequest) -> tuple[np.ndarray, int]:
-        """Prompt tokens that fit the context, and how many leading ones are kept (see above)."""
-        tokens = self._tokenize(self.render(req))
-        keep = self.keep_tokens(req, tokens)
+    def prepare(self, req: CompletionRequest) -> Prepared:
+        """Prompt tokens that fit the context, how many leading ones are kept (see above), the text."""
+        text = self.render(req)
+        if req.suffix is not None:
+            tokens = self._fill_in_middle(text, req.suffix)
+            keep = self._leading_bos(tokens)
+        else:
+            tokens = self._tokenize(text)
+            keep = self.keep_tokens(req, tokens)
+        if req.context:
+            tokens, keep = self._continue_from(req.context, tokens), 0
         tokens = fit_context(
             tokens,
             self.ctx_size,
@@ -115,45 +205,88 @@ class PromptBuilder:
             truncate=req.truncate,
             bos=self._bos,
         )
-        return tokens, min(keep, len(tokens))
+        source = self.template(req.template).source if req.messages is not None else None
+        return Prepared(tokens, min(keep, len(tokens)), text, source)
 
     def keep_tokens(self, req: CompletionRequest, tokens: np.ndarray) -> int:
         """Leading tokens of ``tokens`` that truncation and context shift keep."""
-        leading_bos = int(self._bos is not None and len(tokens) > 0 and tokens[0] == self._bos)
+        leading_bos = self._leading_bos(tokens)
         if req.params.num_keep >= 0:
             return max(req.params.num_keep, leading_bos)
         system = _leading_system(req.messages or [])
         if not system:
             return leading_bos
         try:
-            rendered = self.template(req.template).render(system, add_generation_prompt=False)
+            rendered = self.template(req.template).render(system, add_generation_prompt=False,
+                                                          **req.template_variables())
         except TemplateError:  # some templates insist on a user turn: keep what is certain
             return leading_bos
         return max(common_prefix_len(self._tokenize(rendered), tokens), leading_bos)
 
     def sequence(self, req: CompletionRequest, sink: Sink) -> Sequence | None:
         """A ready-to-submit Sequence for ``req`` (None when the prompt has no tokens at all)."""
-        tokens, keep = self.prepare(req)
-        if len(tokens) == 0:
+        prepared = self.prepare(req)
+        if len(prepared.tokens) == 0:
             return None
-        sampler = build_sampler(self.model, req.params, grammar=req.grammar, n_ctx=self.ctx_size, prompt=tokens)
+        grammar, parser = self._output_shape(req, prepared)
+        sampler = build_sampler(self.model, req.params, grammar=grammar, n_ctx=self.ctx_size, prompt=prepared.tokens,
+                                logit_bias=req.logit_bias or None)
         num_predict = req.params.num_predict
         return Sequence(
-            tokens,
+            prepared.tokens,
             sampler=sampler,
             detokenizer=Detokenizer(req.params.stop),
             max_tokens=num_predict if num_predict >= 0 else None,
             sink=sink,
             priority=req.priority,
-            n_keep=keep,
+            n_keep=prepared.keep,
+            parser=parser,
+            keep_tokens=req.return_context,
+            logprobs=req.logprobs,
         )
+
+    def _output_shape(self, req: CompletionRequest, prepared: Prepared) -> tuple[str | None, OutputParser | None]:
+        """The grammar that constrains the output, and the parser that splits thinking and tool calls."""
+        if prepared.template is None:
+            return req.grammar, None
+        if req.tool_choice is None or not req.tools:
+            return req.grammar, make_parser(prepared.template, prompt=prepared.text, think=req.think,
+                                            tools=bool(req.tools))
+        if req.grammar is not None:
+            raise BadRequest('"format" cannot be combined with a "tool_choice" that forces a tool call')
+        fmt = detect_tool_format(prepared.template)
+        name = req.tool_choice.get("name") if isinstance(req.tool_choice, dict) else None
+        grammar = tool_call_grammar(fmt, req.tools, name=name, parallel=req.parallel_tool_calls)
+        # The grammar makes the call the first thing generated: there is no thinking to split off.
+        return grammar, make_parser(prepared.template, prompt=prepared.text, think=None, tools=True)
 
     @property
     def _bos(self) -> int | None:
         return self.model.bos if self.model.add_bos else None
 
+    def _leading_bos(self, tokens: np.ndarray) -> int:
+        return int(self._bos is not None and len(tokens) > 0 and tokens[0] == self._bos)
+
     def _tokenize(self, text: str) -> np.ndarray:
         return self._single_bos(self.model.tokenize(text, add_special=True, parse_special=True))
+
+    def _fill_in_middle(self, prefix: str, suffix: str) -> np.ndarray:
+        """Prefix-suffix-middle order with the vocabulary's FIM tokens (as llama-server's infill)."""
+        fim = self.model.fim_tokens()
+        if fim is None:
+            raise BadRequest("this model has no fill-in-the-middle tokens, so it does not support insert")
+        pre, suf, mid = fim
+        head = [self.model.bos] if self.model.add_bos else []
+        body = lambda text: self.model.tokenize(text, add_special=False, parse_special=False).tolist()  # noqa: E731
+        return np.asarray([*head, pre, *body(prefix), suf, *body(suffix), mid], dtype=np.int32)
+
+    def _continue_from(self, context: list[int], tokens: np.ndarray) -> np.ndarray:
+        """``context`` (a previous answer's token ids) followed by the new prompt, one BOS in all."""
+        if any(t >= self.model.n_vocab for t in context):
+            raise BadRequest(f"invalid context: token ids must be below {self.model.n_vocab}")
+        if self._leading_bos(tokens) and context:
+            tokens = tokens[1:]
+        return np.concatenate([np.asarray(context, dtype=np.int32), tokens])
 
     def _single_bos(self, tokens: np.ndarray) -> np.ndarray:
         # Templates that print {{ bos_token }} plus the tokenizer's own BOS would give two.

@@ -6,12 +6,15 @@ before the native chain), then truncation (top_k, typical, top_p, min_p), temper
 the truncation samplers. ``format`` ("json" or a JSON schema) becomes a GBNF grammar, kept beside
 the chain rather than in it (``llamacpp.Sampler`` checks only the token the chain picked). The
 prompt's last ``repeat_last_n`` tokens seed the penalty history, so a reply is not free to repeat
-its prompt.
+its prompt. A request's ``logit_bias`` is llama.cpp's logit-bias sampler at the front of the chain
+(after the penalties, which are applied to the logits before the chain runs); a bias of -100 or
+less bans its token outright (-inf), as OpenAI documents -100.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -82,17 +85,29 @@ def grammar_for_format(fmt: Any) -> str | None:
     raise BadRequest('"format" must be "json" or a JSON schema object')
 
 
+BAN = -100.0  # a logit bias at or below this bans its token (OpenAI's "-100 should ban")
+
+
 def build_sampler(
-    model: Model, params: SamplingParams, *, grammar: str | None, n_ctx: int, prompt: np.ndarray | None = None
+    model: Model,
+    params: SamplingParams,
+    *,
+    grammar: str | None,
+    n_ctx: int,
+    prompt: np.ndarray | None = None,
+    logit_bias: dict[int, float] | None = None,
 ) -> Sampler:
     """A fresh sampler for one sequence (the caller closes it when the sequence ends); ``prompt``
-    tokens seed the penalty history."""
+    tokens seed the penalty history; ``logit_bias`` maps token ids to a bias added to their logits."""
+    biases = check_logit_bias(logit_bias, model.n_vocab)
     chain = SamplerChain()
     grammar_chain = None
     window = penalty_window(params, n_ctx)
     penalties = (Penalties(window, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
                  if window else None)
     try:
+        if biases:
+            chain.add_logit_bias(model.n_vocab, biases)
         _add_selection(chain, model, params)
         if grammar is not None:
             grammar_chain = SamplerChain()
@@ -105,11 +120,25 @@ def build_sampler(
         if grammar_chain is not None:
             grammar_chain.close()
         raise
+    # The greedy shortcut takes the argmax of the row itself, which would skip the bias in the chain.
     sampler = Sampler(chain, grammar_chain, n_vocab=model.n_vocab, penalties=penalties,
-                      greedy=params.temperature == 0)
+                      greedy=params.temperature == 0 and not biases)
     if window and prompt is not None and len(prompt):
         sampler.accept_history(prompt[-window:])
     return sampler
+
+
+def check_logit_bias(logit_bias: dict[int, float] | None, n_vocab: int) -> list[tuple[int, float]]:
+    """``logit_bias`` as (token, bias) pairs for llama.cpp, bans as -inf; BadRequest for a token id
+    outside the vocabulary or a bias that is not a number."""
+    biases = []
+    for token, bias in (logit_bias or {}).items():
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < n_vocab:
+            raise BadRequest(f"invalid token id {token} in logit_bias: the model's token ids are 0 to {n_vocab - 1}")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or math.isnan(bias) or bias == math.inf:
+            raise BadRequest(f"invalid bias {bias} for token {token} in logit_bias: it must be a number")
+        biases.append((token, -math.inf if bias <= BAN else float(bias)))
+    return biases
 
 
 def penalty_window(p: SamplingParams, n_ctx: int) -> int:

@@ -15,6 +15,7 @@ from typing import Callable, Union
 import numpy as np
 
 from llmhost.engine.detokenizer import Detokenizer
+from llmhost.engine.parsing import OutputParser
 from llmhost.engine.llamacpp import Sampler
 
 
@@ -40,6 +41,20 @@ class TextChunk:
 
 
 @dataclass(frozen=True)
+class ThinkingChunk:
+    """Released text of the model's reasoning (split from the answer by the sequence's parser)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallsChunk:
+    """Tool calls parsed whole from the output: ``[{"function": {"name", "arguments": {...}}}]``."""
+
+    calls: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
 class Finished:
     """The final line of a completion; durations in nanoseconds."""
 
@@ -49,9 +64,15 @@ class Finished:
     prompt_eval_duration: int
     eval_count: int  # generated tokens
     eval_duration: int
+    context: tuple[int, ...] | None = None  # prompt + generated token ids, when the request asked
 
     def to_json(self) -> dict:
-        return {"done": True, **self.__dict__, "done_reason": self.done_reason.value}
+        out = {"done": True, **self.__dict__, "done_reason": self.done_reason.value}
+        if self.context is None:
+            del out["context"]
+        else:
+            out["context"] = list(self.context)
+        return out
 
 
 @dataclass(frozen=True)
@@ -61,7 +82,32 @@ class Failed:
     message: str
 
 
-Output = Union[TextChunk, Finished, Failed]
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities of one generated token under the model's own distribution (the raw logits,
+    before any sampling option changed them): the token's, and the likeliest tokens, best first."""
+
+    token: str  # the token's text (UTF-8; bytes that are not whole characters become U+FFFD)
+    logprob: float
+    piece: bytes  # the token's exact bytes
+    top: tuple[tuple[str, float, bytes], ...] = ()  # (token, logprob, piece); empty when none were asked
+
+    def to_json(self) -> list[dict]:
+        """Ollama's ``logprobs`` entries for this token (one)."""
+        entry = self._entry(self.token, self.logprob, self.piece)
+        if self.top:
+            entry["top_logprobs"] = [self._entry(*alternative) for alternative in self.top]
+        return [entry]
+
+    @staticmethod
+    def _entry(token: str, logprob: float, piece: bytes) -> dict:
+        entry: dict = {"token": token, "logprob": logprob}
+        if piece:  # Ollama omits empty bytes
+            entry["bytes"] = list(piece)
+        return entry
+
+
+Output = Union[TextChunk, ThinkingChunk, ToolCallsChunk, Finished, Failed, TokenLogprobs]
 Sink = Callable[[Output], None]
 _ids = itertools.count(1)
 
@@ -79,6 +125,9 @@ class Sequence:
         sink: Sink,
         priority: int = 0,
         n_keep: int = 0,
+        parser: OutputParser | None = None,
+        keep_tokens: bool = False,
+        logprobs: int | None = None,
     ):
         if len(prompt) == 0:
             raise ValueError("a sequence needs at least one prompt token")
@@ -90,6 +139,9 @@ class Sequence:
         self.priority = priority
         self.n_keep = n_keep  # leading tokens a context shift never drops (see prompt.keep_tokens)
         self.sink = sink
+        self.parser = parser  # splits thinking and tool calls from the answer (None: plain text)
+        self.generated: list[int] | None = [] if keep_tokens else None  # for ``context`` in the result
+        self.logprobs = logprobs  # None: off; N (0-20): each token's logprob and its N likeliest alternatives
         self.status = SeqStatus.WAITING
         self.cancelled = False
         self.slot: int | None = None  # KV sequence id while RUNNING
@@ -126,6 +178,7 @@ class Sequence:
             prompt_eval_duration=first - start,
             eval_count=self.n_generated,
             eval_duration=end - first,
+            context=None if self.generated is None else (*self.prompt.tolist(), *self.generated),
         )
 
     def close(self) -> None:

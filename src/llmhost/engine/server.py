@@ -21,7 +21,17 @@ from aiohttp import web
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
 from llmhost.engine.prompt import CompletionRequest, PromptBuilder
-from llmhost.engine.sequence import Failed, Finished, FinishReason, Output, Sequence, TextChunk
+from llmhost.engine.sequence import (
+    Failed,
+    Finished,
+    FinishReason,
+    Output,
+    Sequence,
+    TextChunk,
+    ThinkingChunk,
+    TokenLogprobs,
+    ToolCallsChunk,
+)
 from llmhost.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -211,6 +221,12 @@ def _encode(outputs: list[Output]) -> tuple[bytes, bool]:
     for output in outputs:
         if isinstance(output, TextChunk):
             lines.append(_content_line(output.text))
+        elif isinstance(output, ThinkingChunk):
+            lines.append(_line({"thinking": output.text}))
+        elif isinstance(output, ToolCallsChunk):
+            lines.append(_line({"tool_calls": list(output.calls)}))
+        elif isinstance(output, TokenLogprobs):
+            lines.append(_line({"logprobs": output.to_json()}))
         elif isinstance(output, Finished):
             lines.append(_line(output.to_json()))
             return b"".join(lines), True

@@ -1,4 +1,5 @@
-"""What a GGUF file says about its model: architecture, size, quantization, shapes, chat template.
+"""What a GGUF file says about its model: architecture, size, quantization, shapes, chat template,
+fill-in-middle tokens.
 
 Parsing is done by the ``gguf`` package's ``GGUFReader``. Crafted GGUF files have crashed Ollama
 (4-byte files, alignment 0, tensors past EOF, huge arrays: CVE-2024-39720, CVE-2025-0317,
@@ -58,6 +59,7 @@ class GGUFInfo:
     total_tensor_bytes: int
     tensor_count: int
     file_size: int
+    fim_tokens: tuple[int, int, int] | None = None  # fill-in-middle prefix, suffix, middle token ids
 
     @property
     def parameter_size(self) -> str:
@@ -273,7 +275,54 @@ def _info_from_reader(reader: GGUFReader, file_size: int) -> GGUFInfo:
         total_tensor_bytes=total,
         tensor_count=len(reader.tensors),
         file_size=file_size,
+        fim_tokens=fim_token_ids(meta),
     )
+
+
+# Where llama.cpp finds the fill-in-middle tokens (llama-vocab.cpp): ids in the metadata (the current
+# key, then the deprecated one, a later valid id winning), else the first token with a known text.
+_FIM_KEYS = (
+    ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+    ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+    ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+)
+_FIM_TEXTS = (
+    ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+     "<|code_prefix|>", "<|prefix|>"),
+    ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+     "<|code_suffix|>", "<|suffix|>"),
+    ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+     "<|code_middle|>", "<|middle|>"),
+)
+_FIM_ROLE = {text: role for role, texts in enumerate(_FIM_TEXTS) for text in texts}
+
+
+def fim_token_ids(meta: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """The fill-in-middle prefix, suffix and middle token ids as llama.cpp finds them, or None.
+
+    Decided once when the file is read (``GGUFInfo.fim_tokens``): nothing searches the vocabulary
+    again per request.
+    """
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, tuple):
+        return None
+    found = [_declared_token(meta, keys, len(tokens)) for keys in _FIM_KEYS]
+    if None in found:
+        for token_id, text in enumerate(tokens):
+            role = _FIM_ROLE.get(text)
+            if role is not None and found[role] is None:
+                found[role] = token_id
+    pre, suf, mid = found
+    return None if pre is None or suf is None or mid is None else (pre, suf, mid)
+
+
+def _declared_token(meta: Mapping[str, Any], keys: tuple[str, ...], n_vocab: int) -> int | None:
+    found = None
+    for key in keys:
+        value = meta.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_vocab:
+            found = value
+    return found
 
 
 def _tensor_sizes(reader: GGUFReader) -> tuple[dict[int, int], int, int, int]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Generator, Optional
+from typing import Any, Callable, Generator, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from llmhost.api.client import Client
 from llmhost.cli import render
@@ -28,6 +29,35 @@ class RunOptions:
     wordwrap: bool = True
     system: str | None = None
     options: dict[str, Any] | None = None
+    think: bool | str | None = None  # None: not sent, the daemon's default applies
+    hide_thinking: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one streamed answer said."""
+
+    final: dict | None  # the done chunk; None when the answer was cut short
+    content: str
+    thinking: str
+
+
+class Command(TyperCommand):
+    """``run``'s command: a bare ``--think`` means ``--think=true``, like Ollama's flag.
+
+    Only ``--think=VALUE`` carries a value, so ``llm run MODEL --think "question"`` keeps its prompt.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_think(args))
+
+
+def bare_think(args: list[str]) -> list[str]:
+    """``args`` with each bare ``--think`` before a ``--`` spelled ``--think=true``."""
+    if "--" in args:
+        cut = args.index("--")
+        return bare_think(args[:cut]) + args[cut:]
+    return ["--think=true" if arg == "--think" else arg for arg in args]
 
 
 def command(
@@ -39,8 +69,14 @@ def command(
     verbose: bool = typer.Option(False, "--verbose", help="Show timings for the response."),
     nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Don't wrap words to the next line automatically."),
     insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry when pulling."),
+    think: str = typer.Option(
+        None, "--think", metavar="[=VALUE]",
+        help="Enable thinking: true/false or low/medium/high for supported models (--think alone: true).",
+    ),
+    hidethinking: bool = typer.Option(False, "--hidethinking", help="Hide thinking output (if provided)."),
 ) -> None:
     opts = RunOptions(model, _check_format(format), _check_keep_alive(keepalive), verbose, not nowordwrap)
+    opts.think, opts.hide_thinking = parse_think(think), hidethinking
     parts = list(prompt or [])
     interactive = sys.stdin.isatty() and not parts
     if not sys.stdin.isatty():
@@ -50,6 +86,8 @@ def command(
         opts.wordwrap = False
     client = connect(ctx)
     info = require_model(client, model, insecure=insecure)
+    if hidethinking and opts.think is None and "thinking" in (info.get("capabilities") or []):
+        opts.think = True  # as Ollama: a thinking model still thinks, only the output is hidden
     if interactive:
         from llmhost.cli.repl import Repl
 
@@ -66,6 +104,21 @@ def _check_format(value: str | None) -> str | None:
     return value or None
 
 
+def parse_think(value: str | None) -> bool | str | None:
+    """A ``think`` value from its text: true/false or a level; None stays None (not sent)."""
+    if value is None:
+        return None
+    from llmhost.api.tools import THINK_LEVELS
+
+    word = value.strip().lower()
+    if word in ("", "true", "false"):  # "--think=" is true too, as in Ollama
+        return word != "false"
+    if word in THINK_LEVELS:
+        return word
+    choices = ", ".join(("true", "false", *THINK_LEVELS))
+    raise BadRequest(f'invalid value for --think: "{value}" (must be one of {choices})')
+
+
 def _check_keep_alive(value: str | None) -> str | None:
     if value is None:
         return None
@@ -80,33 +133,53 @@ def _embedding_only(info: dict) -> bool:
     return "embedding" in capabilities and "completion" not in capabilities
 
 
-def writer(opts: RunOptions) -> render.TokenWriter:
+def writer(opts: RunOptions) -> render.AnswerWriter:
     width = shutil.get_terminal_size().columns if opts.wordwrap else None
-    return render.TokenWriter(sys.stdout, width)
+    return render.AnswerWriter(sys.stdout, width, show_thinking=not opts.hide_thinking, spinner=True)
+
+
+def generate_parts(chunk: dict) -> tuple[str, str, list]:
+    """A ``/api/generate`` chunk's thinking, text and tool calls."""
+    return chunk.get("thinking") or "", chunk.get("response") or "", chunk.get("tool_calls") or []
+
+
+def chat_parts(chunk: dict) -> tuple[str, str, list]:
+    """A ``/api/chat`` chunk's thinking, text and tool calls."""
+    message = chunk.get("message") or {}
+    return message.get("thinking") or "", message.get("content") or "", message.get("tool_calls") or []
 
 
 def generate(client: Client, opts: RunOptions, prompt: str) -> None:
     """One streamed completion straight to stdout."""
     chunks = client.generate(
-        opts.model, prompt, format=opts.format, keep_alive=opts.keep_alive, system=opts.system, options=opts.options
+        opts.model, prompt, format=opts.format, keep_alive=opts.keep_alive, system=opts.system,
+        options=opts.options, think=opts.think,
     )
-    final, _ = stream_text(chunks, writer(opts), lambda c: c.get("response") or "")
-    if opts.verbose and final:
-        render.print_stats(final)
+    answer = stream_answer(chunks, writer(opts), generate_parts)
+    if opts.verbose and answer.final:
+        render.print_stats(answer.final)
 
 
-def stream_text(
-    chunks: Generator[dict, None, None], out: render.TokenWriter, text_of, *, interruptible: bool = False
-) -> tuple[dict | None, str]:
-    """Print each chunk's text as it arrives; returns the final (done) chunk and the whole text.
+def stream_answer(
+    chunks: Generator[dict, None, None],
+    out: render.AnswerWriter,
+    parts_of: Callable[[dict], tuple[str, str, list]],
+    *,
+    interruptible: bool = False,
+) -> Answer:
+    """Print each chunk's thinking, text and tool calls as they arrive; returns what was said.
 
     With ``interruptible``, Ctrl+C ends the answer early instead of the program.
     """
-    final, parts = None, []
+    final, content, thinking = None, [], []
     try:
         for chunk in chunks:
-            parts.append(text_of(chunk))
-            out.write(parts[-1])
+            thought, text, calls = parts_of(chunk)
+            thinking.append(thought)
+            content.append(text)
+            out.thinking(thought)
+            out.content(text)
+            out.tool_calls(calls)
             if chunk.get("done"):
                 final = chunk
     except KeyboardInterrupt:
@@ -115,4 +188,4 @@ def stream_text(
     finally:
         chunks.close()  # on Ctrl+C this drops the connection, and the daemon cancels the request
         out.finish()
-    return final, "".join(parts)
+    return Answer(final, "".join(content), "".join(thinking))
