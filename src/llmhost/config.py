@@ -112,6 +112,13 @@ def _duration(value: str) -> float:
         raise ValueError(str(e)) from None
 
 
+def _timeout(value: str) -> float:
+    seconds = _duration(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError("must be a positive duration such as 30s or 2m")
+    return seconds
+
+
 def _size(value: str) -> int:
     try:
         return parse_size(value)
@@ -169,6 +176,10 @@ VARIABLES: tuple[Variable, ...] = (
              "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
     Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
              "how long a runner may take to load a model before it is killed"),
+    Variable("LLMHOST_BODY_IDLE_TIMEOUT", "body_idle_timeout", "60s", _timeout,
+             "a request body that sends nothing for this long is refused (408) and its partial upload removed"),
+    Variable("LLMHOST_MAX_UPLOAD", "max_upload", "1TiB", _size,
+             "largest blob a client may upload (bytes or 512GiB, 1TiB); larger uploads get 413"),
     Variable("LLMHOST_SPARE_RUNNER", "spare_runner", "1", _flag,
              "keep one runner process warm (imports done, no model) so a model loads without Python start-up"),
     Variable("LLMHOST_ORIGINS", "origins", "", _origins,
@@ -199,6 +210,8 @@ class Settings:
     serve_registry: bool = False
     spare_runner: bool = True
     origins: tuple[str, ...] = ()
+    body_idle_timeout: float = 60.0
+    max_upload: int = 1 << 40
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

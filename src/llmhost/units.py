@@ -11,35 +11,54 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 FOREVER = math.inf
+# Go's longest time.Duration (2^63-1 ns, ~292 years): what Ollama keeps a model for with a negative
+# keep_alive, and the date /api/ps shows for it. Nothing longer can be told apart from forever.
+MAX_DURATION = (2**63 - 1) / 1e9
+
+
+_EXPECTED = 'expected seconds or a string like "5m" (negative: forever)'
+
+
+def _invalid(value: object, hint: str = _EXPECTED) -> BadRequest:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:40] + "…"  # never echo a huge body back
+    return BadRequest(f"invalid duration {shown}: {hint}")
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a keep_alive value: a number of seconds or a Go duration string ("10m", "1h30m").
 
-    Negative means forever (returned as ``math.inf``). Raises BadRequest on anything else.
+    Negative means forever (returned as ``math.inf``), and so does anything at or beyond
+    ``MAX_DURATION``. Raises BadRequest on anything else, NaN and "" included.
     """
     if isinstance(value, bool):
-        raise BadRequest(f"invalid duration {value!r}: expected seconds or a string like \"5m\"")
+        raise _invalid(value)
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _number(value)
     elif isinstance(value, str):
         seconds = _parse_duration_string(value.strip())
     else:
-        raise BadRequest(f"invalid duration {value!r}: expected seconds or a string like \"5m\"")
-    return FOREVER if seconds < 0 else seconds
+        raise _invalid(value)
+    if math.isnan(seconds):
+        raise _invalid(value)
+    return FOREVER if seconds < 0 or seconds >= MAX_DURATION else seconds
+
+
+def _number(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range: far past MAX_DURATION either way
+        return -math.inf if value < 0 else math.inf
 
 
 def _parse_duration_string(text: str) -> float:
-    sign = 1.0
-    body = text
-    if body[:1] in "+-":
+    sign, body = 1.0, text
+    if body[:1] in ("+", "-"):
         sign, body = (-1.0 if body[0] == "-" else 1.0), body[1:]
     if re.fullmatch(r"\d+(\.\d+)?", body):
         return sign * float(body)
     if not body or _DURATION_PART.sub("", body) != "":
-        raise BadRequest(
-            f"invalid duration {text!r}: use seconds or a duration such as \"30s\", \"10m\", \"1h\""
-        )
+        raise _invalid(text, 'use seconds or a duration such as "30s", "10m", "1h"')
     total = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(body))
     return sign * total
 

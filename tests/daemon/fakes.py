@@ -18,11 +18,13 @@ def spec(key: str = "sha256:" + "a" * 64, num_ctx: int = 2048, **kw) -> LoadSpec
 
 
 class FakeRunner:
-    def __init__(self, spec: LoadSpec, memory_bytes: int, words: list, gate: asyncio.Event | None):
+    def __init__(self, spec: LoadSpec, memory_bytes: int, words: list, gate: asyncio.Event | None,
+                 gate_at: int = 1):
         self.spec = spec
         self.memory_bytes = memory_bytes
         self.words = words
         self.gate = gate
+        self.gate_at = gate_at  # the gate holds back the line of this index
         self.closed = False
         self.bodies: list[dict] = []
         self.cached = 0  # prompt tokens the final line reports as reused from the KV cache
@@ -33,8 +35,10 @@ class FakeRunner:
         for i, word in enumerate(self.words):
             if self._exited.done():
                 raise RunnerError("model runner crashed (signal 9)")
-            if self.gate is not None and i == 1:
+            if self.gate is not None and i == self.gate_at:
                 await self.gate.wait()
+            if isinstance(word, Exception):  # an exception: the runner's stream fails here
+                raise word
             yield word if isinstance(word, dict) else {"content": word}  # a dict: a whole runner line
             await asyncio.sleep(0)
         if self._exited.done():
@@ -66,6 +70,7 @@ class FakeFactory:
     memory: dict[str, int] = field(default_factory=dict)
     words: list = field(default_factory=lambda: ["Hello", ",", " world"])  # str: content; dict: a raw line
     gate: asyncio.Event | None = None
+    gate_at: int = 1
     load_delay: float = 0.0
     started: list[FakeRunner] = field(default_factory=list)
     fail_with: str | None = None
@@ -75,7 +80,7 @@ class FakeFactory:
             await asyncio.sleep(self.load_delay)
         if self.fail_with:
             raise RunnerError(self.fail_with)
-        runner = FakeRunner(spec, self.memory.get(spec.key, 100), self.words, self.gate)
+        runner = FakeRunner(spec, self.memory.get(spec.key, 100), self.words, self.gate, self.gate_at)
         self.started.append(runner)
         return runner
 

@@ -171,10 +171,10 @@ async def test_copies_of_a_model_share_one_runner(harness):
     assert len(harness.factory.started) == 1
 
 
-async def test_absurd_num_ctx_is_refused_by_the_estimate_and_nothing_is_disturbed(harness):
+async def test_a_num_ctx_too_large_for_memory_is_refused_by_the_estimate_and_nothing_is_disturbed(harness):
     await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
     r = await harness.client.post("/api/generate", json={"model": "tiny", "prompt": "x",
-                                                         "options": {"num_ctx": 10**9}})
+                                                         "options": {"num_ctx": 2**24}})  # the largest allowed
     error = (await r.json())["error"]
     assert r.status == 500 and "requires" in error and "GB" in error
     assert len(harness.factory.started) == 1 and not harness.factory.started[0].closed

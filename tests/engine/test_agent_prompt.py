@@ -174,3 +174,4 @@ def test_tool_call_arguments_json_round_trips(builder):
         {"type": "function", "function": {"name": "set_unit", "arguments": {"city": "Zürich"}}}]}]
     text = builder.render(request(messages=history, template=TOOLS_TEMPLATE, tools=[UNIT]))
     assert json.dumps({"city": "Zürich"}, ensure_ascii=False) in text
+

@@ -40,7 +40,7 @@ INVALID = {
     "81-char model": ("m" * 81, "longer than 80"),
     "81-char tag": ("m:" + "t" * 81, "longer than 80"),
     "81-char namespace": ("n" * 81 + "/m", "longer than 80"),
-    "351-char host": ("h" * 348 + ".io/ns/m", "longer than 350"),
+    "256-char host": ("h" * 253 + ".io/ns/m", "longer than 255"),
     "tag only": (":tag", "model part is empty"),
     "empty tag": ("m:", "tag"),
     "dot in namespace": ("registry.ollama.ai/ns.dot/m", 'namespace "ns.dot" may not contain "."'),

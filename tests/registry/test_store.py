@@ -9,7 +9,8 @@ from llmhost.errors import DigestMismatch, InvalidDigest, ModelNotFound
 from llmhost.registry import manifest as media
 from llmhost.registry.manifest import Layer, Manifest
 from llmhost.registry.names import ModelName
-from llmhost.registry.store import MissingBlob, Store
+from llmhost.registry.store import MissingBlob, NoSpace, Store
+from tests.support.tmpfs import fill, small_disk  # noqa: F401
 
 from .helpers import sha256_of, snapshot
 
@@ -68,6 +69,24 @@ def test_interrupted_write_leaves_no_temp_file(store):
 
     with pytest.raises(ConnectionResetError):
         store.write_blob(chunks())
+    assert not any(store.blobs_dir.iterdir())
+
+
+def test_blob_writer_takes_pieces_and_commits_under_the_digest(store):
+    data = b"piece one, " * 1000 + b"piece two"
+    with store.blob_writer(sha256_of(data)) as writer:
+        writer.write(data[:5000])
+        writer.write(data[5000:])
+        assert writer.commit() == (sha256_of(data), len(data))
+    assert store.blob_path(sha256_of(data)).read_bytes() == data and not leftovers(store)
+
+
+def test_aborted_blob_writer_leaves_nothing(store):
+    writer = store.blob_writer(sha256_of(b"never finished"))
+    writer.write(b"never")
+    assert len(leftovers(store)) == 1, "the bytes so far are in a temp file"
+    writer.abort()
+    writer.abort()  # twice is harmless (a cancelled upload and its cleanup may both call it)
     assert not any(store.blobs_dir.iterdir())
 
 
@@ -220,3 +239,33 @@ def test_stale_temp_files_are_cleaned(store):
     os.utime(stale, (time.time() - 7200,) * 2)
     assert store.remove_stale_temp_files(older_than=3600) == 1
     assert not stale.exists() and fresh.exists()
+
+
+# ---- a full disk ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", [
+    pytest.param(lambda store: store.write_blob([b"x" * 100_000]), id="write a blob"),
+    pytest.param(lambda store: store.write_blob([b"x"], sha256_of(b"x")), id="write a tiny blob"),
+    pytest.param(lambda store: store.copy("m", "m2"), id="copy a model"),
+    pytest.param(lambda store: store.write_manifest("m3", store.read_manifest("m")), id="install a manifest"),
+])
+def test_full_disk_says_no_space_and_leaves_no_temp_file(small_disk, operation):
+    store = Store(small_disk / "models")
+    install(store, "m", b"gguf")
+    before = snapshot(store.root)
+    fill(small_disk)
+    with pytest.raises(NoSpace) as err:
+        operation(store)
+    assert err.value.status == 507
+    assert str(err.value).startswith("no space left on device while writing ")
+    assert str(small_disk) not in str(err.value), "no absolute paths in messages"
+    assert not leftovers(store), "the temp file is removed although closing it fails again"
+    assert snapshot(store.root) == before
+
+
+def test_check_space_refuses_what_the_disk_cannot_hold(small_disk):
+    store = Store(small_disk / "models")
+    store.check_space(1 << 20, "blob x")
+    with pytest.raises(NoSpace, match=r"^no space left on device for blob x: needs 5\.2 MB, 4\.\d MB free$"):
+        store.check_space(5 << 20, "blob x")

@@ -12,6 +12,7 @@ Use ``write_tiny_llama(path, source=smollm2_path)`` directly, or the session fix
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,34 @@ def tokenizer_with(
     for name, value in (metadata or {}).items():
         fields[name] = _Field(value, _KINDS[type(value)])
     return fields
+
+
+# ---- crafted files: raw bytes for what GGUFWriter cannot write (nested arrays) or is slow at --------
+
+
+def raw_gguf(*kvs: bytes, tensor_count: int = 0) -> bytes:
+    """A little-endian GGUF v3 of these key/value records (``raw_kv`` and friends), no tensor infos.
+
+    ``tensor_count`` only changes the header (to make a file that declares tensors it lacks)."""
+    return b"GGUF" + struct.pack("<IQQ", 3, tensor_count, len(kvs)) + b"".join(kvs)
+
+
+def raw_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def raw_kv(key: str, kind: GGUFValueType, payload: bytes) -> bytes:
+    """One key/value record: ``payload`` is the value's bytes as GGUF lays them out."""
+    return raw_string(key) + struct.pack("<I", kind) + payload
+
+
+def raw_string_array(key: str, items: list[str]) -> bytes:
+    body = b"".join(raw_string(item) for item in items)
+    return raw_kv(key, GGUFValueType.ARRAY, struct.pack("<IQ", GGUFValueType.STRING, len(items)) + body)
+
+
+def raw_nested_array(key: str, depth: int) -> bytes:
+    """An array of arrays ``depth`` levels deep, the innermost one empty (of uint8)."""
+    levels = struct.pack("<IQ", GGUFValueType.ARRAY, 1) * (depth - 1)
+    return raw_kv(key, GGUFValueType.ARRAY, levels + struct.pack("<IQ", GGUFValueType.UINT8, 0))

@@ -1,12 +1,14 @@
 """Model options (Ollama's ``options`` object and Modelfile ``PARAMETER`` lines).
 
 Load-time options decide how a runner is started (a change forces a reload); runtime options only
-shape sampling of one request. Both are type-checked here, in one place, for requests and Modelfiles.
+shape sampling of one request. Both are checked here (type, range, finiteness), in one place, for
+requests, Modelfiles and the runner.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from llmhost.errors import InvalidOption
@@ -66,20 +68,40 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Bounds beyond the type, inclusive. Integers reach llama.cpp as int32 unless listed; load options
+# get tighter bounds so one request cannot make a runner allocate without limit (docs/design.md).
+MAX_NUM_CTX = 1 << 24  # tokens per sequence; llama.cpp's n_ctx (× parallel) is a uint32
+MAX_NUM_BATCH = 1 << 16  # tokens per llama_decode; more is never faster (ubatches are ≤ 512)
+MAX_NUM_THREAD = 512  # GGML_MAX_N_THREADS
+_INT32 = (-(2**31), 2**31 - 1)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "num_ctx": (0, MAX_NUM_CTX),  # 0: the daemon's default
+    "num_batch": (0, MAX_NUM_BATCH),  # 0: the default (512)
+    "num_thread": (0, MAX_NUM_THREAD),  # 0: the daemon's default
+    "num_gpu": (-1, _INT32[1]),  # -1: as many layers as fit
+    "main_gpu": (0, _INT32[1]),
+    "seed": (-(2**63), 2**63 - 1),  # Ollama's is a Go int; the sampler takes its low 32 bits
+}
+FLOAT_LIMIT = 3.4028234663852886e38  # llama.cpp takes floats as float32: beyond this they become inf
+
+
 def _check(name: str, kind: str, value: Any) -> Any:
     error = InvalidOption(f'option "{name}" must be of type {kind}')
     if kind == INT:
         if isinstance(value, bool):
             raise error
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if not isinstance(value, int):
             raise error
+        low, high = INT_RANGES.get(name, _INT32)
+        if not low <= value <= high:
+            raise InvalidOption(f'option "{name}" must be between {low} and {high}')
         return value
     if kind == FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error
-        return float(value)
+        return _finite(name, value)
     if kind == BOOL:
         if not isinstance(value, bool):
             raise error
@@ -89,6 +111,17 @@ def _check(name: str, kind: str, value: Any) -> Any:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise error
     return list(value)
+
+
+def _finite(name: str, value: int | float) -> float:
+    """A float llama.cpp can take: NaN (which empties an answer), inf and float32 overflow refused."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not abs(number) <= FLOAT_LIMIT:  # also false for NaN
+        raise InvalidOption(f'option "{name}" must be a finite number')
+    return number
 
 
 def validate_options(options: Any) -> dict[str, Any]:
@@ -117,16 +150,16 @@ def parse_parameter(name: str, text: str) -> Any:
     text = text.strip()
     try:
         if kind == INT:
-            return int(text)
+            return _check(name, kind, int(text))
         if kind == FLOAT:
-            return float(text)
+            return _check(name, kind, float(text))
         if kind == BOOL:
             lowered = text.lower()
             if lowered not in ("true", "false"):
                 raise ValueError
             return lowered == "true"
     except ValueError:
-        raise InvalidOption(f"invalid value for parameter '{name}': {text!r} is not a {kind}") from None
+        raise InvalidOption(f"invalid value for parameter '{name}': {text[:40]!r} is not a {kind}") from None
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
     return [text]

@@ -6,8 +6,9 @@ import logging
 
 from aiohttp import web
 
-from llmhost.daemon import routes_inference, routes_models, routes_openai, routes_registry, routes_transfer
-from llmhost.daemon.http import error_response
+from llmhost.daemon import (routes_anthropic, routes_inference, routes_models, routes_openai, routes_registry,
+                            routes_responses, routes_transfer)
+from llmhost.daemon.http import error_response, internal_error_message
 from llmhost.daemon.security import add_cors_headers, make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
 from llmhost.errors import LlmhostError
@@ -30,20 +31,22 @@ async def errors_middleware(request: web.Request, handler):
         raise
     except Exception as e:
         log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"error": f"internal error: {e}"}, status=500)
+        return web.json_response({"error": internal_error_message(e)}, status=500)
 
 
 def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     app = web.Application(
         middlewares=[make_security_middleware(check_host, state.settings.origins), errors_middleware,
-                     routes_openai.openai_errors],
-        client_max_size=64 * 1024**2,  # JSON bodies; blob uploads stream past this limit
+                     routes_openai.openai_errors, routes_anthropic.anthropic_errors],
+        client_max_size=64 * 1024**2,  # JSON bodies; blob uploads stream, bounded by LLMHOST_MAX_UPLOAD
     )
     app.on_response_prepare.append(add_cors_headers)
     app[STATE_KEY] = state
     app.add_routes(routes_models.routes)
     app.add_routes(routes_inference.routes)
     app.add_routes(routes_openai.routes)
+    app.add_routes(routes_anthropic.routes)
+    routes_responses.install(app, state)
     app.add_routes(routes_transfer.routes)
     if state.settings.serve_registry:
         app.add_routes(routes_registry.routes)
@@ -51,5 +54,9 @@ def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         await state.residency.shutdown()
 
+    async def on_cleanup(app: web.Application) -> None:  # after the last handler has finished
+        state.close()
+
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app

@@ -4,33 +4,100 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from llmhost.daemon.bodies import BodyLimits, read_body
+from llmhost.daemon.state import state_of
 from llmhost.errors import BadRequest, LlmhostError
+
+MAX_JSON_BODY = 64 * 1024**2  # the app's client_max_size: requests are JSON, blobs stream separately
+
+
+def json_limits(request: web.Request) -> BodyLimits:
+    """A JSON body's bounds: its size, and the idle timeout every body has (a stalled client is cut)."""
+    idle = state_of(request).settings.body_idle_timeout
+    return BodyLimits(MAX_JSON_BODY, idle, "the limit for JSON request bodies")
 
 log = logging.getLogger(__name__)
 
 
+MAX_JSON_DEPTH = 100  # arrays and objects inside each other; real schemas and tool calls stay far below
+
+
 async def read_json(request: web.Request) -> dict:
-    """The request body as a JSON object; 400 with a clear message otherwise."""
-    raw = await request.read()
+    """The request body as a JSON object; 400 with a clear message otherwise.
+
+    Strict JSON, as Go's decoder (and so Ollama) reads it: NaN, Infinity and numbers beyond a double
+    are refused, and so is nesting deeper than ``MAX_JSON_DEPTH``.
+    """
+    raw = await read_body(request, json_limits(request))
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite_float)
+    except RecursionError:
+        raise _too_deep() from None
+    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as e:
         raise BadRequest(f"invalid JSON in request body: {e}") from None
+    except ValueError:  # Python's own limit on the digits of an integer
+        raise BadRequest("invalid JSON in request body: a number has too many digits") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if _deeper_than(body, MAX_JSON_DEPTH):
+        raise _too_deep()
     return body
+
+
+class _NotJson(ValueError):
+    """Python's decoder accepts it; JSON (and Go) do not."""
+
+
+def _not_a_number(name: str) -> float:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotJson(f"number {text[:40]} is out of range")
+    return value
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"invalid JSON in request body: nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _deeper_than(value: dict | list, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (without recursing ourselves)."""
+    level, containers = 1, [value]
+    while containers:
+        if level > limit:
+            return True
+        containers = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)
+                      if isinstance(child, (dict, list))]
+        level += 1
+    return False
 
 
 def error_response(error: LlmhostError) -> web.Response:
     return web.json_response({"error": error.message}, status=error.status)
+
+
+def internal_error_message(error: BaseException) -> str:
+    """What a client is told about a bug or an unexpected failure: never a file's path.
+
+    An OSError's text names the file (``[Errno 36] File name too long: '/home/…/manifests/…'``),
+    which would show a client where the store lives; the reason alone says what went wrong.
+    """
+    if isinstance(error, OSError):
+        reason = error.strerror or type(error).__name__
+        return f"internal error: {reason[:1].lower()}{reason[1:]}"
+    return f"internal error: {error}"
 
 
 def now_rfc3339() -> str:
@@ -72,7 +139,7 @@ async def stream_ndjson(request: web.Request, events: AsyncIterator[dict], strea
         raise
     except Exception as e:  # a bug must still end the stream with a readable line
         log.exception("stream failed")
-        await response.write(_line({"error": f"internal error: {e}"}))
+        await response.write(_line({"error": internal_error_message(e)}))
     await response.write_eof()
     return response
 

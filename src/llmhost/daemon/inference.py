@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator, Awaitable
 
 from llmhost.api.options import split_options
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.prompting import effective_options, runner_body
-from llmhost.daemon.residency import Lease
+from llmhost.daemon.residency import Lease, Residency
+from llmhost.daemon.runners import LoadSpec
 from llmhost.daemon.state import DaemonState
 from llmhost.errors import BadRequest, RunnerError
 from llmhost.registry.capabilities import capabilities
@@ -21,36 +21,76 @@ from llmhost.registry.capabilities import capabilities
 NS = 1_000_000_000
 
 
+@dataclass(frozen=True)
+class LeaseTerms:
+    """What a request needs of a runner, settled (and so checked) before anything is held."""
+
+    spec: LoadSpec
+    name: str
+    keep_alive: float
+    info: dict  # digest, details, name for /api/ps
+    runtime: dict  # the request's sampling options, for the runner's body
+
+    @classmethod
+    def of(cls, state: DaemonState, request: GenerateRequest | ChatRequest | EmbedRequest, record) -> "LeaseTerms":
+        runtime, load = split_options(effective_options(record.parameters, request.options))
+        keep_alive = state.settings.keep_alive if request.keep_alive is None else request.keep_alive
+        info = {"digest": record.digest, "details": record.details(), "model": str(record.name)}
+        return cls(state.load_spec(record, load), str(record.name), keep_alive, info, runtime)
+
+    async def take(self, residency: Residency) -> Lease:
+        return await residency.acquire(self.spec, self.name, self.keep_alive, self.info)
+
+
 async def lease_for(state: DaemonState, request: GenerateRequest | ChatRequest | EmbedRequest, record):
     """Hold a runner for ``record`` with the request's load options; also return its runtime options."""
-    options = effective_options(record.parameters, request.options)
-    runtime, load = split_options(options)
-    spec = state.load_spec(record, load)
-    keep_alive = state.settings.keep_alive if request.keep_alive is None else request.keep_alive
-    info = {"digest": record.digest, "details": record.details(), "model": str(record.name)}
-    lease = await state.residency.acquire(spec, str(record.name), keep_alive, info)
-    return lease, runtime
+    terms = LeaseTerms.of(state, request, record)
+    return await terms.take(state.residency), terms.runtime
 
 
 @dataclass
 class Completion:
-    """A started completion: the model's display name, timing, and the runner's lines."""
+    """A started completion: the model's display name, timing, the runner's lines, and its lease.
+
+    It holds the runner until it is closed, however the request ends (an error in the route or while
+    building the response, a client gone before the first line, lines never read): use
+    ``async with completion:`` around everything after ``start_completion``. Closing what
+    ``deltas(completion)`` returns closes the completion too.
+    """
 
     model: str
     started: float
     lease: Lease
-    lines: AsyncIterator[dict]
+    lines: AsyncGenerator[dict, None]
+
+    async def aclose(self) -> None:
+        """Stop the runner's stream (if it started) and release the lease; safe to call again."""
+        try:
+            await self.lines.aclose()
+        finally:
+            self.lease.release()
+
+    async def __aenter__(self) -> "Completion":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
 
 
 async def start_completion(state: DaemonState, request: GenerateRequest | ChatRequest, record=None) -> Completion:
-    """Load (or reuse) the model and start streaming; errors before the first line raise here."""
+    """Load (or reuse) the model and start streaming; errors before the first line raise here.
+
+    The request is checked and the runner's body built before the runner is taken, so nothing that
+    can be refused holds a lease; the caller owns the returned Completion and must close it.
+    """
     started = time.monotonic()
     if record is None:
-        record = await asyncio.to_thread(state.store.load, request.model)
+        record = await state.in_store(state.store.load, request.model)
     think = resolve_think(record, request)
-    lease, runtime = await lease_for(state, request, record)
-    lines = _runner_lines(lease, runner_body(record, request, runtime, think))
-    return Completion(str(record.name), started, lease, lines)
+    terms = LeaseTerms.of(state, request, record)
+    body = runner_body(record, request, terms.runtime, think)
+    lease = await terms.take(state.residency)
+    return Completion(str(record.name), started, lease, _runner_lines(lease, body))
 
 
 def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str | None:
@@ -75,7 +115,7 @@ def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str 
     return True if request.think is None else request.think
 
 
-async def _runner_lines(lease: Lease, body: dict) -> AsyncIterator[dict]:
+async def _runner_lines(lease: Lease, body: dict) -> AsyncGenerator[dict, None]:
     """The runner's ``{"content"}`` lines, then its final line; an error line raises RunnerError."""
     try:
         async with contextlib.aclosing(lease.runner.completion(body)) as lines:
@@ -99,15 +139,39 @@ class Delta:
     logprobs: tuple[dict, ...] = ()
 
 
-async def deltas(completion: Completion) -> AsyncIterator[Delta | dict]:
-    """The runner's lines as Deltas, then its final line (a dict with ``done``).
+def deltas(completion: Completion) -> "Deltas":
+    """The runner's lines as Deltas, then its final line (a dict with ``done``); see ``Deltas``."""
+    return Deltas(completion)
+
+
+class Deltas:
+    """The one reader of a completion's lines; closing it (``aclosing(deltas(c))``) closes ``c``.
 
     A token's logprobs arrive before its text and ride on the next delta; tool calls get Ollama's
     ``call_…`` ids and their index among this answer's calls.
     """
+
+    def __init__(self, completion: Completion):
+        self._completion = completion
+        self._items = _deltas(completion.lines)
+
+    def __aiter__(self) -> "Deltas":
+        return self
+
+    def __anext__(self) -> Awaitable[Delta | dict]:
+        return self._items.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._items.aclose()
+        finally:
+            await self._completion.aclose()
+
+
+async def _deltas(lines: AsyncIterator[dict]) -> AsyncGenerator[Delta | dict, None]:
     pending: list[dict] = []
     n_calls = 0
-    async for line in completion.lines:
+    async for line in lines:
         if line.get("done"):
             if pending:
                 yield Delta(logprobs=tuple(pending))
@@ -156,10 +220,8 @@ def metrics(final: dict, completion: Completion) -> dict:
 
 async def embed(state: DaemonState, request: EmbedRequest) -> tuple[str, dict, float]:
     """Vectors for the request's inputs: (model name, runner result, load seconds)."""
-    record = await asyncio.to_thread(state.store.load, request.model)
+    record = await state.in_store(state.store.load, request.model)
     lease, _ = await lease_for(state, request, record)
-    try:
+    with lease:
         result = await lease.runner.embed({"input": list(request.inputs), "truncate": request.truncate})
-    finally:
-        lease.release()
     return str(record.name), result, lease.load_duration

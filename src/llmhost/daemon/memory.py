@@ -1,11 +1,13 @@
 """Memory estimate of a runner before it is started, from GGUF metadata (no llama.cpp involved).
 
-    total = weights + KV cache + compute scratch + output logits + vocabulary + runtime overhead
+    total = weights + KV cache + compute scratch + batch + output logits + vocabulary + runtime overhead
 
 - weights: the tensor bytes of the file (mmapped; on CPU every page is touched by the first decode);
 - KV cache: n_ctx · n_parallel · n_layer · n_head_kv · (head_dim_k + head_dim_v) · 2 bytes (f16);
 - compute scratch: llama.cpp's graph buffers for one ubatch, a few activations of width n_embd in f32
   (logits are computed only for the rows that sample, so the vocabulary does not enter here);
+- batch: the engine's ``llama_batch`` arrays, 25 bytes a token of n_batch (the n_batch the runner is
+  really given, ``runners.runner_batch``: at least the sequence count, at most the KV cache);
 - output logits: one row of n_vocab floats per parallel sequence;
 - vocabulary: llama.cpp keeps every token's text and lookup entries (~160 bytes a token: 40 MiB for
   Gemma 3's 262k tokens);
@@ -17,23 +19,23 @@ context, 1–4 parallel); `scripts/bench p7` re-measures it.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-from llmhost.daemon.runners import LoadSpec
+from llmhost.daemon.runners import LoadSpec, runner_batch
 
 RUNTIME_OVERHEAD = 64 * 1024**2
 BYTES_PER_VOCAB_ENTRY = 160
 KV_BYTES_PER_ELEMENT = 2  # f16 cache
 UBATCH = 512
 F32 = 4
+BATCH_BYTES_PER_TOKEN = 25  # token, position, sequence id, its pointer, id count, logits flag
 
 
-@functools.lru_cache(maxsize=64)
-def _info(path: str, mtime: float):
+def _info(path: Path):
+    # read_gguf_info keeps the few numbers needed per file (its own small cache): no second cache here.
     from llmhost.registry.gguf_meta import read_gguf_info
 
-    return read_gguf_info(Path(path))
+    return read_gguf_info(path)
 
 
 def kv_cache_bytes(info, n_ctx_total: int) -> int:
@@ -54,19 +56,17 @@ def estimate(info, num_ctx: int, parallel: int, num_batch: int) -> int:
     return (info.total_tensor_bytes
             + kv_cache_bytes(info, num_ctx * parallel)
             + compute_bytes(info, num_batch)
+            + BATCH_BYTES_PER_TOKEN * num_batch
             + F32 * vocab * parallel
             + BYTES_PER_VOCAB_ENTRY * vocab
             + RUNTIME_OVERHEAD)
 
 
 def estimate_for_spec(spec: LoadSpec) -> int:
-    path = Path(spec.model_path)
-    info = _info(str(path), path.stat().st_mtime)
-    return estimate(info, spec.num_ctx, spec.parallel, spec.num_batch)
+    return estimate(_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec))
 
 
 def auto_gpu_layers_for_spec(spec: LoadSpec) -> int:
     from llmhost.daemon.gpu import auto_gpu_layers
 
-    path = Path(spec.model_path)
-    return auto_gpu_layers(_info(str(path), path.stat().st_mtime), spec.num_ctx, spec.parallel, spec.num_batch)
+    return auto_gpu_layers(_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec))

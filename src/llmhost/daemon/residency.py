@@ -58,7 +58,10 @@ class Resident:
 
 
 class Lease:
-    """One request's hold on a resident model; ``release()`` when the request ends."""
+    """One request's hold on a resident model; ``release()`` (or leave ``with lease:``) when it ends.
+
+    Releasing twice is harmless, so every path that may end a request can release.
+    """
 
     def __init__(self, residency: "Residency", resident: Resident, load_duration: float):
         self.residency = residency
@@ -71,6 +74,12 @@ class Lease:
         if not self._released:
             self._released = True
             self.residency._release(self.resident)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 class Residency:

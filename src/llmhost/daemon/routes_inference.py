@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import AsyncIterator
@@ -49,11 +48,11 @@ def _chat_fields(delta: Delta) -> dict:
 
 async def _infer(request: web.Request, req, empty: bool, fields) -> web.StreamResponse:
     state = state_of(request)
-    record = await asyncio.to_thread(state.store.load, req.model)
+    record = await state.in_store(state.store.load, req.model)
     if empty:
         return web.json_response(await _load_or_unload(state, req, record, fields))
-    completion = await start_completion(state, req, record)
-    return await stream_ndjson(request, _chunks(completion, fields), req.stream, merge=_merge_chunks)
+    async with await start_completion(state, req, record) as completion:
+        return await stream_ndjson(request, _chunks(completion, fields), req.stream, merge=_merge_chunks)
 
 
 async def _load_or_unload(state: DaemonState, req, record, fields) -> dict:

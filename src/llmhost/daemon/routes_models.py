@@ -9,6 +9,7 @@ from aiohttp import web
 
 from llmhost import __version__
 from llmhost.api.types import field_of, model_field
+from llmhost.daemon.bodies import BodyLimits, receive_blob
 from llmhost.daemon.http import read_json, stream_ndjson
 from llmhost.daemon.state import state_of
 from llmhost.errors import BadRequest, NotFound
@@ -30,8 +31,8 @@ async def version(request: web.Request) -> web.Response:
 
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
-    store = state_of(request).store
-    entries = await asyncio.to_thread(store.list_models)
+    state = state_of(request)
+    entries = await state.in_store(state.store.list_models)
     models = []
     for entry in entries:
         models.append({
@@ -51,8 +52,9 @@ async def show(request: web.Request) -> web.Response:
 
     body = await read_json(request)
     verbose = field_of(body, "verbose", bool, False)
-    store = state_of(request).store
-    record = await asyncio.to_thread(store.load, model_field(body))
+    state = state_of(request)
+    record = await state.in_store(state.store.load, model_field(body))
+    model_info = await state.in_store(record.info.model_info, verbose)  # verbose re-reads the vocabulary
     return web.json_response({
         "modelfile": render_modelfile(record),
         "parameters": _parameters_text(record.parameters),
@@ -60,7 +62,7 @@ async def show(request: web.Request) -> web.Response:
         "system": record.system or "",
         "license": "\n".join(record.license or []),
         "details": record.details(),
-        "model_info": record.info.model_info(verbose),
+        "model_info": model_info,
         "capabilities": capabilities(record),
         "modified_at": record.modified_at.isoformat(),
     })
@@ -82,7 +84,8 @@ async def copy(request: web.Request) -> web.Response:
     destination = field_of(body, "destination", str)
     if not source or not destination:
         raise BadRequest("source and destination are required")
-    await asyncio.to_thread(state_of(request).store.copy, source, destination)
+    state = state_of(request)
+    await state.in_store(state.store.copy, source, destination)
     return web.Response(status=200)
 
 
@@ -90,7 +93,7 @@ async def copy(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
     state = state_of(request)
-    removed = await asyncio.to_thread(state.store.delete, model_field(body))
+    removed = await state.in_store(state.store.delete, model_field(body))
     for digest in removed:  # a runner of a GGUF no model uses any more is stopped (copies keep theirs)
         await state.residency.expire(digest)
     return web.Response(status=200)
@@ -108,27 +111,24 @@ async def blob_exists(request: web.Request) -> web.Response:
 
 @routes.post("/api/blobs/{digest}")
 async def blob_upload(request: web.Request) -> web.Response:
-    store = state_of(request).store
+    """Receive a blob: read on the loop (bounded in size and idle time), written on the upload threads."""
+    state = state_of(request)
+    store = state.store
     digest = request.match_info["digest"]
     store.blob_path(digest)
     if store.has_blob(digest):
-        await request.release()
-        return web.Response(status=200)
-    loop = asyncio.get_running_loop()
-
-    def chunks():  # the store hashes and writes in a thread; the body is read on the loop
-        while True:
-            chunk = asyncio.run_coroutine_threadsafe(request.content.readany(), loop).result()
-            if not chunk:
-                return
-            yield chunk
-
-    await asyncio.to_thread(store.write_blob, chunks(), digest)
+        return web.Response(status=200)  # the unread body is drained (briefly) or the connection closed
+    limits = BodyLimits(state.settings.max_upload, state.settings.body_idle_timeout, "LLMHOST_MAX_UPLOAD")
+    limits.check_declared(request)
+    if request.content_length:
+        store.check_space(request.content_length, f"blob {digest}")
+    writer = await asyncio.get_running_loop().run_in_executor(state.upload_io, store.blob_writer, digest)
+    await receive_blob(request, writer, state.upload_io, limits)
     return web.Response(status=201)
 
 
-async def _progress_events(work) -> AsyncIterator[dict]:
-    """Run ``work(progress)`` in a thread and yield the progress events it reports."""
+async def _progress_events(work, executor) -> AsyncIterator[dict]:
+    """Run ``work(progress)`` on ``executor`` and yield the progress events it reports."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
@@ -136,7 +136,7 @@ async def _progress_events(work) -> AsyncIterator[dict]:
     def progress(event: dict) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
-    task = loop.run_in_executor(None, work, progress)
+    task = loop.run_in_executor(executor, work, progress)
     task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, done))
     while (event := await queue.get()) is not done:
         yield event
@@ -167,7 +167,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     )
     if not kwargs["from_"] and not files:
         raise BadRequest("neither 'from' nor 'files' was specified")
-    events = _progress_events(lambda progress: create_model(state.store, name, progress=progress, **kwargs))
+    events = _progress_events(lambda progress: create_model(state.store, name, progress=progress, **kwargs),
+                              state.store_io)
     return await stream_ndjson(request, events, stream)
 
 

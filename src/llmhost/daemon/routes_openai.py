@@ -7,7 +7,6 @@ through the chat template, as Ollama's does (it maps onto /api/generate).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
@@ -209,8 +208,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     req = _chat_request(body)
     include_usage = _include_usage(body)
-    completion = await start_completion(state_of(request), req)
-    return await _respond(request, completion, req.stream, include_usage, chat=True)
+    async with await start_completion(state_of(request), req) as completion:
+        return await _respond(request, completion, req.stream, include_usage, chat=True)
 
 
 def _completion_request(body: dict) -> GenerateRequest:
@@ -236,8 +235,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     req = _completion_request(body)
     include_usage = _include_usage(body)
-    completion = await start_completion(state_of(request), req)
-    return await _respond(request, completion, req.stream, include_usage, chat=False)
+    async with await start_completion(state_of(request), req) as completion:
+        return await _respond(request, completion, req.stream, include_usage, chat=False)
 
 
 def _finish_reason(final: dict, called: bool) -> str:
@@ -383,15 +382,16 @@ def _model_object(entry) -> dict:
 
 @routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
-    entries = await asyncio.to_thread(state_of(request).store.list_models)
+    state = state_of(request)
+    entries = await state.in_store(state.store.list_models)
     return web.json_response({"object": "list", "data": [_model_object(e) for e in entries]})
 
 
 @routes.get("/v1/models/{model:.+}")
 async def model(request: web.Request) -> web.Response:
-    store = state_of(request).store
-    name = await asyncio.to_thread(store.resolve, request.match_info["model"])
-    entry = next(e for e in await asyncio.to_thread(store.list_models) if e.name.key() == name.key())
+    state = state_of(request)
+    name = await state.in_store(state.store.resolve, request.match_info["model"])
+    entry = next(e for e in await state.in_store(state.store.list_models) if e.name.key() == name.key())
     return web.json_response(_model_object(entry))
 
 

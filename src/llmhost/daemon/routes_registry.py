@@ -12,7 +12,6 @@ served, and digests are validated before they touch a path. Errors use Docker's 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 from aiohttp import web
@@ -45,7 +44,7 @@ async def get_manifest(request: web.Request) -> web.Response:
     store = _store(request)
     namespace, model, reference = (request.match_info[k] for k in ("namespace", "model", "reference"))
     try:
-        data = await asyncio.to_thread(_find_manifest, store, namespace, model, reference)
+        data = await state_of(request).in_store(_find_manifest, store, namespace, model, reference)
     except BadRequest as e:
         return docker_error(400, "NAME_INVALID", "invalid repository name or tag", e.message)
     if data is None:
@@ -62,7 +61,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if not is_digest(digest):
         return docker_error(400, "DIGEST_INVALID", "provided digest did not match uploaded content",
                             "expected sha256:<64 lowercase hex>")
-    known = await asyncio.to_thread(_repository_digests, store, namespace, model)
+    known = await state_of(request).in_store(_repository_digests, store, namespace, model)
     path = store.blob_path(digest)
     if digest not in known or not path.is_file():
         return docker_error(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})

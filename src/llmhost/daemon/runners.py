@@ -111,6 +111,7 @@ class ProcessRunner:
         self._session = None
         self._watchdog: asyncio.Task | None = None
         self._on_request = on_request  # +1 when a request starts, -1 when it ends
+        self._stopped_for: str | None = None  # why the daemon killed it, when it did
 
     def watch(self, interval: float, misses: int) -> None:
         """Kill the runner if it stops answering ``/health`` (``misses`` times in a row).
@@ -135,6 +136,8 @@ class ProcessRunner:
                 missed += 1
                 if missed >= misses and self.alive:
                     log.warning("runner %d stopped answering; killing it", self.pid)
+                    self._stopped_for = (f"the model runner stopped answering ({misses} health checks in a row "
+                                         "went unanswered) and was stopped; the next request loads it again")
                     with contextlib.suppress(ProcessLookupError):
                         self._proc.kill()
 
@@ -185,7 +188,9 @@ class ProcessRunner:
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 2)
 
     def failure_reason(self) -> str:
-        """The runner's own ``error:`` line if it printed one, else its exit status."""
+        """Why it ended: stopped by the watchdog, its own ``error:`` line, or its exit status."""
+        if self._stopped_for is not None:
+            return self._stopped_for
         for line in reversed(self._stderr_tail):
             if line.startswith("error: "):
                 return line[len("error: "):]
@@ -315,6 +320,16 @@ class ProcessRunner:
                 self._socket_path.unlink()
 
 
+def runner_batch(spec: LoadSpec) -> int:
+    """The n_batch a runner is started with: ``num_batch`` within what llama.cpp can use.
+
+    llama.cpp aborts a context whose n_batch is below its sequence count (one output row per
+    sequence must fit a batch), and never puts more tokens in a batch than the KV cache holds, so
+    a larger batch would only allocate (the runner's batch arrays grow with it).
+    """
+    return min(max(spec.num_batch, spec.parallel), spec.num_ctx * spec.parallel)
+
+
 def _runner_env() -> dict[str, str]:
     # numpy's OpenBLAS would start a pool of spinning threads nobody needs beside llama.cpp's (and
     # in a spare they would be started by its idle-priority importing thread, and inherit that).
@@ -411,7 +426,7 @@ class ProcessRunnerFactory:
             "--socket", str(socket_path),
             "--ctx-size", str(spec.num_ctx),
             "--parallel", str(spec.parallel),
-            "--batch", str(spec.num_batch),
+            "--batch", str(runner_batch(spec)),
             "--threads", str(spec.threads),
             "--gpu-layers", str(spec.num_gpu if spec.num_gpu >= 0 else self._auto_gpu_layers(spec)),
         ]

@@ -8,19 +8,24 @@ allowed origins get CORS headers, never ``*``.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import ipaddress
+import re
 import socket
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from llmhost.errors import ConfigError
+
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+# Ollama's defaults (envconfig.AllowedOrigins), with IPv6 loopback added.
 _DEFAULT_ORIGINS = (
     "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
     "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
     "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
-    "http://[::1]", "http://[::1]:*",
-    "app://*", "file://*", "tauri://*", "vscode-webview://*",
+    "http://[::1]", "https://[::1]", "http://[::1]:*", "https://[::1]:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
 )
 # Typed request-storage keys are newer than some aiohttp 3.x releases we accept.
 _ALLOWED_ORIGIN = web.RequestKey("allowed_origin", str) if hasattr(web, "RequestKey") else "allowed_origin"
@@ -46,9 +51,69 @@ def host_allowed(host_header: str | None) -> bool:
     return address.is_loopback or address.is_private or address.is_unspecified
 
 
+# scheme://host[:port], the host a name or a bracketed IPv6 address; an origin has no path.
+_ORIGIN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[^\[\]/:@?#]*)(?::(?P<port>[0-9*]+))?")
+
+
+@dataclass(frozen=True)
+class OriginPattern:
+    """An allowed origin, matched part by part (never as text, where ``[::1]`` is a character class).
+
+    As Ollama (gin's CORS with wildcards), ``*`` may stand for the whole origin, for everything after
+    ``scheme://``, for the port, or for one run of characters in the host (``*.example.com``).
+    """
+
+    scheme: str
+    host: str  # "*": any authority
+    port: str | None  # None: no port; "*": any port
+
+    @classmethod
+    def parse(cls, text: str) -> "OriginPattern":
+        """ValueError for a pattern that is not ``scheme://host[:port]`` with wildcards in those places."""
+        lowered = text.strip().lower()
+        if lowered.endswith("://*"):
+            return cls(lowered[:-4], "*", "*")
+        match = _ORIGIN.fullmatch(lowered)
+        port = match and match["port"]
+        if not match or match["host"].count("*") > 1 or (port and port != "*" and not port.isdigit()):
+            raise ValueError(f"invalid origin {text!r}: expected scheme://host[:port] ('*' for the port, "
+                             "the whole host or part of it)")
+        return cls(match["scheme"], match["host"], port)
+
+    def matches(self, scheme: str, host: str, port: str | None) -> bool:
+        if scheme != self.scheme:
+            return False
+        if self.host == "*" and self.port == "*":
+            return True
+        head, star, tail = self.host.partition("*")
+        host_ok = (host.startswith(head) and host.endswith(tail) and len(host) >= len(head) + len(tail)
+                   if star else host == self.host)
+        return host_ok and (port is not None if self.port == "*" else port == self.port)
+
+
+@functools.lru_cache(maxsize=8)
+def _patterns(texts: tuple[str, ...]) -> tuple[OriginPattern | None, ...]:
+    return tuple(None if text.strip() == "*" else OriginPattern.parse(text) for text in texts)
+
+
 def origin_allowed(origin: str, extra: tuple[str, ...] = ()) -> bool:
-    """Local origins and app schemes by default, plus LLMHOST_ORIGINS patterns (``*`` matches anything)."""
-    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in (*_DEFAULT_ORIGINS, *extra))
+    """Local origins and app schemes by default, plus LLMHOST_ORIGINS patterns (``*`` alone: any origin)."""
+    patterns = _patterns((*_DEFAULT_ORIGINS, *extra))
+    if None in patterns:
+        return True
+    match = _ORIGIN.fullmatch(origin.strip().lower())
+    if not match or "*" in origin or (match["port"] is not None and not match["port"].isdigit()):
+        return False
+    parts = (match["scheme"], match["host"], match["port"])
+    return any(pattern.matches(*parts) for pattern in patterns)
+
+
+def check_origins(extra: tuple[str, ...]) -> None:
+    """ConfigError naming a malformed LLMHOST_ORIGINS pattern (the daemon then refuses to start)."""
+    try:
+        _patterns((*_DEFAULT_ORIGINS, *extra))
+    except ValueError as e:
+        raise ConfigError(f"LLMHOST_ORIGINS: {e}") from None
 
 
 def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = ()):
@@ -56,7 +121,9 @@ def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = 
 
     A browser sends a "simple" cross-site POST without a preflight, so refusing only OPTIONS would
     still let any web page copy, push or delete models: every request with a foreign Origin is 403.
+    A malformed ``extra_origins`` pattern is a ConfigError here, at start-up.
     """
+    check_origins(extra_origins)
 
     @web.middleware
     async def security(request: web.Request, handler):

@@ -1,8 +1,12 @@
-"""What every route handler needs: settings, the store and the residency scheduler."""
+"""What every route handler needs: settings, the store, the residency scheduler and their threads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from aiohttp import web
 
@@ -11,12 +15,42 @@ from llmhost.daemon.residency import Residency
 from llmhost.daemon.runners import LoadSpec
 from llmhost.errors import BadRequest
 
+T = TypeVar("T")
+
+# Store calls are short file reads and small writes; a few threads let one slow GGUF read leave the
+# others (tags, show) free. Upload writes are one bounded write at a time per upload.
+STORE_THREADS = 4
+UPLOAD_THREADS = 4
+
+
+def _executor(threads: int, name: str) -> Callable[[], ThreadPoolExecutor]:
+    return lambda: ThreadPoolExecutor(threads, thread_name_prefix=name)
+
 
 @dataclass
 class DaemonState:
+    """The daemon's shared objects, and the executors its blocking work runs on.
+
+    Store work has its own threads (``in_store``) and upload writes have theirs (``upload_io``), both
+    apart from asyncio's default executor, so neither can be starved by the other or by anything else
+    that uses ``asyncio.to_thread``. ``close`` stops them.
+    """
+
     settings: Settings
     store: object  # llmhost.registry.store.Store
     residency: Residency
+    store_io: ThreadPoolExecutor = field(default_factory=_executor(STORE_THREADS, "llmhost-store"))
+    upload_io: ThreadPoolExecutor = field(default_factory=_executor(UPLOAD_THREADS, "llmhost-upload"))
+
+    async def in_store(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """``fn(*args, **kwargs)`` on the store's threads."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.store_io, call)
+
+    def close(self) -> None:
+        """Stop the executors: queued work is dropped, running work finishes on its own."""
+        for executor in (self.store_io, self.upload_io):
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def load_spec(self, record, load: dict) -> LoadSpec:
         """The runner a request needs, from its effective load options."""

@@ -35,6 +35,8 @@ class Embedder:
         self.model = model
         self.ctx_size = ctx_size
         self.n_threads = n_threads
+        # llama.cpp aborts when a batch holds fewer tokens than the context has sequences.
+        self._max_seqs = max(1, min(_MAX_SEQS, ctx_size))
         self._ctx: Context | None = None
         self._lock = threading.Lock()
 
@@ -43,7 +45,7 @@ class Embedder:
         vectors: list[list[float]] = []
         with self._lock:
             ctx = self._context()
-            for group in _groups(token_lists, self.ctx_size):
+            for group in _groups(token_lists, self.ctx_size, self._max_seqs):
                 vectors.extend(self._embed_group(ctx, group))
         return EmbedResult(vectors, sum(len(t) for t in token_lists))
 
@@ -71,7 +73,7 @@ class Embedder:
             self._ctx = Context(
                 self.model,
                 n_ctx=self.ctx_size,
-                n_seq_max=_MAX_SEQS,
+                n_seq_max=self._max_seqs,
                 # Pooling needs a whole sequence in one micro-batch.
                 n_batch=self.ctx_size,
                 n_ubatch=self.ctx_size,
@@ -97,13 +99,13 @@ class Embedder:
         return out
 
 
-def _groups(token_lists: list[np.ndarray], budget: int) -> list[list[np.ndarray]]:
-    """Pack inputs into decode groups of at most ``budget`` tokens and _MAX_SEQS sequences."""
+def _groups(token_lists: list[np.ndarray], budget: int, max_seqs: int = _MAX_SEQS) -> list[list[np.ndarray]]:
+    """Pack inputs into decode groups of at most ``budget`` tokens and ``max_seqs`` sequences."""
     groups: list[list[np.ndarray]] = []
     current: list[np.ndarray] = []
     used = 0
     for tokens in token_lists:
-        if current and (used + len(tokens) > budget or len(current) == _MAX_SEQS):
+        if current and (used + len(tokens) > budget or len(current) == max_seqs):
             groups.append(current)
             current, used = [], 0
         current.append(tokens)

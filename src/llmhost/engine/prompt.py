@@ -7,11 +7,16 @@ are a 400 with nothing streamed.
 Kept tokens (``num_keep``): what truncation of a long prompt and a context shift never drop. With
 ``num_keep`` ≥ 0 it is that many leading tokens; by default (-1) it is the rendered system prompt
 when the request has leading system messages, else nothing — and a leading BOS is always kept.
+
+Bounded work: a request's template renders share one ``RenderBudget`` (``engine.sandbox``), which
+its handler can cancel; and a prompt text far longer than the context could hold is not tokenized
+whole — only its head (for the kept tokens) and the tail a cut keeps are (see ``CHARS_PER_TOKEN``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -26,10 +31,24 @@ from llmhost.engine.parsing.tool_grammar import tool_call_grammar
 from llmhost.engine.sampling import SamplingParams, build_sampler, grammar_for_format
 from llmhost.engine.sequence import Sequence, Sink
 from llmhost.engine.kv_cache import common_prefix_len
+from llmhost.engine.sandbox import RenderBudget, RenderLimits
 from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, is_go_template, validate_messages
 from llmhost.errors import BadRequest
 
 log = logging.getLogger(__name__)
+
+# A text of CHARS_PER_TOKEN × the context in characters nearly always holds more tokens than the
+# context (a token is about 4 characters of English, fewer of most other scripts), so of a longer
+# prompt only such a window at each end is tokenized (tokenizing costs ~100 bytes per character:
+# a 64 MB prompt took 7.7 GB). Text of longer tokens (runs of spaces or symbols) doubles the window,
+# up to MAX_CHARS_PER_TOKEN; _CUT_MARGIN more tokens than the context keep the token the window's
+# edge split out of what a cut keeps.
+CHARS_PER_TOKEN = 8
+MAX_CHARS_PER_TOKEN = 64
+_CUT_MARGIN = 64
+# A request's own template (a Modelfile's TEMPLATE): compiling costs ~10 ms per KiB of dense Jinja,
+# part of it in one call that holds the GIL; real chat templates are a few KiB (gpt-oss's, 16).
+MAX_TEMPLATE_CHARS = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -163,9 +182,10 @@ class Prepared:
 class PromptBuilder:
     """Renders, tokenizes and fits prompts for one model and per-sequence context size."""
 
-    def __init__(self, model: Model, ctx_size: int):
+    def __init__(self, model: Model, ctx_size: int, limits: RenderLimits = RenderLimits()):
         self.model = model
         self.ctx_size = ctx_size
+        self.limits = limits
         self.default_template = model.chat_template() or CHATML
         self._bos_text = model.token_text(model.bos)
         self._eos_text = model.token_text(model.eos)
@@ -174,27 +194,35 @@ class PromptBuilder:
         if source and is_go_template(source):
             _warn_go_template(source)
             source = None
+        if source and len(source) > MAX_TEMPLATE_CHARS:
+            raise TemplateError(f"the chat template is {len(source)} characters, more than the limit of"
+                                f" {MAX_TEMPLATE_CHARS}")
         return _compiled(source or self.default_template, self._bos_text, self._eos_text)
 
-    def render(self, req: CompletionRequest) -> str:
+    def budget(self, req: CompletionRequest, cancel: threading.Event | None = None) -> RenderBudget:
+        """What the renders of ``req`` may spend; its size limits grow with the text it carries."""
+        return self.limits.budget({"messages": req.messages or [], "tools": req.tools}, cancel)
+
+    def render(self, req: CompletionRequest, budget: RenderBudget | None = None) -> str:
         if req.messages is None:
             return req.prompt or ""
         return self.template(req.template).render(req.messages, add_generation_prompt=True,
-                                                  **req.template_variables())
+                                                  budget=budget or self.budget(req), **req.template_variables())
 
     def tokens(self, req: CompletionRequest) -> np.ndarray:
         """Prompt tokens of a request, cut to fit the context (or BadRequest with truncate false)."""
         return self.prepare(req).tokens
 
-    def prepare(self, req: CompletionRequest) -> Prepared:
-        """Prompt tokens that fit the context, how many leading ones are kept (see above), the text."""
-        text = self.render(req)
+    def prepare(self, req: CompletionRequest, cancel: threading.Event | None = None) -> Prepared:
+        """Prompt tokens that fit the context, how many leading ones are kept (see above), the text;
+        setting ``cancel`` stops a render under way."""
+        budget = self.budget(req, cancel)
+        text = self.render(req, budget)
         if req.suffix is not None:
-            tokens = self._fill_in_middle(text, req.suffix)
+            tokens = self._fill_in_middle(text, req.suffix, req.truncate)
             keep = self._leading_bos(tokens)
         else:
-            tokens = self._tokenize(text)
-            keep = self.keep_tokens(req, tokens)
+            tokens, keep = self._prompt_tokens(req, text, budget)
         if req.context:
             tokens, keep = self._continue_from(req.context, tokens), 0
         tokens = fit_context(
@@ -208,7 +236,7 @@ class PromptBuilder:
         source = self.template(req.template).source if req.messages is not None else None
         return Prepared(tokens, min(keep, len(tokens)), text, source)
 
-    def keep_tokens(self, req: CompletionRequest, tokens: np.ndarray) -> int:
+    def keep_tokens(self, req: CompletionRequest, tokens: np.ndarray, budget: RenderBudget | None = None) -> int:
         """Leading tokens of ``tokens`` that truncation and context shift keep."""
         leading_bos = self._leading_bos(tokens)
         if req.params.num_keep >= 0:
@@ -218,14 +246,16 @@ class PromptBuilder:
             return leading_bos
         try:
             rendered = self.template(req.template).render(system, add_generation_prompt=False,
-                                                          **req.template_variables())
+                                                          budget=budget or self.budget(req), **req.template_variables())
         except TemplateError:  # some templates insist on a user turn: keep what is certain
             return leading_bos
-        return max(common_prefix_len(self._tokenize(rendered), tokens), leading_bos)
+        system_tokens, _ = self._bounded_tokens(rendered, self._tokenize, tail=False)
+        return max(common_prefix_len(system_tokens, tokens), leading_bos)
 
-    def sequence(self, req: CompletionRequest, sink: Sink) -> Sequence | None:
-        """A ready-to-submit Sequence for ``req`` (None when the prompt has no tokens at all)."""
-        prepared = self.prepare(req)
+    def sequence(self, req: CompletionRequest, sink: Sink, cancel: threading.Event | None = None) -> Sequence | None:
+        """A ready-to-submit Sequence for ``req`` (None when the prompt has no tokens at all);
+        setting ``cancel`` stops a render under way."""
+        prepared = self.prepare(req, cancel)
         if len(prepared.tokens) == 0:
             return None
         grammar, parser = self._output_shape(req, prepared)
@@ -270,15 +300,64 @@ class PromptBuilder:
     def _tokenize(self, text: str) -> np.ndarray:
         return self._single_bos(self.model.tokenize(text, add_special=True, parse_special=True))
 
-    def _fill_in_middle(self, prefix: str, suffix: str) -> np.ndarray:
-        """Prefix-suffix-middle order with the vocabulary's FIM tokens (as llama-server's infill)."""
+    def _tokenize_part(self, text: str) -> np.ndarray:
+        return self.model.tokenize(text, add_special=False, parse_special=True)
+
+    def _tokenize_plain(self, text: str) -> np.ndarray:
+        return self.model.tokenize(text, add_special=False, parse_special=False)
+
+    def _prompt_tokens(self, req: CompletionRequest, text: str, budget: RenderBudget) -> tuple[np.ndarray, int]:
+        """The prompt's tokens and how many leading ones are kept; of a text far longer than the
+        context, its head's kept tokens followed by its tail's tokens (what ``fit_context`` keeps)."""
+        head, n_chars = self._bounded_tokens(text, self._tokenize, tail=False)
+        keep = self.keep_tokens(req, head, budget)
+        if n_chars == len(text):
+            return head, keep
+        self._check_truncate(req.truncate, len(head))
+        tail, _ = self._bounded_tokens(text, self._tokenize_part, tail=True)
+        return np.concatenate([head[: max(keep, 0)], tail]), keep
+
+    def _bounded_tokens(self, text: str, tokenize, *, tail: bool) -> tuple[np.ndarray, int]:
+        """``tokenize(text)`` when the text is short enough to tokenize whole, else of the shortest
+        window at its head (or ``tail``) that holds more tokens than the context; and the window's
+        length in characters (the text's own when whole)."""
+        window = self.ctx_size * CHARS_PER_TOKEN
+        while len(text) > window:
+            tokens = tokenize(text[-window:] if tail else text[:window])
+            if len(tokens) > self.ctx_size + _CUT_MARGIN or window >= self.ctx_size * MAX_CHARS_PER_TOKEN:
+                return tokens, window
+            window *= 2
+        return tokenize(text), len(text)
+
+    def _check_truncate(self, truncate: bool, n_tokens: int) -> None:
+        """BadRequest for a prompt of which ``n_tokens`` were counted (not all) with truncate false."""
+        if not truncate:
+            raise BadRequest(
+                f"the prompt is more than {n_tokens} tokens, which does not fit the context of {self.ctx_size}"
+                " tokens (and truncate is false)"
+            )
+
+    def _fill_in_middle(self, prefix: str, suffix: str, truncate: bool = True) -> np.ndarray:
+        """Prefix-suffix-middle order with the vocabulary's FIM tokens (as llama-server's infill);
+        of a long prefix or suffix only the tail that a cut keeps is tokenized."""
         fim = self.model.fim_tokens()
         if fim is None:
             raise BadRequest("this model has no fill-in-the-middle tokens, so it does not support insert")
         pre, suf, mid = fim
         head = [self.model.bos] if self.model.add_bos else []
-        body = lambda text: self.model.tokenize(text, add_special=False, parse_special=False).tolist()  # noqa: E731
-        return np.asarray([*head, pre, *body(prefix), suf, *body(suffix), mid], dtype=np.int32)
+        (body, n_body), (end, n_end) = (self._bounded_tokens(text, self._tokenize_plain, tail=True)
+                                        for text in (prefix, suffix))
+        if (n_body, n_end) != (len(prefix), len(suffix)):
+            self._check_truncate(truncate, len(body) + len(end))
+        return np.asarray([*head, pre, *body.tolist(), suf, *end.tolist(), mid], dtype=np.int32)
+
+    def head_that_fits(self, text: str) -> str:
+        """``text``, or of a text far longer than the context only the head a cut at the end keeps
+        (for embeddings, which keep the first tokens)."""
+        if len(text) <= self.ctx_size * CHARS_PER_TOKEN:
+            return text
+        _, n_chars = self._bounded_tokens(text, self._tokenize, tail=False)
+        return text[:n_chars]
 
     def _continue_from(self, context: list[int], tokens: np.ndarray) -> np.ndarray:
         """``context`` (a previous answer's token ids) followed by the new prompt, one BOS in all."""

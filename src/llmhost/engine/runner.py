@@ -30,6 +30,7 @@ from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
 from llmhost.engine.llamacpp import Context, LoadError, Model, init_backend
 from llmhost.engine.prompt import PromptBuilder, TemplateError
+from llmhost.engine.sandbox import RenderLimits
 from llmhost.engine.server import RunnerServer, resident_bytes
 
 log = logging.getLogger("llmhost.runner")
@@ -65,13 +66,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
     p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
     p.add_argument("--verbose", action="store_true", help="log llama.cpp and engine details to stderr")
+    limits = RenderLimits()
+    p.add_argument("--template-timeout", type=float, default=limits.seconds,
+                   help="seconds the chat template renders of one request may take")
+    p.add_argument("--template-steps", type=int, default=limits.steps,
+                   help="loop iterations and calls the chat template renders of one request may make")
+    p.add_argument("--template-chars", type=int, default=limits.chars,
+                   help="characters a template's output, and any value it builds, may hold beyond twice the"
+                   " request's text")
     args = p.parse_args(argv)
     if args.kv_cells is None:
         args.kv_cells = args.ctx_size * args.parallel
-    for name in ("ctx_size", "parallel", "batch", "kv_cells"):
+    for name in ("ctx_size", "parallel", "batch", "kv_cells", "template_steps", "template_chars"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.template_timeout > 0:
+        p.error("--template-timeout must be greater than 0")
     return args
+
+
+def _render_limits(args: argparse.Namespace) -> RenderLimits:
+    return RenderLimits(seconds=args.template_timeout, steps=args.template_steps, chars=args.template_chars)
 
 
 @dataclass
@@ -145,7 +160,7 @@ def load(args: argparse.Namespace) -> Runtime:
     )
     embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
     # A sequence can never hold more than the whole pool, so prompts are fitted to the smaller.
-    builder = PromptBuilder(model, engine.kv.slot_capacity)
+    builder = PromptBuilder(model, engine.kv.slot_capacity, _render_limits(args))
     clock.lap("engine")
     return Runtime(model, ctx, engine, builder, embedder, args, clock.laps)
 

@@ -9,12 +9,20 @@ prompt's last ``repeat_last_n`` tokens seed the penalty history, so a reply is n
 its prompt. A request's ``logit_bias`` is llama.cpp's logit-bias sampler at the front of the chain
 (after the penalties, which are applied to the logits before the chain runs); a bias of -100 or
 less bans its token outright (-inf), as OpenAI documents -100.
+
+Grammar limits: llama-cpp-python's schema converter writes every repetition out (``minLength: n``
+is n copies of a rule, ``maxLength: n`` n nested optional groups; optional properties cost the cube
+of their number), all of it in Python holding the GIL, and llama.cpp's grammar parser fails on more
+than ~1000 nested groups and overflows its stack (a crash) at ~32000. So schemas are checked before
+they are converted (``check_schema``, also for the tools of a forced call) and grammars before they
+are parsed; each refusal is a 400 that names the limit.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -71,6 +79,75 @@ RUNTIME_FIELDS = frozenset(f.name for f in fields(SamplingParams))
 assert RUNTIME_FIELDS == set(RUNTIME_OPTIONS), "SamplingParams must mirror api.options.RUNTIME_OPTIONS"
 
 
+MAX_SCHEMA_REPETITION = 1000  # one minLength/maxLength/minItems/maxItems or {m,n} of a pattern
+MAX_SCHEMA_REPETITIONS = 20_000  # all of them in one schema
+MAX_SCHEMA_DEPTH = 64  # JSON nesting (about half as many levels of nested objects)
+MAX_SCHEMA_CHARS = 1 << 20  # about, as JSON
+MAX_SCHEMA_PROPERTIES = 5000  # in all (OpenAI's limit for structured outputs)
+MAX_OPTIONAL_PROPERTIES = 64  # of one object (~3 ms to convert; 900 took 1.5 s)
+MAX_GRAMMAR_CHARS = 1 << 20  # GBNF text (llama.cpp parses 1 MiB in ~0.15 s)
+
+_REPETITION_KEYS = ("minLength", "maxLength", "minItems", "maxItems")
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def check_schema(schema: Any, what: str = "format") -> None:
+    """BadRequest naming the limit when a JSON schema is too large, too deep or repeats too much to
+    become a grammar (limits above); ``what`` says where the schema came from, for the message."""
+    stack, size, repetitions, properties = [(schema, 1)], 0, 0, 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise BadRequest(f"the JSON schema in {what} is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+        if isinstance(node, dict):
+            repetitions += _repetitions(node, what)
+            properties += _properties(node, what)
+            size += sum(len(key) + 4 for key in node)
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            size += 2 * len(node) + 2
+            stack.extend((value, depth + 1) for value in node)
+        else:
+            size += len(node) + 2 if isinstance(node, str) else 8
+        if size > MAX_SCHEMA_CHARS:
+            raise BadRequest(f"the JSON schema in {what} is larger than the limit of {MAX_SCHEMA_CHARS} characters")
+    if repetitions > MAX_SCHEMA_REPETITIONS:
+        raise BadRequest(f"the JSON schema in {what} repeats {repetitions} times in all (lengths, item counts,"
+                         f" pattern counts), more than the limit of {MAX_SCHEMA_REPETITIONS}")
+    if properties > MAX_SCHEMA_PROPERTIES:
+        raise BadRequest(f"the JSON schema in {what} has {properties} properties, more than the limit"
+                         f" of {MAX_SCHEMA_PROPERTIES}")
+
+
+def _repetitions(node: dict, what: str) -> int:
+    """The repetition counts one schema node asks for, each checked against the limit."""
+    counts = [(key, node[key]) for key in _REPETITION_KEYS if _is_number(node.get(key))]
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        counts += [("pattern", int(n)) for pair in _QUANTIFIER.findall(pattern) for n in pair if n]
+    for key, count in counts:
+        if count > MAX_SCHEMA_REPETITION:
+            raise BadRequest(f'"{key}" of {int(count)} in the JSON schema in {what} is more than the limit'
+                             f" of {MAX_SCHEMA_REPETITION}")
+    return int(sum(max(count, 0) for _, count in counts))
+
+
+def _properties(node: dict, what: str) -> int:
+    properties = node.get("properties")
+    if not isinstance(properties, dict):
+        return 0
+    required = node.get("required") if isinstance(node.get("required"), list) else []
+    optional = len(properties.keys() - {r for r in required if isinstance(r, str)})
+    if optional > MAX_OPTIONAL_PROPERTIES:
+        raise BadRequest(f"an object in the JSON schema in {what} has {optional} optional properties,"
+                         f" more than the limit of {MAX_OPTIONAL_PROPERTIES}")
+    return len(properties)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def grammar_for_format(fmt: Any) -> str | None:
     """The GBNF grammar for a request's ``format``: None, "json" or a JSON-schema object."""
     if fmt is None or fmt == "":
@@ -78,6 +155,7 @@ def grammar_for_format(fmt: Any) -> str | None:
     if fmt == "json":
         return JSON_GBNF
     if isinstance(fmt, dict):
+        check_schema(fmt)
         try:
             return json_schema_to_gbnf(json.dumps(fmt))
         except Exception as e:  # the converter raises ValueError, KeyError, … on bad schemas
@@ -110,6 +188,7 @@ def build_sampler(
             chain.add_logit_bias(model.n_vocab, biases)
         _add_selection(chain, model, params)
         if grammar is not None:
+            _check_grammar(grammar)
             grammar_chain = SamplerChain()
             try:
                 grammar_chain.add_grammar(model, grammar)
@@ -126,6 +205,12 @@ def build_sampler(
     if window and prompt is not None and len(prompt):
         sampler.accept_history(prompt[-window:])
     return sampler
+
+
+def _check_grammar(grammar: str) -> None:
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise BadRequest(f"the grammar for this request's format or tools is {len(grammar)} characters, more"
+                         f" than the limit of {MAX_GRAMMAR_CHARS}")
 
 
 def check_logit_bias(logit_bias: dict[int, float] | None, n_vocab: int) -> list[tuple[int, float]]:

@@ -3,7 +3,13 @@
 Handlers are thin: validate → prepare a Sequence (in a worker thread: rendering, tokenizing and
 grammar compilation can take milliseconds) → submit to the engine → stream NDJSON lines from the
 sequence's asyncio queue. A client that disconnects cancels its handler (the app runs with
-``handler_cancellation``), and the handler's ``finally`` cancels the sequence.
+``handler_cancellation``), and the handler's ``finally`` cancels the sequence; one that goes while
+its request is being prepared stops the template render under way, and a preparation that outlasts
+``PREPARE_TIMEOUT`` is given up (its sequence, if one comes, is freed).
+
+Every error before a response starts is a JSON ``{"error"}`` body (the daemon reads nothing else),
+with status 400 for a request that is at fault: not JSON, text that is not Unicode (a lone
+surrogate escape such as ``"\\ud800"``), anything ``BadRequest``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import collections
 import json
 import logging
 import os
+import re
+import threading
 from json.encoder import encode_basestring
 from typing import Any, Callable
 
@@ -20,7 +28,7 @@ from aiohttp import web
 
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
-from llmhost.engine.prompt import CompletionRequest, PromptBuilder
+from llmhost.engine.prompt import MAX_CHARS_PER_TOKEN, CompletionRequest, PromptBuilder
 from llmhost.engine.sequence import (
     Failed,
     Finished,
@@ -37,6 +45,18 @@ from llmhost.errors import BadRequest
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+
+# The daemon takes JSON bodies of up to 64 MiB and forwards them re-encoded with ASCII escapes
+# (a 2-byte character becomes a 6-byte \uXXXX: 3 times the bytes), with the template and options
+# it adds: whatever it accepted fits here.
+MAX_BODY = 3 * 64 * 1024**2 + 16 * 1024**2
+# Rendering gives up by itself after its time limit (2 s by default) and tokenizing is bounded by
+# the context; this only keeps a handler from waiting forever on something neither bounds.
+PREPARE_TIMEOUT = 60.0
+_STREAMING = "llmhost.streaming"  # request key: the response has started, errors go in the stream
+# Surrogates can only come from \uD800-\uDFFF escapes (paired ones decode to one character).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def resident_bytes() -> int:
@@ -130,16 +150,22 @@ class RunnerServer:
     """Routes bound to one engine and model."""
 
     def __init__(
-        self, engine: Engine, builder: PromptBuilder, embedder: Embedder, info: Callable[[], dict[str, Any]]
+        self,
+        engine: Engine,
+        builder: PromptBuilder,
+        embedder: Embedder,
+        info: Callable[[], dict[str, Any]],
+        prepare_timeout: float = PREPARE_TIMEOUT,
     ):
         self.engine = engine
         self.builder = builder
         self.embedder = embedder
         self.info = info
+        self.prepare_timeout = prepare_timeout
         self._mailbox: Mailbox | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
         app.router.add_get("/health", self.health)
         app.router.add_post("/completion", self.completion)
         app.router.add_post("/tokenize", self.tokenize)
@@ -156,8 +182,12 @@ class RunnerServer:
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str):
             return _error('"content" must be a string', 400)
+        limit = self.builder.ctx_size * MAX_CHARS_PER_TOKEN  # more than any prompt is tokenized
+        if len(content) > limit:
+            return _error(f"the text is {len(content)} characters, more than the limit of {limit}", 400)
         # No BOS/EOS added (the count of the text itself); special tokens in the text are parsed.
-        tokens = self.builder.model.tokenize(content, add_special=False, parse_special=True)
+        tokens = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.builder.model.tokenize(content, add_special=False, parse_special=True))
         return web.json_response({"tokens": tokens.tolist()})
 
     async def embed(self, request: web.Request) -> web.Response:
@@ -173,12 +203,14 @@ class RunnerServer:
         if not isinstance(truncate, bool):
             return _error('"truncate" must be a boolean', 400)
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.embedder.embed(inputs, truncate=truncate)
-            )
+            result = await asyncio.get_running_loop().run_in_executor(None, self._embed, inputs, truncate)
         except BadRequest as e:
             return _error(e.message, 400)
         return web.json_response({"embeddings": result.embeddings, "prompt_eval_count": result.prompt_eval_count})
+
+    def _embed(self, inputs: list[str], truncate: bool):
+        # Of a long input only the head that a cut at the end keeps is worth tokenizing.
+        return self.embedder.embed([self.builder.head_that_fits(text) for text in inputs], truncate=truncate)
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
@@ -189,10 +221,11 @@ class RunnerServer:
             self._mailbox = Mailbox(loop)
         stream = OutputStream(self._mailbox)
         try:
-            req = CompletionRequest.from_json(body)
-            seq = await loop.run_in_executor(None, self.builder.sequence, req, stream)
+            seq = await self._prepare(CompletionRequest.from_json(body), stream)
         except BadRequest as e:
             return _error(e.message, 400)
+        except asyncio.TimeoutError:
+            return _error(f"preparing the request took longer than {self.prepare_timeout:g} s", 503)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         if seq is None:  # nothing to evaluate (empty prompt without BOS)
             await response.prepare(request)
@@ -200,9 +233,22 @@ class RunnerServer:
             return response
         return await self._stream(request, response, seq, stream)
 
+    async def _prepare(self, req: CompletionRequest, stream: OutputStream) -> Sequence | None:
+        """The request's Sequence, built in a worker thread; a handler that is cancelled (its client
+        went away) or times out stops the render and frees a sequence that comes too late."""
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(None, self.builder.sequence, req, stream, cancel)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.prepare_timeout)
+        except BaseException:
+            cancel.set()
+            future.add_done_callback(_close_abandoned)
+            raise
+
     async def _stream(self, request, response: web.StreamResponse, seq: Sequence, stream: OutputStream):
         done = False
         self.engine.submit(seq)
+        request[_STREAMING] = True
         try:
             await response.prepare(request)
             while not done:
@@ -236,11 +282,60 @@ def _encode(outputs: list[Output]) -> tuple[bytes, bool]:
     return b"".join(lines), False
 
 
+def _close_abandoned(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is None and future.result() is not None:
+        future.result().close()
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Errors as JSON bodies rather than aiohttp's text/plain, until a response has started."""
+    try:
+        return await handler(request)
+    except ConnectionError:
+        raise
+    except Exception as e:
+        if request.get(_STREAMING) or isinstance(e, web.HTTPException) and e.status < 400:
+            raise
+        if isinstance(e, web.HTTPException):
+            return _error(e.reason, e.status)
+        if isinstance(e, BadRequest):
+            return _error(e.message, 400)
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(f"internal error in the model runner: {type(e).__name__}: {e}", 500)
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = await request.text()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(f"the request body is larger than the runner's limit of {MAX_BODY >> 20} MiB", 413)
+    except UnicodeDecodeError:
         return _error("the request body is not valid JSON", 400)
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return _error("the request body is not valid JSON", 400)
+    except RecursionError:
+        return _error("the request body is nested too deeply", 400)
+    if _SURROGATE_ESCAPE.search(text) and _has_surrogate(body):
+        return _error("the request has text that is not Unicode: a lone surrogate escape (\\ud800 to \\udfff)", 400)
+    return body
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _empty_result() -> Finished:

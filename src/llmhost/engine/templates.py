@@ -5,7 +5,8 @@ Templates come from GGUF files and Modelfiles, i.e. from strangers, so they run 
 ``apply_chat_template`` conventions (``messages``, ``add_generation_prompt``, ``bos_token``,
 ``eos_token``, ``raise_exception``, ``tojson``, ``strftime_now``), which is what GGUF templates are
 written against. Any failure — a syntax error at compile time, ``raise_exception`` or a runtime error
-while rendering — becomes a ``BadRequest`` with the template's own message.
+while rendering — becomes a ``BadRequest`` with the template's own message. Renders are bounded in
+time, steps and size (``engine.sandbox``): going over a limit is a ``RenderLimitError``, also a 400.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Sequence
 
 import jinja2
 from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llmhost.engine.sandbox import BoundedEnvironment, RenderBudget, RenderLimitError, RenderLimits, joined, render
 from llmhost.errors import BadRequest
 
 # Used when a GGUF has no template: ChatML is what most small instruct models were tuned on.
@@ -64,24 +65,25 @@ def _raise_exception(message: str) -> None:
 
 def _tojson(value: Any, indent: int | None = None, separators=None, sort_keys: bool = False, ensure_ascii=False):
     # HF's tojson keeps non-ASCII text readable (Jinja's built-in escapes it for HTML).
-    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    encoder = json.JSONEncoder(indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    if indent is None and all(len(s) <= 4 for s in separators or ()):
+        return encoder.encode(value)  # at most a few times the value's size, which the sandbox checked
+    return joined(encoder.iterencode(value))  # indents and separators repeat per item: measured as it goes
 
 
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> BoundedEnvironment:
     # trim_blocks/lstrip_blocks: HF renders templates with these, and templates rely on them.
-    env = ImmutableSandboxedEnvironment(
+    return BoundedEnvironment(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=["jinja2.ext.loopcontrols", _GenerationTag],
+        filters={"tojson": _tojson},
+        globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now},
     )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env
 
 
 class ChatTemplate:
@@ -96,16 +98,21 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(f"invalid chat template (line {e.lineno}): {e.message}") from None
 
-    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True, **extra: Any) -> str:
-        """The prompt text for ``messages``; ``extra`` adds template variables (e.g. ``tools``)."""
+    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
+               budget: RenderBudget | None = None, **extra: Any) -> str:
+        """The prompt text for ``messages``; ``extra`` adds template variables (e.g. ``tools``).
+
+        ``budget``: what the render may spend (default: the default limits for these variables);
+        a request's renders share one.
+        """
+        variables = dict(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                         bos_token=self.bos_token, eos_token=self.eos_token, **extra)
+        if budget is None:
+            budget = RenderLimits().budget({"messages": variables["messages"], **extra})
         try:
-            return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                **extra,
-            )
+            return render(self._template, variables, budget)
+        except RenderLimitError:
+            raise
         except jinja2.exceptions.TemplateError as e:
             raise TemplateError(f"chat template error: {e.message or e}") from None
         except Exception as e:  # a template can raise anything (TypeError on bad message shapes, …)

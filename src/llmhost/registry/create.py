@@ -7,13 +7,14 @@ Synchronous: the daemon runs it in a thread and forwards ``progress`` events to 
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from llmhost.api.options import merge_parameters, validate_options
-from llmhost.errors import BadRequest
+from llmhost.errors import BadRequest, InvalidModelFile
 from llmhost.registry import manifest as media
 from llmhost.registry.gguf_meta import GGUFInfo, read_gguf_info
 from llmhost.registry.manifest import Layer, Manifest, check_digest
@@ -61,13 +62,15 @@ def create_model(
     licenses = _check_licenses(license)
     if from_ and files:
         raise BadRequest('specify either "from" or "files", not both')
+    # GGUF metadata is read before the store lock is taken, so a slow file never holds up copies and
+    # deletes; write_manifest checks under the lock that every blob is still there.
+    if files:
+        base_layers, base_params, info = _layers_from_files(store, files, emit)
+    elif from_:
+        base_layers, base_params, info = _layers_from_model(store, from_)
+    else:
+        raise BadRequest('neither "from" nor "files" was specified')
     with store.assembling():
-        if files:
-            base_layers, base_params, info = _layers_from_files(store, files, emit)
-        elif from_:
-            base_layers, base_params, info = _layers_from_model(store, from_)
-        else:
-            raise BadRequest('neither "from" nor "files" was specified')
         adapter_digests = _checked_files(store, adapters or {}).values()
         adapter_layers = [Layer(media.ADAPTER, d, store.blob_size(d)) for d in adapter_digests]
         overrides = {"template": template, "system": system, "messages": new_messages}
@@ -107,8 +110,45 @@ def manifest_for_gguf(store: Store, digest: str, *, extra_config: Mapping[str, A
     ``extra_config`` adds keys to the config blob (a source records where the file came from).
     """
     info = read_gguf_info(store.blob_path(digest))
+    check_loadable(info)
     model = Layer(media.MODEL, digest, store.blob_size(digest))
     return Manifest(write_config(store, info, extra_config), (model,))
+
+
+def check_loadable(info: GGUFInfo) -> None:
+    """Refuse (InvalidModelFile, 400) a model file llama.cpp would abort on, where its metadata shows it:
+    non-finite hyper-parameters, zero layers, context or width, no tensors or fewer than its layers need.
+
+    Projectors are not models; a split model's first part may hold no tensors, so they are not counted.
+    """
+    if info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
+        return
+    _check_hyperparameters(info.metadata, info.architecture)
+    split = info.metadata.get("split.count")
+    if isinstance(split, int) and split > 1:
+        return
+    if info.tensor_count == 0:
+        raise InvalidModelFile("invalid model file: it holds no tensors (no weights)")
+    layers = info.block_count or 0
+    if info.tensor_count <= layers:  # every layer has a tensor, and there is a token embedding
+        raise InvalidModelFile(f"invalid model file: {info.tensor_count} tensors are too few for "
+                               f"{info.architecture}.block_count = {layers} layers and the token embedding")
+
+
+def _check_hyperparameters(meta: Mapping[str, Any], arch: str) -> None:
+    for key, value in meta.items():
+        if key.startswith(arch + ".") and not _finite(value):
+            raise InvalidModelFile(f"invalid model file: {key} is {value}, which llama.cpp cannot run with")
+    for name in ("block_count", "context_length", "embedding_length"):
+        value = meta.get(f"{arch}.{name}")
+        if isinstance(value, int) and value <= 0:
+            raise InvalidModelFile(f"invalid model file: {arch}.{name} is {value}; it must be at least 1")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return all(_finite(item) for item in value) if isinstance(value, tuple) else True
 
 
 def _layers_from_files(store: Store, files: Mapping[str, str], emit: Progress) -> tuple[list[Layer], dict, GGUFInfo]:
@@ -120,12 +160,14 @@ def _layers_from_files(store: Store, files: Mapping[str, str], emit: Progress) -
         if not file_name.lower().endswith(".gguf"):
             raise BadRequest(f'file "{file_name}" is not a GGUF file; only GGUF models are supported')
         info = read_gguf_info(store.blob_path(digest))
+        # sizes from the parsed file: outside the store lock, a blob's stat could race a delete
         if info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
-            projectors.append(Layer(media.PROJECTOR, digest, store.blob_size(digest)))
+            projectors.append(Layer(media.PROJECTOR, digest, info.file_size))
         elif model is not None:
             raise BadRequest(f'more than one model file in "files" ("{file_name}"); give one GGUF model')
         else:
-            model = (Layer(media.MODEL, digest, store.blob_size(digest)), info)
+            check_loadable(info)
+            model = (Layer(media.MODEL, digest, info.file_size), info)
     if model is None:
         raise BadRequest('"files" holds no GGUF model (only projectors)')
     return [model[0], *projectors], {}, model[1]

@@ -35,7 +35,7 @@ import aiohttp
 from yarl import URL
 
 from llmhost.errors import PullError
-from llmhost.registry.manifest import check_digest
+from llmhost.registry.manifest import check_digest, size_mismatch
 from llmhost.registry.net import describe, redact
 from llmhost.registry.store import Store
 from llmhost.units import format_size
@@ -164,6 +164,8 @@ class Downloads:
         (digest, size). Cancelling the last waiter cancels the download, keeping its partial."""
         if request.digest is not None and store.has_blob(request.digest):
             size = store.blob_size(request.digest)
+            if request.size is not None and size != request.size:  # the blob is verified: the manifest is wrong
+                raise size_mismatch(request.digest, request.size, size)
             await emit(progress, {"status": request.status(), "digest": request.digest,
                                   "total": size, "completed": size})
             return request.digest, size
@@ -529,7 +531,7 @@ class _Download:
                     and doc.get("digest") == self.request.digest
                     # without a digest the ETag is what says the file did not change meanwhile
                     and (self.request.digest is not None or doc.get("etag") == self.etag))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         try:
             on_disk = self.partial.stat().st_size

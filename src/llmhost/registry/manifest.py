@@ -33,10 +33,22 @@ _OLLAMA_LAYER_TYPE = re.compile(r"application/vnd\.ollama\.image\.[a-z0-9][a-z0-
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a real one is ~1 KB; the cap stops a hostile registry
+MAX_LAYER_SIZE = 1 << 48  # 256 TiB: 100 times the largest model file; above is a lie, not a model
 
 
 class InvalidManifest(BadRequest):
     """A manifest that is not valid JSON, not schema 2, or has a bad media type, digest or size."""
+
+
+def size_mismatch(digest: str, listed: int, held: int) -> InvalidManifest:
+    """The error for a manifest whose size of a blob we hold (verified by its digest) is wrong."""
+    return InvalidManifest(f"invalid manifest: it lists blob {digest} with {listed} bytes, but that blob has {held} bytes")
+
+
+def size_mismatch(digest: str, listed: int, held: int) -> InvalidManifest:
+    """The error for a manifest that gives a blob we hold (verified by its digest) another size."""
+    return InvalidManifest(f"invalid manifest: it lists blob {digest} with {listed} bytes, "
+                           f"but that blob has {held} bytes")
 
 
 def check_digest(digest: Any) -> str:
@@ -87,6 +99,8 @@ class Manifest:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidManifest(f"invalid manifest: not JSON ({e})") from None
+        except RecursionError:  # a manifest is four levels deep; thousands are an attack on the parser
+            raise InvalidManifest("invalid manifest: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise InvalidManifest("invalid manifest: expected a JSON object")
         if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):
@@ -146,6 +160,9 @@ def _parse_layer(item: Any, where: str) -> Layer:
     size = item.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidManifest(f"invalid manifest: {where} size must be a non-negative integer, got {size!r}")
+    if size > MAX_LAYER_SIZE:
+        raise InvalidManifest(f"invalid manifest: {where} size {size} is larger than any model "
+                              f"(at most {MAX_LAYER_SIZE} bytes)")
     from_ = item.get("from")
     if from_ is not None and not isinstance(from_, str):
         raise InvalidManifest(f"invalid manifest: {where} from must be a string")

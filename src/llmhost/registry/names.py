@@ -1,7 +1,7 @@
 """Model names: Ollama's ``[host/][namespace/]model[:tag]`` grammar.
 
 Every part is checked when a ``ModelName`` is built, so a name can always be turned into a store
-path safely (no ``..``, no separators, bounded length).
+path safely (no ``..``, no separators, each part short enough to be a file name).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ DEFAULT_TAG = "latest"
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-_MAX_PART = 80
-_MAX_HOST = 350
+_MAX_PART = 80  # Ollama's bound for namespace, model and tag
+# Ollama allows 350, but each part is a directory or file name in the store, and a file system takes
+# at most 255 bytes a name (NAME_MAX); the grammar is ASCII, so characters are bytes.
+_MAX_HOST = 255
 
 
 def _looks_like_host(part: str) -> bool:

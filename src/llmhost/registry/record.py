@@ -124,7 +124,7 @@ def _json(store: Store, layer: Layer | None) -> Any:
         return None
     try:
         return json.loads(_read(store, layer))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         log.warning("layer %s (%s) is not valid JSON; ignoring it", layer.digest, layer.media_type)
         return None
 

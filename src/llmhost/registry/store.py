@@ -10,6 +10,7 @@ blob it names exists. Paths are built only from validated digests and ``ModelNam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,15 +21,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from llmhost.errors import BadRequest, DigestMismatch, InvalidName, ModelNotFound
+from llmhost.errors import BadRequest, DigestMismatch, InvalidName, LlmhostError, ModelNotFound
 from llmhost.registry.manifest import MODEL, InvalidManifest, Layer, Manifest, check_digest
 from llmhost.registry.names import ModelName
 from llmhost.registry.record import ModelRecord, load_record, model_details, read_config
+from llmhost.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,12 @@ _DIGEST_IN_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 
 class MissingBlob(BadRequest):
     """A manifest names a blob that is not in the store."""
+
+
+class NoSpace(LlmhostError):
+    """The store's disk (or the user's quota) is full: HTTP's 507 Insufficient Storage."""
+
+    status = 507
 
 
 @dataclass(frozen=True)
@@ -81,19 +90,24 @@ class Store:
 
         With ``expected_digest`` the bytes must hash to it, else DigestMismatch and nothing is kept.
         """
+        with self.blob_writer(expected_digest) as writer:
+            for chunk in _chunks(source):
+                writer.write(chunk)
+            return writer.commit()
+
+    def blob_writer(self, expected_digest: str | None = None) -> BlobWriter:
+        """A blob written piece by piece (an upload fed from the event loop); see ``BlobWriter``."""
         if expected_digest is not None:
             check_digest(expected_digest)
-        with self._temp_file(self.blobs_dir) as (tmp, f):
-            hasher, size = hashlib.sha256(), 0
-            for chunk in _chunks(source):
-                hasher.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-            digest = "sha256:" + hasher.hexdigest()
-            if expected_digest is not None and digest != expected_digest:
-                raise DigestMismatch(f'digest mismatch, expected "{expected_digest}", got "{digest}"')
-            _commit(f, tmp, self.blob_path(digest))
-        return digest, size
+        return BlobWriter(self, expected_digest)
+
+    def check_space(self, needed: int, what: str) -> None:
+        """Refuse (NoSpace) before anything is written when the disk has fewer than ``needed`` bytes free."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.blobs_dir).free
+        if needed > free:
+            raise NoSpace(f"no space left on device for {what}: needs {format_size(needed)}, "
+                          f"{format_size(free)} free")
 
     def import_file(self, path: Path | str) -> tuple[str, int]:
         """Copy a local file into the store (hashing as it copies); returns (digest, size)."""
@@ -278,10 +292,11 @@ class Store:
             for old in old_paths:
                 old_digests |= _digests_in(old.read_bytes())
             target = self.manifest_path(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with self._temp_file(target.parent) as (tmp, f):
-                f.write(data)
-                _commit(f, tmp, target)
+            with _disk_full_is_no_space(f"the manifest of {name.display()}"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self._temp_file(target.parent) as (tmp, f):
+                    f.write(data)
+                    _commit(f, tmp, target)
             for old in old_paths:
                 # The same model under another spelling: one name, one manifest. On a case-insensitive
                 # file system the old spelling *is* the new file, so compare files, not strings.
@@ -329,22 +344,77 @@ class Store:
         return _TempFile(directory)
 
 
-class _TempFile:
-    """A temp file in ``directory`` that is removed on exit unless it was renamed into place."""
+class BlobWriter:
+    """One blob written in pieces into a temp file, hashed as it goes, renamed under its digest on commit.
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    Use it as a context manager (or call ``abort``): whatever was not committed is removed. Calls may
+    come from any thread; a lock makes them one at a time, so an ``abort`` from a cancelled upload waits
+    for a write still running rather than closing the file under it. A full disk raises NoSpace.
+    """
 
-    def __enter__(self) -> tuple[Path, IO[bytes]]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
-        self.path = Path(name)
-        self.file = os.fdopen(fd, "wb")
-        return self.path, self.file
+    def __init__(self, store: Store, expected_digest: str | None):
+        self._store = store
+        self._expected = expected_digest
+        self._what = f"blob {expected_digest}" if expected_digest else "a blob"
+        self._lock = threading.Lock()
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        with _disk_full_is_no_space(self._what):
+            self._temp = _TempFile(store.blobs_dir)
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock, _disk_full_is_no_space(self._what):
+            self._hasher.update(chunk)
+            self._temp.file.write(chunk)
+            self.size += len(chunk)
+
+    def commit(self) -> tuple[str, int]:
+        """Check the digest, make the blob durable and visible; returns (digest, size)."""
+        with self._lock, _disk_full_is_no_space(self._what):
+            digest = "sha256:" + self._hasher.hexdigest()
+            if self._expected is not None and digest != self._expected:
+                raise DigestMismatch(f'digest mismatch, expected "{self._expected}", got "{digest}"')
+            _commit(self._temp.file, self._temp.path, self._store.blob_path(digest))
+        return digest, self.size
+
+    def abort(self) -> None:
+        """Remove the temp file (a no-op after commit, and when called again)."""
+        with self._lock:
+            self._temp.close(quiet=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)  # already renamed on success: a no-op then
+        self.abort()
+
+
+class _TempFile:
+    """A temp file in ``directory`` that is removed on close unless it was renamed into place."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> tuple[Path, IO[bytes]]:
+        return self.path, self.file
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(quiet=exc_type is not None)
+
+    def close(self, quiet: bool = False) -> None:
+        """Close, then unlink whatever happens: on a full disk ``close`` flushes, fails again with
+        ENOSPC, and must not skip the unlink (``quiet`` drops that second error when one is already
+        on its way)."""
+        try:
+            self.file.close()
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            self.path.unlink(missing_ok=True)  # already renamed on success: a no-op then
 
 
 def _commit(f: IO[bytes], tmp: Path, target: Path) -> None:
@@ -361,6 +431,17 @@ def _commit(f: IO[bytes], tmp: Path, target: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def _disk_full_is_no_space(what: str) -> Iterator[None]:
+    """A full disk or quota becomes NoSpace, in the words pulls use; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on device while writing {what}") from None
+        raise
 
 
 def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:

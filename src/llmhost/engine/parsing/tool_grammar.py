@@ -16,6 +16,7 @@ from typing import Any
 
 from llmhost.engine.llamacpp import json_schema_to_gbnf
 from llmhost.engine.parsing.tool_calls import ToolFormat
+from llmhost.engine.sampling import check_schema
 from llmhost.errors import BadRequest
 
 _CALL_RULE = "tool-call"
@@ -43,6 +44,7 @@ def tool_call_grammar(fmt: ToolFormat, tools: list[dict[str, Any]], *, name: str
     ``tools`` are Ollama/OpenAI-shaped ``{"type": "function", "function": {"name", "parameters"}}``;
     a bad tool, an invalid schema or an unknown ``name`` is a BadRequest naming it.
     """
+    check_schema(tools, "the tools")
     functions = [_function(tool) for tool in tools]
     if name is not None:
         functions = [f for f in functions if f[0] == name]

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from llmhost.errors import AccessDenied, BadRequest, InvalidModelFile, NotFound, PullError
 from llmhost.registry import manifest as media
-from llmhost.registry.create import manifest_for_gguf, write_config
+from llmhost.registry.create import check_loadable, manifest_for_gguf, write_config
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, _fsync_dir, check_space, emit
 from llmhost.registry.gguf_meta import human_number, read_gguf_info
 from llmhost.registry.manifest import Layer, Manifest
@@ -319,6 +319,7 @@ def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, paramet
     if len(layers) == 1:
         return manifest_for_gguf(store, layers[0][0], extra_config={"source": source})
     info = read_gguf_info(store.blob_path(layers[0][0]))  # the first part holds the metadata and template
+    check_loadable(info)
     count = info.metadata.get("split.count")
     if count != len(layers):
         raise InvalidModelFile(f"the first part says split.count={count!r}, the repository has {len(layers)} parts")

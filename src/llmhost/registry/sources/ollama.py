@@ -34,7 +34,7 @@ from llmhost.registry.download import (
     gather_cancelling,
     space_needed,
 )
-from llmhost.registry.manifest import MANIFEST_V2, MAX_MANIFEST_BYTES, Manifest, is_digest
+from llmhost.registry.manifest import MANIFEST_V2, MAX_MANIFEST_BYTES, Manifest, is_digest, size_mismatch
 from llmhost.registry.net import read_capped
 from llmhost.registry.names import ModelName
 from llmhost.registry.store import Store
@@ -170,7 +170,7 @@ class RegistryClient:
     def _token_from(self, raw: bytes) -> str:
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
             doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
@@ -231,7 +231,7 @@ async def pull_ollama(
         client = RegistryClient(session, registry, "pull")
         manifest = Manifest.parse(await fetch_manifest(client))
     layers = _unique_layers(manifest)
-    missing = [digest for digest, _ in layers if not store.has_blob(digest)]
+    missing = _missing_blobs(store, layers)
     try:
         with downloads.claim(digest for digest, _ in layers):
             await _download_layers(store, client, layers, missing, progress, downloads)
@@ -277,6 +277,22 @@ def _unique_layers(manifest: Manifest) -> list[tuple[str, int]]:
         if seen.setdefault(layer.digest, layer.size) != layer.size:
             raise BadRequest(f"invalid manifest: blob {layer.digest} is listed with two different sizes")
     return list(seen.items())
+
+
+def _missing_blobs(store: Store, layers: list[tuple[str, int]]) -> list[str]:
+    """Digests not in the store yet; refuses (InvalidManifest) a manifest that gives a blob we hold another
+    size: the blob is verified by its digest, so the manifest is what is wrong, and its sizes would be
+    believed by ``/api/tags``, disk-space checks and pushes."""
+    missing = []
+    for digest, size in layers:
+        try:
+            held = store.blob_size(digest)
+        except FileNotFoundError:
+            missing.append(digest)
+            continue
+        if held != size:
+            raise size_mismatch(digest, size, held)
+    return missing
 
 
 async def _download_layers(store: Store, client: RegistryClient, layers: list[tuple[str, int]], missing: list[str],

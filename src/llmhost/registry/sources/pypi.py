@@ -185,7 +185,7 @@ async def fetch_project(session: aiohttp.ClientSession, index_url: str, package:
         raise PullError(f"cannot reach package index {redact(url)}: {describe(e)}") from None
     try:
         return parse_project_page(body, content_type, page_url)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deeply
         raise PullError(f"package index {redact(url)} sent a page that cannot be read: {e}") from None
 
 
