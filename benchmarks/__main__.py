@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import pull, residency, throughput
+from benchmarks import kernels, pull, residency, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -15,6 +15,8 @@ BENCHMARKS = {
     "p4": residency.p4,
     "p5": pull.p5,
     "p7": residency.p7,
+    "kv": kernels.kv,
+    "repack": kernels.repack,
 }
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import llama_cpp as L
 
+from llmhost.engine.cpu import repack_enabled
+
 
 def _model_params():
     params = L.llama_model_default_params()
-    params.use_extra_bufts = False  # AMX path crashes on these CPUs
+    params.use_extra_bufts = repack_enabled("auto")  # as the runner decides (off where AMX crashes)
     return params
 
 
@@ -90,12 +92,12 @@ def cold_first_token(path: Path, prompt: str, threads: int, n_ctx: int = 4096, n
 
 
 def high_level(path: Path, prompt: str, n_predict: int, threads: int) -> dict:
-    """Llama.create_completion streaming, for reference (AMX workaround patched into its defaults)."""
+    """Llama.create_completion streaming, for reference (the runner's repack choice patched into its defaults)."""
     original = L.llama_cpp.llama_model_default_params
 
     def patched():
         params = original()
-        params.use_extra_bufts = False
+        params.use_extra_bufts = repack_enabled("auto")
         return params
 
     import llama_cpp.llama as high

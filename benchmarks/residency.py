@@ -81,9 +81,11 @@ def _runner_rss(daemon_pid: int) -> int:
 def p7(contexts=(2048, 8192)) -> dict:
     """Estimate ÷ measured RSS after the first decode, for both test models and two num_ctx values."""
     from llmhost.daemon.memory import estimate
+    from llmhost.engine.cpu import repack_enabled
     from llmhost.registry.gguf_meta import read_gguf_info
 
     results = {}
+    repack = repack_enabled("auto")  # what the daemon's runners do (LLMHOST_CPU_REPACK's default)
 
     async def measure(d, name: str, num_ctx: int) -> int:
         async with aiohttp.ClientSession() as s:
@@ -101,7 +103,7 @@ def p7(contexts=(2048, 8192)) -> dict:
             info = read_gguf_info(path)
             for num_ctx in contexts:
                 measured = asyncio.run(measure(d, label, num_ctx))
-                estimated = estimate(info, num_ctx, 4, 512)
+                estimated = estimate(info, num_ctx, 4, 512, repack=repack)
                 results[f"{label}_ctx{num_ctx}"] = {"estimate_mib": estimated / 2**20,
                                                     "measured_mib": measured / 2**20,
                                                     "ratio": estimated / measured}

@@ -6,11 +6,15 @@ Settings are read once into a frozen ``Settings`` and passed in; nothing else re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from llmhost.api.options import KV_CACHE_TYPES
+from llmhost.engine.cpu import REPACK_MODES
 from llmhost.errors import BadRequest, ConfigError
 from llmhost.units import parse_duration, parse_size
 
@@ -130,6 +134,69 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+@dataclass(frozen=True)
+class ApiKeys:
+    """The keys a TCP client must present (LLMHOST_API_KEY); none: no key is needed.
+
+    Only digests are kept for comparison, and neither repr nor str shows a key, so logging the
+    settings never leaks one.
+    """
+
+    keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def __repr__(self) -> str:
+        return f"ApiKeys({len(self.keys)} configured)"
+
+    __str__ = __repr__
+
+    @property
+    def first(self) -> str | None:
+        """The key a client sends (the first one listed)."""
+        return self.keys[0] if self.keys else None
+
+    def accepts(self, candidate: str) -> bool:
+        """Whether ``candidate`` is one of the keys, in time that depends on neither (digests of
+        equal length, every key compared)."""
+        given = hashlib.sha256(candidate.encode("utf-8", "surrogateescape")).digest()
+        found = False
+        for key in self.keys:
+            found |= hmac.compare_digest(hashlib.sha256(key.encode()).digest(), given)
+        return found
+
+
+def _api_keys(value: str) -> ApiKeys:
+    """``k1,k2`` or ``@/path/to/file`` (one key per line, ``#`` comments); never echoes a key."""
+    text = value.strip()
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            parts = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the key file {path}: {getattr(e, 'strerror', None) or e}") from None
+        parts = [line.strip() for line in parts if not line.strip().startswith("#")]
+    else:
+        parts = [part.strip() for part in text.split(",")]
+    keys = tuple(part for part in parts if part)
+    if text.startswith("@") and not keys:
+        raise ValueError("the key file holds no key")
+    if any(not key.isascii() or not key.isprintable() or " " in key for key in keys):
+        raise ValueError("a key must be printable ASCII without spaces")
+    return ApiKeys(keys)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return lowered
+
+    return parse
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -148,6 +215,7 @@ class Variable:
     default: str | Callable[[], str]
     parse: Callable[[str], object]
     description: str
+    secret: bool = False  # its value never appears in an error message
 
     def default_text(self) -> str:
         return self.default() if callable(self.default) else self.default
@@ -168,10 +236,16 @@ VARIABLES: tuple[Variable, ...] = (
              "parallel sequences per loaded model (num_ctx is per sequence)"),
     Variable("LLMHOST_CONTEXT_LENGTH", "context_length", "4096", _positive_int,
              "default num_ctx when neither request nor Modelfile sets one"),
+    Variable("LLMHOST_KV_CACHE_TYPE", "kv_cache_type", "f16", _choice(KV_CACHE_TYPES),
+             "KV cache type (f16, q8_0 or q4_0) when neither request nor Modelfile sets kv_cache_type; "
+             "q8_0 halves the cache, q4_0 quarters it"),
+    Variable("LLMHOST_CPU_REPACK", "cpu_repack", "auto", _choice(REPACK_MODES),
+             "llama.cpp's repacked CPU kernels (faster Q4_0/Q4_K): auto (on unless the CPU has AMX, "
+             "whose path crashes), on or off"),
     Variable("LLMHOST_MAX_LOADED_MODELS", "max_loaded_models", "3", _positive_int,
              "most models loaded at once"),
     Variable("LLMHOST_MAX_QUEUE", "max_queue", "512", _positive_int,
-             "most requests waiting for a model; beyond it requests get 503 at once"),
+             "most requests waiting per model beyond its num_parallel running ones; more get 503 at once"),
     Variable("LLMHOST_MAX_MEMORY", "max_memory", _default_max_memory, _size,
              "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
     Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
@@ -188,6 +262,9 @@ VARIABLES: tuple[Variable, ...] = (
              "verbose logging, runner output included"),
     Variable("LLMHOST_SERVE_REGISTRY", "serve_registry", "0", _flag,
              "also serve the installed models read-only over the registry protocol (/v2/), for peers to pull"),
+    Variable("LLMHOST_API_KEY", "api_keys", "", _api_keys,
+             "API keys TCP clients must send (Authorization: Bearer KEY or x-api-key), comma-separated or "
+             "@FILE with one per line; the unix socket needs none; empty: no key needed", secret=True),
 )
 
 
@@ -212,6 +289,9 @@ class Settings:
     origins: tuple[str, ...] = ()
     body_idle_timeout: float = 60.0
     max_upload: int = 1 << 40
+    api_keys: ApiKeys = ApiKeys()
+    kv_cache_type: str = "f16"
+    cpu_repack: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -224,7 +304,8 @@ class Settings:
             try:
                 values[var.attr] = var.parse(text)
             except (ValueError, TypeError) as e:
-                raise ConfigError(f"invalid {var.name}={raw!r}: {e}") from None
+                shown = var.name if var.secret else f"{var.name}={raw!r}"
+                raise ConfigError(f"invalid {shown}: {e}") from None
         return cls(**values)
 
     @property

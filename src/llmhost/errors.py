@@ -10,6 +10,7 @@
     │   └── InvalidOption               option "x" must be of type ...
     ├── NotFound (404)
     │   └── ModelNotFound               model 'x' not found
+    ├── Unauthorized (401)              no valid API key on a TCP request (LLMHOST_API_KEY)
     ├── ClientClosed (499)              the client went away
     ├── ServerBusy (503)                queue full
     ├── InsufficientMemory (500)        a model cannot fit even after eviction
@@ -72,6 +73,10 @@ class ModelNotFound(NotFound):
     def __init__(self, name: str):
         super().__init__(f"model '{name}' not found")
         self.name = name
+
+
+class Unauthorized(LlmhostError):
+    status = 401
 
 
 class ClientClosed(LlmhostError):

@@ -114,8 +114,9 @@ class FakeDaemon:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record], client_max_size=1024**3)
-        app.router.add_get("/", _static(lambda: web.Response(text="llmhost is running")))
-        app.router.add_get("/api/version", _static(lambda: web.json_response({"version": "0.1.0"})))
+        app.router.add_get("/", _static(lambda: web.Response(text="Ollama is running")))
+        app.router.add_get("/api/version", _static(lambda: web.json_response({"version": "0.32.15",
+                                                                                "llmhost": "0.1.0"})))
         app.router.add_get("/api/tags", _static(lambda: web.json_response({"models": [tag_entry(n) for n in self.models]})))
         app.router.add_get("/api/ps", _static(lambda: web.json_response({"models": self.loaded})))
         app.router.add_post("/api/show", self._show)

@@ -18,7 +18,7 @@ def client(daemon) -> Client:
 
 
 def test_returns_parsed_json_over_the_unix_socket(client):
-    assert client.version() == {"version": "0.1.0"}
+    assert client.version() == {"version": "0.32.15", "llmhost": "0.1.0"}
     assert [m["name"] for m in client.list()["models"]] == [MODEL]
 
 

@@ -58,14 +58,29 @@ def test_show_rejects_two_fields(llm, daemon):
     assert result.stderr.startswith("Error: only one of")
 
 
-def test_ps_prints_processor_context_and_until(llm, daemon):
+def test_ps_prints_processor_context_slots_queue_cache_hit_and_until(llm, daemon):
     expires = (datetime.now(timezone.utc) + timedelta(minutes=4, seconds=30)).isoformat().replace("+00:00", "Z")
-    daemon.loaded = [{**tag_entry(), "size_vram": 0, "context_length": 4096, "expires_at": expires}]
+    daemon.loaded = [{**tag_entry(), "size_vram": 0, "context_length": 4096, "expires_at": expires,
+                      "parallel": 4, "slots_in_use": 3, "queue_depth": 2, "cache_hit_rate": 0.875}]
     result = llm("ps")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
-    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "SLOTS", "QUEUE", "CACHE", "HIT", "UNTIL"]
     assert "100% CPU" in row and "4096" in row and "4 minutes from now" in row
+    assert " 3/4 " in row and " 2 " in row and " 88% " in row
+
+
+def test_ps_without_usage_fields_shows_dashes(llm, daemon):
+    daemon.loaded = [{**tag_entry(), "size_vram": 0, "context_length": 4096}]  # an Ollama-shaped answer
+    row = llm("ps").stdout.splitlines()[1]
+    assert row.split()[7:10] == ["-", "-", "-"]  # name, id, size (2), processor (2), context
+
+
+def test_ps_json_has_the_usage_fields(llm, daemon):
+    daemon.loaded = [{**tag_entry(), "parallel": 4, "slots_in_use": 1, "queue_depth": 0, "cache_hit_rate": None}]
+    models = json.loads(llm("ps", "--json").stdout)["models"]
+    assert {k: models[0][k] for k in ("parallel", "slots_in_use", "queue_depth", "cache_hit_rate")} == {
+        "parallel": 4, "slots_in_use": 1, "queue_depth": 0, "cache_hit_rate": None}
 
 
 def test_pull_shows_progress_and_ends_with_success(llm, daemon):

@@ -64,7 +64,7 @@ def test_autostart_starts_a_daemon_and_waits_for_it(env, tmp_path):
     try:
         assert process is not None and process.poll() is None
         assert os.getsid(process.pid) != os.getsid(0)  # its own session: Ctrl+C here does not reach it
-        assert client.version() == {"version": "0.1.0"}
+        assert client.version() == {"version": "0.32.15", "llmhost": "0.1.0"}
         assert daemon_process.ensure_daemon(client) is None  # already running: nothing started
     finally:
         process.send_signal(signal.SIGTERM)

@@ -63,7 +63,7 @@ def test_missing_model_is_pulled_then_run(llm, daemon):
     result = llm("run", "fresh", "hi")
     assert result.exit_code == 0, result.output
     assert "success" in result.stderr and result.stdout == "Hello, world!\n"
-    assert daemon.paths() [:4] == ["/", "/api/show", "/api/pull", "/api/show"]
+    assert daemon.paths() [:4] == ["/api/version", "/api/show", "/api/pull", "/api/show"]
 
 
 def test_in_stream_error_exits_non_zero_after_the_partial_answer(llm, daemon):

@@ -50,17 +50,27 @@ def template_store(tmp_path_factory, tiny_gguf) -> Path:
     return root
 
 
-@pytest.fixture
-async def harness(tmp_path, template_store):
+def daemon_state(tmp_path: Path, template_store: Path, env: dict | None = None, max_queue: int = 4) -> DaemonState:
+    """A daemon's state over a copy of the template store, with a FakeFactory; ``env``: more LLMHOST_* settings."""
     # Hard links: each test gets its own store, and the GGUF metadata cache (keyed by inode) stays warm.
     shutil.copytree(template_store, tmp_path / "models", copy_function=os.link)
-    store = Store(tmp_path / "models")
-    factory = FakeFactory()
-    residency = Residency(factory, max_loaded=3, max_queue=4, memory_budget=8 << 30,
+    residency = Residency(FakeFactory(), max_loaded=3, max_queue=max_queue, memory_budget=8 << 30,
                           estimate=estimate_for_spec)
     settings = Settings.from_env({"LLMHOST_MODELS": str(tmp_path / "models"),
-                                  "LLMHOST_SOCKET": str(tmp_path / "s.sock")})
-    client = TestClient(TestServer(create_app(DaemonState(settings, store, residency))))
+                                  "LLMHOST_SOCKET": str(tmp_path / "s.sock"), **(env or {})})
+    return DaemonState(settings, Store(tmp_path / "models"), residency)
+
+
+async def start_harness(tmp_path: Path, template_store: Path, env: dict | None = None, max_queue: int = 4) -> Harness:
+    """A daemon app on a TCP test server (see ``daemon_state``). Close ``.client`` after."""
+    state = daemon_state(tmp_path, template_store, env, max_queue)
+    client = TestClient(TestServer(create_app(state)))
     await client.start_server()
-    yield Harness(client, store, factory, residency)
-    await client.close()
+    return Harness(client, state.store, state.residency._factory, state.residency)
+
+
+@pytest.fixture
+async def harness(tmp_path, template_store):
+    harness = await start_harness(tmp_path, template_store)
+    yield harness
+    await harness.client.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +30,21 @@ class FakeRunner:
         self.closed = False
         self.bodies: list[dict] = []
         self.cached = 0  # prompt tokens the final line reports as reused from the KV cache
+        self.active = 0  # completions streaming now (the fake runs them all at once)
+        self.totals = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self.last_health: dict = {}
         self._exited: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def completion(self, body: dict):
+        self.active += 1
+        try:
+            async with contextlib.aclosing(self._lines(body)) as lines:
+                async for line in lines:
+                    yield line
+        finally:
+            self.active -= 1
+
+    async def _lines(self, body: dict):
         self.bodies.append(body)
         for i, word in enumerate(self.words):
             if self._exited.done():
@@ -43,12 +57,42 @@ class FakeRunner:
             await asyncio.sleep(0)
         if self._exited.done():
             raise RunnerError("model runner crashed (signal 9)")
+        self.totals["prompt_tokens"] += 5
+        self.totals["cached_tokens"] += self.cached
+        self.totals["generated_tokens"] += len(self.words)
         yield {"done": True, "done_reason": "stop", "prompt_eval_count": 5, "prompt_cached_count": self.cached,
                "prompt_eval_duration": 1000, "eval_count": len(self.words), "eval_duration": 2000,
                **({"context": [1, 2, 3]} if body.get("return_context") else {})}
 
+    async def health(self) -> dict:
+        """The runner's /health, its engine shaped as a real one's (docs/runner-protocol.md)."""
+        running = min(self.active, self.spec.parallel)
+        engine = {"running": running, "waiting": self.active - running, "swapped": 0, "kv_cells": 1024,
+                  "kv_cells_used": 5 * self.active, "swapped_out_total": 0, "swapped_in_total": 0,
+                  "preempted_total": 0, "context_shifts": 0, "evicted_total": 0, **self.totals}
+        self.last_health = {"status": "ok", "parallel": self.spec.parallel, "memory_bytes": self.memory_bytes,
+                            "engine": engine}
+        return self.last_health
+
+    async def tokenize(self, body: dict) -> dict:
+        """One token per character: its code point."""
+        return {"tokens": [ord(c) for c in body["content"]]}
+
+    async def detokenize(self, body: dict) -> dict:
+        result = {"content": "".join(chr(t) for t in body["tokens"])}
+        if body.get("pieces"):
+            result["pieces"] = [chr(t) for t in body["tokens"]]
+        return result
+
     async def embed(self, body: dict) -> dict:
         return {"embeddings": [[0.6, 0.8, 0.0] for _ in body["input"]], "prompt_eval_count": 3}
+
+    async def rerank(self, body: dict) -> dict:
+        """Score: the share of the query's words in the document (so relevance is easy to predict)."""
+        self.bodies.append(body)
+        words = set(re.findall(r"\w+", body["query"].lower()))
+        scores = [len(words & set(re.findall(r"\w+", d.lower()))) / max(len(words), 1) for d in body["documents"]]
+        return {"scores": scores, "prompt_eval_count": 4 * len(scores)}
 
     def crash(self) -> None:
         if not self._exited.done():

@@ -117,7 +117,7 @@ async def test_max_loaded_models_evicts_to_make_room():
 async def test_queue_overflow_is_busy_at_once():
     factory = FakeFactory(load_delay=0.2)
     residency = make(factory, max_queue=2)
-    first = [asyncio.create_task(use(residency, A)) for _ in range(2)]
+    first = [asyncio.create_task(use(residency, A)) for _ in range(3)]  # parallel 1 + queue 2
     await asyncio.sleep(0.01)
     with pytest.raises(ServerBusy):
         await use(residency, A)

@@ -65,12 +65,7 @@ async def open_upload(daemon: Harness, digest: str, declared: int | None, first:
 async def answer_to(daemon: Harness, digest: str, declared: int, first: bytes = b"") -> tuple[int, dict]:
     """The status and JSON body the daemon answers to an upload that sends ``first`` and then nothing."""
     reader, writer = await open_upload(daemon, digest, declared, first)
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_WITHIN)
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        return int(head.split()[1]), json.loads(await reader.readexactly(length))
-    finally:
-        writer.close()
+    return await read_answer(reader, writer)
 
 
 def temp_files(store: Store) -> list[Path]:
@@ -246,10 +241,15 @@ async def json_answer(daemon: Harness, path: str, declared: int, first: bytes) -
             f"Content-Length: {declared}\r\n\r\n")
     writer.write(head.encode() + first)
     await writer.drain()
+    return await read_answer(reader, writer)
+
+
+async def read_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict]:
+    """The status and JSON body of the answer on a raw connection, which is then closed."""
     try:
-        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_WITHIN)
-        length = int(re.search(rb"(?i)content-length: *(\d+)", answer).group(1))
-        return int(answer.split()[1]), json.loads(await reader.readexactly(length))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_WITHIN)
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        return int(head.split()[1]), json.loads(await reader.readexactly(length))
     finally:
         writer.close()
 

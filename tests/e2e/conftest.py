@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +75,13 @@ def start_daemon(workdir: Path, **env_overrides: str) -> LiveDaemon:
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"daemon exited with {proc.returncode}: {(workdir / 'daemon.log').read_text()}")
-        with contextlib.suppress(OSError):
+        try:
             urllib.request.urlopen(url + "/", timeout=1).read()
             return LiveDaemon(url, env, proc, workdir)
+        except urllib.error.HTTPError:  # it answers (401: LLMHOST_API_KEY is set)
+            return LiveDaemon(url, env, proc, workdir)
+        except OSError:
+            pass
         if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("daemon did not answer within 30s")

@@ -36,13 +36,6 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def builder(model):
     return PromptBuilder(model, 512)
 

@@ -5,14 +5,6 @@ from __future__ import annotations
 import pytest
 
 from llmhost.engine.embeddings import Embedder
-from llmhost.engine.llamacpp import Model
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
 
 
 def test_embedding_context_smaller_than_the_sequence_count_does_not_abort(model):

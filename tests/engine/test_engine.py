@@ -16,13 +16,6 @@ from tests.support.engine_harness import EngineHarness
 GREEDY = {"temperature": 0, "seed": 42}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
-
-
 @pytest.fixture
 def harness(model):
     h = EngineHarness(model, ctx_size=256, parallel=4, batch=64)

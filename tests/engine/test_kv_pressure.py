@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from llmhost.engine.llamacpp import Model
 from llmhost.engine.sequence import Finished, FinishReason
 from tests.support.engine_harness import Collector, EngineHarness
 
 GREEDY = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0}
 SYSTEM = {"role": "system", "content": "You are a patient storyteller who never stops talking."}
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
 
 
 def harness(model, **kw) -> EngineHarness:

@@ -21,13 +21,6 @@ from tests.support.engine_harness import Collector, EngineHarness
 GREEDY = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
-
-
 @pytest.fixture
 def harness(model):
     h = EngineHarness(model, ctx_size=256, parallel=2, batch=64)

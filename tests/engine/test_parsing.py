@@ -353,13 +353,6 @@ TEMPLATES = {ToolFormat.HERMES: HERMES, ToolFormat.LLAMA3: LLAMA3, ToolFormat.MI
              ToolFormat.JSON: PLAIN_TOOLS}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(tiny_model)
-    yield m
-    m.close()
-
-
 def compiles(model: Model, gbnf: str) -> bool:
     chain = SamplerChain()
     try:

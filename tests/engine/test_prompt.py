@@ -135,12 +135,15 @@ def test_kept_tokens_rule(builder, req, keep):
     assert builder.prepare(req()).keep == keep
 
 
-def test_go_template_falls_back_to_the_models_own_template(builder, caplog):
-    go = "{{ if .System }}<|system|>{{ .System }}{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}"
-    with caplog.at_level("WARNING"):
-        rendered = builder.render(request([SYSTEM, USER], template=go))
-    assert rendered == builder.render(request([SYSTEM, USER]))
-    assert "Go template" in caplog.text
+def test_a_go_template_is_rendered_not_replaced(builder):
+    go = "{{ if .System }}<|system|>{{ .System }}{{ end }}{{ range .Messages }}[{{ .Content }}]{{ end }}"
+    assert builder.render(request([SYSTEM, USER], template=go)) == f"<|system|>{SYSTEM['content']}" \
+        f"[{SYSTEM['content']}][{USER['content']}]"
+
+
+def test_a_broken_go_template_is_an_error_with_its_position(builder):
+    with pytest.raises(BadRequest, match=r"invalid Go template .* at 1:14: function \"nope\" not defined"):
+        builder.render(request([USER], template="{{ .Prompt | nope }}"))
 
 
 def test_a_broken_jinja_template_is_still_an_error(builder):

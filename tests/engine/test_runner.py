@@ -74,12 +74,18 @@ def test_raw_prompt_and_custom_template(runner):
     assert templated[-1]["prompt_cached_count"] == 9  # the same tokens: all but the last reused
 
 
-def test_go_template_from_an_ollama_model_falls_back_to_the_gguf_template(runner):
+def test_a_go_template_from_an_ollama_model_is_what_the_model_is_given(runner):
     options = {**GREEDY, "num_predict": 5}
-    go = "{{ if .System }}{{ .System }}{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}"
-    plain = runner.completion(chat("Hi", **options))
+    go = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"  # Ollama's legacy form
+    raw = runner.completion({"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "options": options})
     with_go = runner.completion({**chat("Hi", **options), "template": go})
-    assert text_of(with_go) == text_of(plain)
+    assert text_of(with_go) == text_of(raw)
+    assert with_go[-1]["prompt_cached_count"] == 9  # the very same prompt tokens
+
+
+def test_a_go_template_that_fails_is_a_400_with_its_position(runner):
+    status, reply = runner.request("POST", "/completion", {**chat("Hi"), "template": "{{ index .Messages 5 }}"})
+    assert status == 400 and "at 1:4: error calling index: index out of range: 5" in reply["error"]
 
 
 @pytest.mark.parametrize(
@@ -107,6 +113,26 @@ def test_invalid_json_body_is_400(runner):
 def test_tokenize(runner):
     status, reply = runner.request("POST", "/tokenize", {"content": "Hello world"})
     assert status == 200 and reply["tokens"] == [19556, 905]
+
+
+def test_detokenize_gives_back_what_tokenize_parsed_control_tokens_included(runner):
+    text = "<|im_start|>user\nHello wörld<|im_end|>"
+    _, tokenized = runner.request("POST", "/tokenize", {"content": text})
+    status, reply = runner.request("POST", "/detokenize", {"tokens": tokenized["tokens"], "pieces": True})
+    assert status == 200 and reply["content"] == text
+    assert len(reply["pieces"]) == len(tokenized["tokens"]) and reply["pieces"][0] == "<|im_start|>"
+    whole = b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in reply["pieces"])
+    assert whole.decode() == text
+
+
+@pytest.mark.parametrize("body, message", [
+    pytest.param({"tokens": [1, "2"]}, "list of token ids", id="not-ids"),
+    pytest.param({"tokens": [10**9]}, "not in the vocabulary", id="outside-vocabulary"),
+    pytest.param({"tokens": [1], "pieces": "yes"}, '"pieces" must be a boolean', id="pieces-not-bool"),
+])
+def test_detokenize_refuses_bad_ids(runner, body, message):
+    status, reply = runner.request("POST", "/detokenize", body)
+    assert status == 400 and message in reply["error"]
 
 
 def test_client_disconnect_cancels_the_sequence(runner):

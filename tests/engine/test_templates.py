@@ -115,6 +115,8 @@ def test_null_content_is_an_empty_string():
         pytest.param("{{ if .System }}<|system|>{{ .System }}{{ end }}", True, id="go-if"),
         pytest.param("{{- if gt (len .Messages) 0 }}x{{- end }}", True, id="go-if-call"),
         pytest.param("{{ $.Tools }}", True, id="go-variable"),
+        pytest.param("{{ index .Messages 0 }}", True, id="go-function-of-a-field"),
+        pytest.param("{{ messages | length }}{{ message.content }}", False, id="jinja-attribute"),
         pytest.param("{% for m in messages %}{{ m.content }}{% endfor %}", False, id="jinja-loop"),
         pytest.param("{{ range(3) | list }}", False, id="jinja-range-call"),
         pytest.param("{{ x if y else z }}{{ end_token }}", False, id="jinja-conditional-expression"),

@@ -232,6 +232,12 @@ def test_embedding_model_declares_a_pooling_type(store, tmp_path):
     assert capabilities(create(store, "embed", path)) == ["embedding"], "a template cannot make it chat"
 
 
+def test_rank_pooling_makes_a_reranker_not_an_embedder_nor_a_chat_model(store, tmp_path):
+    # As Qwen3-Reranker is converted: a decoder with a chat template and llama.cpp's RANK pooling (4).
+    path = gguf_with(tmp_path / "rerank.gguf", metadata={"llama.pooling_type": 4}, chat_template=QWEN3)
+    assert capabilities(create(store, "rerank", path)) == ["rerank"]
+
+
 def test_embedding_only_architecture_without_a_pooling_type(store, plain_gguf):
     record = create(store, "m", plain_gguf)
     bert = dataclasses.replace(record, info=dataclasses.replace(record.info, architecture="nomic-bert"))

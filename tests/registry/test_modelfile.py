@@ -31,6 +31,9 @@ PARSED = {
     "license and adapter repeat": ('FROM ./m.gguf\nADAPTER a.gguf\nADAPTER b.gguf\nLICENSE MIT\nLICENSE """A\n2"""',
                                    Modelfile(from_="./m.gguf", adapters=["a.gguf", "b.gguf"], license=["MIT", "A\n2"])),
     "empty quoted system": ('FROM m\nSYSTEM ""', Modelfile(from_="m", system="")),
+    "multi-line in plain quotes (ollama show)": ('FROM m\nTEMPLATE "{{ .System }}\n\nUSER: {{ .Prompt }}"\nSYSTEM hi',
+                                                 Modelfile(from_="m", template="{{ .System }}\n\nUSER: {{ .Prompt }}",
+                                                           system="hi")),
     "FROM later than other commands": ("SYSTEM s\nFROM m", Modelfile(from_="m", system="s")),
 }
 
@@ -92,7 +95,7 @@ def test_render_shows_what_made_the_model():
     assert "PARAMETER stop <|im_end|>\nPARAMETER stop \"\"\" spaced\"\"\"\nPARAMETER temperature 0.7" in text
     assert "PARAMETER use_mmap true" in text
     assert "MESSAGE assistant hello there" in text
-    assert text.index("SYSTEM") < text.index("PARAMETER") < text.index("MESSAGE") < text.index("LICENSE")
+    assert text.index("SYSTEM") < text.index("PARAMETER") < text.index("LICENSE") < text.index("MESSAGE")
 
 
 def test_rendered_modelfile_parses_back_to_the_same_model():

@@ -54,6 +54,7 @@ class EngineHarness:
         batch: int = 128,
         kv_cells: int | None = None,
         start: bool = True,
+        kv_cache_type: str = "f16",
         **kw: Any,
     ):
         """``kv_cells``: the shared KV pool (default ctx_size × parallel, which can never overflow).
@@ -61,7 +62,8 @@ class EngineHarness:
         so batch composition (and with it floating-point rounding) does not depend on timing."""
         self.model = model
         n_ctx = kv_cells or ctx_size * parallel
-        self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel, n_batch=batch, n_threads=1)
+        self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel, n_batch=batch, n_threads=1,
+                           kv_cache_type=kv_cache_type)
         self.engine = Engine(model, self.ctx, n_slots=parallel, slot_capacity=ctx_size, **kw)
         self.builder = PromptBuilder(model, self.engine.kv.slot_capacity)
         if start:

@@ -100,13 +100,18 @@ def write_tiny_llama(
         writer.add_key_value(name, field.value, field.kind, sub_type=field.sub_kind)
     if isinstance(chat_template, str):
         writer.add_chat_template(chat_template)
-    for name, tensor in _tensors(shape, n_vocab, seed):
+    _write(writer, _tensors(shape, n_vocab, seed))
+    return path
+
+
+def _write(writer: GGUFWriter, tensors) -> None:
+    """Add the ``(name, array)`` tensors and write the file out."""
+    for name, tensor in tensors:
         writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def _add_hparams(writer: GGUFWriter, shape: TinyShape, n_vocab: int) -> None:
@@ -214,3 +219,102 @@ def raw_nested_array(key: str, depth: int) -> bytes:
     """An array of arrays ``depth`` levels deep, the innermost one empty (of uint8)."""
     levels = struct.pack("<IQ", GGUFValueType.ARRAY, 1) * (depth - 1)
     return raw_kv(key, GGUFValueType.ARRAY, levels + struct.pack("<IQ", GGUFValueType.UINT8, 0))
+
+
+# ---- a tiny reranker: BERT with a classification head --------------------------------------------
+
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK (MEAN is 1, CLS 2)
+_WORD_START = "\u2581"  # llama.cpp's WordPiece marks word-initial pieces with it (HF's "##" turned round)
+_RERANK_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_RERANK_WORDS = ("what", "is", "a", "panda", "bear", "the", "giant", "hi", "it", "china", "paris", "capital",
+                 "of", "france", "machine", "learning")
+
+
+def reranker_vocabulary() -> list[str]:
+    """WordPiece tokens that spell any lowercase ASCII text: specials, a few whole words, and every
+    letter, digit and punctuation mark both word-initial and as a continuation."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = [_WORD_START + c for c in chars + "?.,!:'-"] + list(chars) + [_WORD_START + w for w in _RERANK_WORDS]
+    return list(dict.fromkeys((*_RERANK_SPECIALS, *pieces)))
+
+
+def write_tiny_reranker(path: Path, *, seed: int = 0, pooling: int = RANK_POOLING, head: bool = True,
+                        rerank_template: str | None = None, n_embd: int = 32, n_layer: int = 2,
+                        n_ctx_train: int = 512) -> Path:
+    """A ``bert`` GGUF scoring (query, document) pairs, with its own small WordPiece vocabulary (no
+    source model needed), ~100 KB in float32 and deterministic for a ``seed``.
+
+    What llama.cpp's BERT loader requires (token, type and position embeddings, their norm, per
+    block q/k/v/output with biases, the attention-output and layer-output norms, ffn up/down) plus
+    the classifier it applies under RANK pooling: ``cls`` (dense + tanh) and ``cls.output`` (one
+    label). The vocabulary's BOS is [CLS] and EOS and SEP are [SEP], all added, so a pair is laid out
+    ``[CLS] q [SEP] [SEP] d [SEP]`` (RoBERTa's form, as bge-reranker has it). ``pooling`` 1 (MEAN)
+    with ``head=False`` makes a plain embedding model; ``rerank_template`` adds a
+    ``tokenizer.chat_template.rerank`` prompt with ``{query}`` and ``{document}``.
+    """
+    tokens = reranker_vocabulary()
+    n_ff, n_head = 2 * n_embd, 2
+    writer = GGUFWriter(str(path), "bert")
+    writer.add_name("tiny-reranker-test")
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_uint32("bert.pooling_type", pooling)
+    writer.add_file_type(0)  # ALL_F32
+    _add_wordpiece(writer, tokens)
+    if rerank_template is not None:
+        writer.add_string("tokenizer.chat_template.rerank", rerank_template)
+    _write(writer, _bert_tensors(len(tokens), n_embd, n_ff, n_layer, n_ctx_train, head, seed))
+    return path
+
+
+def _add_wordpiece(writer: GGUFWriter, tokens: list[str]) -> None:
+    ids = {token: i for i, token in enumerate(tokens)}
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(tokens)
+    writer.add_token_types([_TOKEN_CONTROL if t in _RERANK_SPECIALS else 1 for t in tokens])
+    writer.add_token_type_count(2)
+    writer.add_bos_token_id(ids["[CLS]"])
+    writer.add_eos_token_id(ids["[SEP]"])
+    writer.add_sep_token_id(ids["[SEP]"])
+    writer.add_pad_token_id(ids["[PAD]"])
+    writer.add_unk_token_id(ids["[UNK]"])
+    writer.add_mask_token_id(ids["[MASK]"])
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(True)
+    writer.add_add_sep_token(True)
+
+
+def _bert_tensors(n_vocab: int, d: int, n_ff: int, n_layer: int, n_ctx: int, head: bool, seed: int):
+    rng = np.random.default_rng(seed)
+
+    def weight(*dims: int, scale: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(dims) * scale).astype(np.float32)
+
+    def norm(prefix: str):
+        yield f"{prefix}.weight", np.ones(d, dtype=np.float32)
+        yield f"{prefix}.bias", np.zeros(d, dtype=np.float32)
+
+    yield "token_embd.weight", weight(n_vocab, d, scale=1.0)
+    yield "token_types.weight", weight(2, d)
+    yield "position_embd.weight", weight(n_ctx, d)
+    yield from norm("token_embd_norm")
+    for i in range(n_layer):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            yield f"blk.{i}.{part}.weight", weight(d, d)
+            yield f"blk.{i}.{part}.bias", weight(d)
+        yield from norm(f"blk.{i}.attn_output_norm")
+        yield f"blk.{i}.ffn_up.weight", weight(n_ff, d)
+        yield f"blk.{i}.ffn_up.bias", weight(n_ff)
+        yield f"blk.{i}.ffn_down.weight", weight(d, n_ff)
+        yield f"blk.{i}.ffn_down.bias", weight(d)
+        yield from norm(f"blk.{i}.layer_output_norm")
+    if head:
+        yield "cls.weight", weight(d, d, scale=0.5)
+        yield "cls.bias", weight(d)
+        yield "cls.output.weight", weight(1, d, scale=1.0)
+        yield "cls.output.bias", weight(1)

@@ -76,6 +76,13 @@ async def test_cached_blobs_report_complete_and_are_not_fetched(store, registry,
     assert "removing unused layers" not in events.statuses()
 
 
+async def test_bytes_received_are_counted_once_for_the_pull_metric(store, registry, downloads, tiny_gguf):
+    registry.add_model("library", "tiny", "latest", [(MODEL, tiny_gguf)])
+    await pull(store, registry, downloads)
+    await pull(store, registry, downloads)  # everything is local now: nothing more is received
+    assert downloads.received == sum(len(data) for data in registry.blobs.values())
+
+
 async def test_a_new_version_removes_layers_nothing_uses(store, registry, downloads, tiny_gguf):
     old = random_bytes(1000, seed=1)
     registry.add_model("library", "tiny", "latest", [(MODEL, tiny_gguf), (PARAMS, old)])

@@ -1,7 +1,8 @@
 """The one client of the daemon's Ollama API, used by the CLI and by tests.
 
 Stdlib only (``http.client``), so the CLI starts fast. It talks to the daemon over its unix socket
-and falls back to TCP ``settings.host`` when the socket is absent or refuses. Methods return parsed
+and falls back to TCP ``settings.host`` when the socket is absent or refuses; over TCP it sends
+the API key (LLMHOST_API_KEY) when one is set. Methods return parsed
 JSON; streaming methods yield one dict per NDJSON line. An error body, or an ``{"error": ...}`` line
 in a stream, raises the ``llmhost.errors`` class matching the HTTP status.
 """
@@ -15,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from llmhost.errors import BadRequest, ClientClosed, LlmhostError, NotFound, ServerBusy
+from llmhost.errors import BadRequest, ClientClosed, LlmhostError, NotFound, ServerBusy, Unauthorized
 
 if TYPE_CHECKING:
     from llmhost.config import Settings
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 MAX_LINE = 8 * 1024 * 1024  # Ollama's NDJSON line limit
 UPLOAD_BLOCK = 1024 * 1024
 
-_ERRORS: dict[int, type[LlmhostError]] = {400: BadRequest, 404: NotFound, 499: ClientClosed, 503: ServerBusy}
+_ERRORS: dict[int, type[LlmhostError]] = {400: BadRequest, 401: Unauthorized, 404: NotFound, 499: ClientClosed,
+                                           503: ServerBusy}
 
 
 class DaemonUnreachable(LlmhostError):
@@ -106,15 +108,17 @@ class _ProgressReader:
 class Client:
     """Synchronous client of one daemon; every call opens a fresh connection."""
 
-    def __init__(self, socket_path: str | os.PathLike | None, host: str, *, timeout: float | None = None):
+    def __init__(self, socket_path: str | os.PathLike | None, host: str, *, timeout: float | None = None,
+                 api_key: str | None = None):
         self.socket_path = str(socket_path) if socket_path else None
         self.host = host
         self.timeout = timeout
+        self._api_key = api_key  # sent over TCP only: the unix socket needs none
         self._use_tcp = False
 
     @classmethod
     def from_settings(cls, settings: "Settings", *, timeout: float | None = None) -> "Client":
-        return cls(settings.socket, settings.host, timeout=timeout)
+        return cls(settings.socket, settings.host, timeout=timeout, api_key=settings.api_keys.first)
 
     def describe(self) -> str:
         """Where this client looks for the daemon, for messages."""
@@ -156,6 +160,8 @@ class Client:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn = self._connect(self.timeout if timeout is None else timeout)
         headers = dict(headers or {})
+        if self._api_key and not isinstance(conn, _UnixConnection):
+            headers["Authorization"] = f"Bearer {self._api_key}"
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
@@ -224,22 +230,27 @@ class Client:
     # -- API -------------------------------------------------------------------------------------
 
     def heartbeat(self, timeout: float = 2.0) -> None:
-        """Raise DaemonUnreachable unless an llmhost daemon answers ``GET /``."""
+        """Raise DaemonUnreachable unless an llmhost daemon answers ``GET /api/version`` (it names
+        its own version under ``llmhost``; ``GET /`` says "Ollama is running", as Ollama's does)."""
         try:
-            conn, response = self._send("GET", "/", timeout=timeout)
+            conn, response = self._send("GET", "/api/version", timeout=timeout)
             try:
                 body = response.read()
             finally:
                 conn.close()
         except (OSError, http.client.HTTPException, ConnectionLost) as e:
             raise DaemonUnreachable(f"the llmhost daemon at {self.describe()} did not answer: {e}") from None
-        if not body.startswith(b"llmhost is running"):
+        try:
+            is_llmhost = "llmhost" in json.loads(body)
+        except (ValueError, TypeError):
+            is_llmhost = False
+        if not is_llmhost:
             # Ollama answers on the same default port; driving it by mistake would be confusing.
             raise DaemonUnreachable(f"{self.describe()} answers, but it is not llmhost "
                                     "(is Ollama running there? set LLMHOST_HOST to another address)")
 
     def version(self) -> dict:
-        """``{"version": "..."}``."""
+        """``{"version": Ollama API version, "llmhost": llmhost's version}``."""
         return self._call("GET", "/api/version")
 
     def list(self) -> dict:

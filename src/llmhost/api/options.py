@@ -15,7 +15,7 @@ from llmhost.errors import InvalidOption
 
 log = logging.getLogger(__name__)
 
-INT, FLOAT, BOOL, STRINGS = "integer", "float", "boolean", "array of strings"
+INT, FLOAT, BOOL, STRING, STRINGS = "integer", "float", "boolean", "string", "array of strings"
 
 RUNTIME_OPTIONS: dict[str, str] = {
     "num_keep": INT,
@@ -43,6 +43,7 @@ LOAD_OPTIONS: dict[str, str] = {
     "main_gpu": INT,
     "use_mmap": BOOL,
     "num_thread": INT,
+    "kv_cache_type": STRING,  # ours (Ollama has only OLLAMA_KV_CACHE_TYPE): f16, q8_0 or q4_0
 }
 
 OPTION_TYPES: dict[str, str] = {**RUNTIME_OPTIONS, **LOAD_OPTIONS}
@@ -84,6 +85,12 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 FLOAT_LIMIT = 3.4028234663852886e38  # llama.cpp takes floats as float32: beyond this they become inf
 
+# KV cache element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them: f16 2 bytes an element, q8_0
+# 34 bytes per 32, q4_0 18 per 32 (quantized ones need flash attention; the runner switches it on).
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# The values a string option may take (compared in lower case).
+STRING_CHOICES: dict[str, tuple[str, ...]] = {"kv_cache_type": KV_CACHE_TYPES}
+
 
 def _check(name: str, kind: str, value: Any) -> Any:
     error = InvalidOption(f'option "{name}" must be of type {kind}')
@@ -106,11 +113,23 @@ def _check(name: str, kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise error
         return value
+    if kind == STRING:
+        if not isinstance(value, str):
+            raise error
+        return _choice(name, value)
     if isinstance(value, str):  # a single stop string is accepted, as Ollama does
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise error
     return list(value)
+
+
+def _choice(name: str, value: str) -> str:
+    choices = STRING_CHOICES.get(name)
+    value = value.strip().lower() if choices else value
+    if choices and value not in choices:
+        raise InvalidOption(f'option "{name}" must be one of {", ".join(choices)}')
+    return value
 
 
 def _finite(name: str, value: int | float) -> float:
@@ -162,7 +181,7 @@ def parse_parameter(name: str, text: str) -> Any:
         raise InvalidOption(f"invalid value for parameter '{name}': {text[:40]!r} is not a {kind}") from None
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    return [text]
+    return _check(name, kind, text) if kind == STRING else [text]
 
 
 def merge_parameters(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -282,3 +282,79 @@ class EmbedRequest:
             keep_alive=keep_alive_field(body),
             options=validate_options(body.get("options")),
         )
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """POST /api/tokenize (llmhost extension): text → the model's token ids (no BOS/EOS added,
+    control tokens in the text parsed), through the model's runner."""
+
+    model: str
+    content: str
+    pieces: bool = False  # also each token's text (its bytes where it is not whole UTF-8)
+    keep_alive: float | None = None
+    options: dict = field(default_factory=dict)  # load options (num_ctx…) pick the runner, as for generate
+
+    @classmethod
+    def from_json(cls, body: dict) -> "TokenizeRequest":
+        content = field_of(body, "content", str)
+        if content is None:
+            raise BadRequest('"content" is required: the text to tokenize')
+        return cls(model=model_field(body), content=content, pieces=field_of(body, "pieces", bool, False),
+                   keep_alive=keep_alive_field(body), options=validate_options(body.get("options")))
+
+
+@dataclass(frozen=True)
+class DetokenizeRequest:
+    """POST /api/detokenize (llmhost extension): token ids → text, control tokens as their text."""
+
+    model: str
+    tokens: tuple[int, ...]
+    keep_alive: float | None = None
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: dict) -> "DetokenizeRequest":
+        tokens = field_of(body, "tokens", list)
+        if tokens is None or len(tokens) > MAX_CONTEXT_TOKENS or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
+            raise BadRequest('invalid value for "tokens": expected an array of token ids')
+        return cls(model=model_field(body), tokens=tuple(tokens), keep_alive=keep_alive_field(body),
+                   options=validate_options(body.get("options")))
+
+
+MAX_RERANK_DOCUMENTS = 10_000  # each is a sequence the runner evaluates and a result the daemon sends back
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """POST /api/rerank and /v1/rerank (llmhost extension, in llama-server's, Jina's and Cohere's
+    shape): the documents scored against the query by a reranker model, best first."""
+
+    model: str
+    query: str
+    documents: tuple[str, ...]
+    top_n: int | None = None  # how many of the best to return; None: all
+    return_documents: bool = False  # each result carries its document as ``{"text": ...}``
+    truncate: bool = True  # a document too long for the context loses its end; false: a 400 instead
+    keep_alive: float | None = None
+    options: dict = field(default_factory=dict)  # load options (num_ctx…) pick the runner, as for embed
+
+    @classmethod
+    def from_json(cls, body: dict) -> "RerankRequest":
+        model = model_field(body)
+        query = field_of(body, "query", str)
+        if query is None:
+            raise BadRequest('"query" is required: the text to rank the documents against')
+        documents = field_of(body, "documents", list, [])
+        if not documents or not all(isinstance(d, str) for d in documents):
+            raise BadRequest('"documents" must be a non-empty array of strings')
+        if len(documents) > MAX_RERANK_DOCUMENTS:
+            raise BadRequest(f'too many "documents": {len(documents)} (at most {MAX_RERANK_DOCUMENTS} per request)')
+        top_n = field_of(body, "top_n", int)
+        if top_n is not None and top_n < 1:
+            raise BadRequest('invalid value for "top_n": must be at least 1')
+        return cls(model=model, query=query, documents=tuple(documents), top_n=top_n,
+                   return_documents=field_of(body, "return_documents", bool, False),
+                   truncate=field_of(body, "truncate", bool, True), keep_alive=keep_alive_field(body),
+                   options=validate_options(body.get("options")))

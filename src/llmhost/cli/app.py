@@ -57,7 +57,7 @@ def _print_version(value: bool) -> None:
     from llmhost.config import Settings
 
     try:
-        server = Client.from_settings(Settings.from_env(), timeout=2.0).version().get("version")
+        server = Client.from_settings(Settings.from_env(), timeout=2.0).version().get("llmhost")
     except LlmhostError:
         server = None
     if server is None:

@@ -151,11 +151,22 @@ def ps_table(models: list[dict], now: datetime | None = None) -> str:
             format_size(m.get("size") or 0),
             processor(m.get("size") or 0, m.get("size_vram") or 0),
             str(m.get("context_length") or ""),
+            *ps_usage(m),
             ps_until(m.get("expires_at"), now),
         ]
         for m in models
     ]
-    return columns(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+    return columns(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "SLOTS", "QUEUE", "CACHE HIT", "UNTIL"], rows)
+
+
+def ps_usage(model: dict) -> list[str]:
+    """Slots in use of the parallel ones, queue depth, cache-hit rate ("-" where the daemon gave none)."""
+    parallel, rate = model.get("parallel"), model.get("cache_hit_rate")
+    return [
+        f"{model.get('slots_in_use', 0)}/{parallel}" if parallel else "-",
+        str(model["queue_depth"]) if model.get("queue_depth") is not None else "-",
+        f"{rate:.0%}" if isinstance(rate, (int, float)) else "-",
+    ]
 
 
 # -- show -----------------------------------------------------------------------------------------

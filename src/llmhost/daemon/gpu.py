@@ -45,12 +45,13 @@ def detect_gpus() -> list[Gpu]:
     return gpus
 
 
-def fit_layers(info, num_ctx: int, parallel: int, num_batch: int, free_vram: int) -> int:
+def fit_layers(info, num_ctx: int, parallel: int, num_batch: int, free_vram: int,
+               kv_cache_type: str = "f16") -> int:
     """Layers to offload (``n_gpu_layers``); block_count + 1 means everything, output layer included."""
     blocks = info.block_count or 0
     if blocks == 0:
         return 0
-    kv_per_layer = kv_cache_bytes(info, num_ctx * parallel) // blocks
+    kv_per_layer = kv_cache_bytes(info, num_ctx * parallel, kv_cache_type) // blocks
     layers = [info.layer_bytes.get(i, 0) + kv_per_layer for i in range(blocks)]
     fixed = GPU_OVERHEAD + compute_bytes(info, num_batch)
     largest = max(layers)
@@ -68,10 +69,10 @@ def fit_layers(info, num_ctx: int, parallel: int, num_batch: int, free_vram: int
     return placed
 
 
-def auto_gpu_layers(info, num_ctx: int, parallel: int, num_batch: int) -> int:
+def auto_gpu_layers(info, num_ctx: int, parallel: int, num_batch: int, kv_cache_type: str = "f16") -> int:
     """``n_gpu_layers`` for ``num_gpu = -1``: what fits on the GPU with the most free memory now."""
     gpus = detect_gpus()
     if not gpus:
         return 0
     best = max(gpus, key=lambda g: g.free)
-    return fit_layers(info, num_ctx, parallel, num_batch, best.free)
+    return fit_layers(info, num_ctx, parallel, num_batch, best.free, kv_cache_type)

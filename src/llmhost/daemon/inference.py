@@ -11,11 +11,12 @@ from typing import AsyncGenerator, AsyncIterator, Awaitable
 
 from llmhost.api.options import split_options
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
+from llmhost.daemon.metrics import CompletionMeter
 from llmhost.daemon.prompting import effective_options, runner_body
 from llmhost.daemon.residency import Lease, Residency
 from llmhost.daemon.runners import LoadSpec
 from llmhost.daemon.state import DaemonState
-from llmhost.errors import BadRequest, RunnerError
+from llmhost.errors import BadRequest, LlmhostError, RunnerError
 from llmhost.registry.capabilities import capabilities
 
 NS = 1_000_000_000
@@ -90,7 +91,8 @@ async def start_completion(state: DaemonState, request: GenerateRequest | ChatRe
     terms = LeaseTerms.of(state, request, record)
     body = runner_body(record, request, terms.runtime, think)
     lease = await terms.take(state.residency)
-    return Completion(str(record.name), started, lease, _runner_lines(lease, body))
+    meter = state.metrics.completion(str(record.name), started)
+    return Completion(str(record.name), started, lease, _runner_lines(lease, body, meter))
 
 
 def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str | None:
@@ -115,16 +117,24 @@ def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str 
     return True if request.think is None else request.think
 
 
-async def _runner_lines(lease: Lease, body: dict) -> AsyncGenerator[dict, None]:
-    """The runner's ``{"content"}`` lines, then its final line; an error line raises RunnerError."""
+async def _runner_lines(lease: Lease, body: dict, meter: CompletionMeter) -> AsyncGenerator[dict, None]:
+    """The runner's ``{"content"}`` lines, then its final line; an error line raises RunnerError.
+
+    ``meter`` sees every line as the runner sent it (the final one before ``metrics`` adds the
+    cached tokens to ``prompt_eval_count``).
+    """
     try:
         async with contextlib.aclosing(lease.runner.completion(body)) as lines:
             async for line in lines:
+                meter.line(line)
                 if "error" in line:
                     raise RunnerError(line["error"])
                 yield line
                 if line.get("done"):
                     return
+    except LlmhostError:  # an error line, or the runner failed or died
+        meter.failed()
+        raise
     finally:
         lease.release()
 

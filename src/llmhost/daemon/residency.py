@@ -6,7 +6,10 @@ Rules (the bar is Ollama's scheduler, which evicts by keep_alive then name and i
 - eviction takes idle models only, least recently used first, preferring one whose departure alone
   frees enough; pinned models (keep_alive < 0) are never evicted;
 - a model that cannot fit even after evicting everything evictable is refused with the numbers;
-- at most ``max_queue`` requests wait; beyond that → ServerBusy (503) at once.
+- admission per model: at most ``parallel`` running and ``max_queue`` waiting requests (for a
+  load or for a slot in the runner, whose queue runs them by priority); beyond that → ServerBusy
+  (503) at once, starting nothing; a request that leaves (its client went away) frees its place
+  at once.
 
 Time comes from an injectable clock so keep_alive expiry is testable without sleeping.
 """
@@ -57,6 +60,38 @@ class Resident:
         return self.refcount == 0
 
 
+@dataclass
+class Admission:
+    """The requests admitted for one model (a runner key) and not yet finished."""
+
+    name: str  # the name the model was last asked for, for metrics
+    parallel: int  # of these, this many run at once; the rest wait
+    count: int = 0
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.count - self.parallel)
+
+
+class ResidencyObserver:
+    """What residency reports as it works (the daemon's metrics listen); here every report is ignored."""
+
+    def loaded(self, name: str, seconds: float) -> None:
+        """A runner for ``name`` is ready after ``seconds``."""
+
+    def evicted(self, name: str) -> None:
+        """An idle model was unloaded to make room for another."""
+
+    def crashed(self, name: str) -> None:
+        """A runner exited on its own."""
+
+    def restarted(self, name: str) -> None:
+        """A model whose runner crashed is loaded again."""
+
+    def rejected(self, name: str) -> None:
+        """A request found the model's running and waiting places full (503)."""
+
+
 class Lease:
     """One request's hold on a resident model; ``release()`` (or leave ``with lease:``) when it ends.
 
@@ -105,7 +140,9 @@ class Residency:
         self._wall = wall_clock
         self._residents: dict[LoadSpec, Resident] = {}
         self._load_lock = asyncio.Lock()
-        self._waiting = 0
+        self._admissions: dict[str, Admission] = {}  # by runner key
+        self._crashed: set[str] = set()  # keys whose runner crashed and has not been loaded again
+        self.observer = ResidencyObserver()
         self._changed = asyncio.Event()
         self._reaper: asyncio.Task | None = None
         self._closed = False
@@ -123,6 +160,15 @@ class Residency:
             return self._wall() + (resident.expires_at - self._clock())
         return self._wall() + resident.keep_alive
 
+    def admissions(self) -> list[Admission]:
+        """Per model with requests in flight: how many are admitted (running or waiting)."""
+        return list(self._admissions.values())
+
+    def admitted(self, key: str) -> int:
+        """Requests for runner key ``key`` admitted and not finished (running or waiting)."""
+        admission = self._admissions.get(key)
+        return admission.count if admission else 0
+
     def _usable(self, spec: LoadSpec) -> Resident | None:
         for resident in self._residents.values():
             if not resident.unloading and resident.spec.covers(spec):
@@ -132,23 +178,43 @@ class Residency:
     # ---- acquire / release ---------------------------------------------------------------------
 
     async def acquire(self, spec: LoadSpec, name: str, keep_alive: float, info: dict | None = None) -> Lease:
-        """Hold a runner for ``spec``, loading it (and evicting others) if needed."""
-        if self._waiting >= self._max_queue:
-            raise ServerBusy()
-        self._waiting += 1
+        """Hold a runner for ``spec``, loading it (and evicting others) if needed.
+
+        ServerBusy at once, before anything starts, when the model already has ``parallel`` running
+        and ``max_queue`` waiting requests, counting those waiting for its load.
+        """
+        self._admit(spec, name)
         try:
-            while True:
-                resident = self._usable(spec)
-                if resident is not None:
-                    return self._take(resident, keep_alive, 0.0, info)
-                async with self._load_lock:
-                    if self._usable(spec) is not None:
-                        continue
-                    await self._make_room(spec)
-                    resident = await self._load(spec, name, keep_alive, info or {})
-                    return self._take(resident, keep_alive, resident.load_duration, info)
-        finally:
-            self._waiting -= 1
+            return await self._hold(spec, name, keep_alive, info)
+        except BaseException:  # refused, failed or cancelled (the client went away): its place is free
+            self._leave(spec.key)
+            raise
+
+    def _admit(self, spec: LoadSpec, name: str) -> None:
+        admission = self._admissions.setdefault(spec.key, Admission(name, spec.parallel))
+        if admission.count >= admission.parallel + self._max_queue:
+            self.observer.rejected(admission.name)
+            raise ServerBusy()
+        admission.count += 1
+        admission.name, admission.parallel = name, spec.parallel
+
+    def _leave(self, key: str) -> None:
+        admission = self._admissions[key]
+        admission.count -= 1
+        if admission.count == 0:
+            del self._admissions[key]
+
+    async def _hold(self, spec: LoadSpec, name: str, keep_alive: float, info: dict | None) -> Lease:
+        while True:
+            resident = self._usable(spec)
+            if resident is not None:
+                return self._take(resident, keep_alive, 0.0, info)
+            async with self._load_lock:
+                if self._usable(spec) is not None:
+                    continue
+                await self._make_room(spec)
+                resident = await self._load(spec, name, keep_alive, info or {})
+                return self._take(resident, keep_alive, resident.load_duration, info)
 
     def _take(self, resident: Resident, keep_alive: float, load_duration: float, info: dict | None) -> Lease:
         resident.refcount += 1
@@ -161,6 +227,7 @@ class Residency:
 
     def _release(self, resident: Resident) -> None:
         resident.refcount -= 1
+        self._leave(resident.spec.key)
         resident.last_used = self._clock()
         if resident.refcount == 0 and self._residents.get(resident.spec) is resident:
             if resident.keep_alive <= 0 or resident.unloading:
@@ -186,6 +253,10 @@ class Residency:
                             last_used=self._clock(), info=info)
         self._residents[spec] = resident
         self._spawn(self._watch(resident))
+        self.observer.loaded(name, load_duration)
+        if spec.key in self._crashed:
+            self._crashed.discard(spec.key)
+            self.observer.restarted(name)
         return resident
 
     async def _watch(self, resident: Resident) -> None:
@@ -194,6 +265,8 @@ class Residency:
         if self._residents.get(resident.spec) is resident:
             log.warning("runner for %s exited unexpectedly (status %s)", resident.name, status)
             del self._residents[resident.spec]
+            self._crashed.add(resident.spec.key)
+            self.observer.crashed(resident.name)
             self._notify()
 
     def _used(self) -> int:
@@ -218,6 +291,7 @@ class Residency:
             victim = self._choose_victim(short)
             if victim is not None:
                 log.info("evicting %s to make room", victim.name)
+                self.observer.evicted(victim.name)
                 await self._unload(victim)
                 continue
             if not any(not r.pinned for r in self._residents.values()):

@@ -11,6 +11,7 @@ from aiohttp import web
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.http import format_time, now_rfc3339, read_json, stream_ndjson
 from llmhost.daemon.inference import NS, Completion, Delta, deltas, embed, lease_for, metrics, start_completion
+from llmhost.daemon.metrics import refresh_health, usage
 from llmhost.daemon.state import DaemonState, state_of
 
 routes = web.RouteTableDef()
@@ -135,6 +136,7 @@ def cut_dimensions(vector: list[float], dimensions: int | None) -> list[float]:
 async def ps(request: web.Request) -> web.Response:
     residency = state_of(request).residency
     models = []
+    await refresh_health(residency.residents())  # slots and queue as they are now (briefly)
     for resident in residency.residents():
         expires = residency.expires_wall(resident)
         models.append({
@@ -146,5 +148,6 @@ async def ps(request: web.Request) -> web.Response:
             "details": resident.info.get("details", {}),
             "expires_at": format_time(expires) if expires is not None else FOREVER,
             "context_length": resident.spec.num_ctx,
+            **usage(resident),  # llmhost's: parallel, slots_in_use, queue_depth, cache_hit_rate
         })
     return web.json_response({"models": models})

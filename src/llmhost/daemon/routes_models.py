@@ -7,26 +7,28 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from llmhost import __version__
+from llmhost import OLLAMA_API_VERSION, __version__
 from llmhost.api.types import field_of, model_field
 from llmhost.daemon.bodies import BodyLimits, receive_blob
 from llmhost.daemon.http import read_json, stream_ndjson
 from llmhost.daemon.state import state_of
+from llmhost.engine.gotemplate.values import format_float
 from llmhost.errors import BadRequest, NotFound
-from llmhost.registry.capabilities import capabilities
+from llmhost.registry.capabilities import capabilities, go_quote
 from llmhost.registry.names import ModelName
 
 routes = web.RouteTableDef()
 
 
-@routes.route("GET", "/")
+@routes.get("/")  # and HEAD, as Ollama answers both
 async def root(request: web.Request) -> web.Response:
-    return web.Response(text="llmhost is running")
+    # Ollama's exact text: clients and scripts match on it to tell the server is up.
+    return web.Response(text="Ollama is running")
 
 
 @routes.get("/api/version")
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": __version__})
+    return web.json_response({"version": OLLAMA_API_VERSION, "llmhost": __version__})
 
 
 @routes.get("/api/tags")
@@ -55,26 +57,37 @@ async def show(request: web.Request) -> web.Response:
     state = state_of(request)
     record = await state.in_store(state.store.load, model_field(body))
     model_info = await state.in_store(record.info.model_info, verbose)  # verbose re-reads the vocabulary
-    return web.json_response({
+    shown = {
         "modelfile": render_modelfile(record),
         "parameters": _parameters_text(record.parameters),
-        "template": record.template or record.info.chat_template or "",
+        "template": record.chat_template or "",  # as stored: the template layer, else the GGUF's
         "system": record.system or "",
         "license": "\n".join(record.license or []),
         "details": record.details(),
         "model_info": model_info,
         "capabilities": capabilities(record),
         "modified_at": record.modified_at.isoformat(),
-    })
+    }
+    if record.messages:
+        shown["messages"] = [{"role": m["role"], "content": m["content"]} for m in record.messages]
+    return web.json_response(shown)
 
 
 def _parameters_text(parameters: dict) -> str:
+    """Ollama's ``parameters`` text: ``name`` padded to 30, then the value as Go's ``%#v`` prints it."""
     lines = []
     for name, value in parameters.items():
         for item in value if isinstance(value, list) else [value]:
-            text = f'"{item}"' if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
-            lines.append(f"{name:<30} {text}")
+            lines.append(f"{name:<30} {_go_sharp_v(item)}")
     return "\n".join(lines)
+
+
+def _go_sharp_v(value) -> str:
+    if isinstance(value, str):
+        return go_quote(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return format_float(float(value)) if isinstance(value, (int, float)) else str(value)
 
 
 @routes.post("/api/copy")

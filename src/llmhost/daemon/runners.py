@@ -43,6 +43,8 @@ class LoadSpec:
     num_gpu: int
     threads: int
     use_mmap: bool = True
+    kv_cache_type: str = "f16"  # api.options.KV_CACHE_TYPES
+    cpu_repack: str = "auto"  # engine.cpu.REPACK_MODES (LLMHOST_CPU_REPACK)
 
     def covers(self, other: "LoadSpec") -> bool:
         """True when a runner started with ``self`` can serve a request that asks for ``other``."""
@@ -53,6 +55,8 @@ class LoadSpec:
             and self.num_gpu == other.num_gpu
             and self.use_mmap == other.use_mmap
             and self.threads == other.threads
+            and self.kv_cache_type == other.kv_cache_type
+            and self.cpu_repack == other.cpu_repack
         )
 
 
@@ -67,6 +71,19 @@ class Runner(Protocol):
 
     async def embed(self, body: dict) -> dict:
         """Embeddings for ``{"input": [...], "truncate": bool}``."""
+
+    async def rerank(self, body: dict) -> dict:
+        """``{"query", "documents": [...], "truncate"}`` → ``{"scores": [...], "prompt_eval_count"}``
+        (one score per document, in their order)."""
+
+    async def tokenize(self, body: dict) -> dict:
+        """``{"content": str}`` → ``{"tokens": [...]}``."""
+
+    async def detokenize(self, body: dict) -> dict:
+        """``{"tokens": [...], "pieces": bool}`` → ``{"content": str}`` (and each token's piece)."""
+
+    async def health(self) -> dict:
+        """The runner's ``/health``: its engine's counters under ``engine``."""
 
     async def close(self) -> None:
         """Stop the runner and give its memory back."""
@@ -99,6 +116,7 @@ class ProcessRunner:
     def __init__(self, proc: asyncio.subprocess.Process, on_request: Callable[[int], None] = lambda delta: None):
         self.spec: LoadSpec | None = None  # set by hand_over(); a spare has none
         self.memory_bytes = 0
+        self.last_health: dict = {}  # the latest /health answer (watchdog pings, metrics scrapes)
         self._proc = proc
         self._socket_path: Path | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -235,7 +253,8 @@ class ProcessRunner:
     async def health(self) -> dict:
         async with self._http().get("http://runner/health") as resp:
             resp.raise_for_status()
-            return await resp.json()
+            self.last_health = await resp.json()
+            return self.last_health
 
     async def completion(self, body: dict) -> AsyncIterator[dict]:
         import aiohttp
@@ -260,11 +279,31 @@ class ProcessRunner:
             self._on_request(-1)
 
     async def embed(self, body: dict) -> dict:
-        import aiohttp
-
         self._on_request(+1)
         try:
-            async with self._http().post("http://runner/embed", json=body) as resp:
+            return await self._post("/embed", body)
+        finally:
+            self._on_request(-1)
+
+    async def rerank(self, body: dict) -> dict:
+        self._on_request(+1)  # a long list keeps the CPUs busy like a prompt: the spare pauses
+        try:
+            return await self._post("/rerank", body)
+        finally:
+            self._on_request(-1)
+
+    async def tokenize(self, body: dict) -> dict:
+        return await self._post("/tokenize", body)
+
+    async def detokenize(self, body: dict) -> dict:
+        return await self._post("/detokenize", body)
+
+    async def _post(self, path: str, body: dict) -> dict:
+        """One JSON request answered by one JSON object; the runner's ``{"error"}`` raises."""
+        import aiohttp
+
+        try:
+            async with self._http().post("http://runner" + path, json=body) as resp:
                 data = await resp.json()
                 if resp.status >= 400:
                     raise _error_from(resp.status, data.get("error", "runner error"))
@@ -272,8 +311,6 @@ class ProcessRunner:
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
             raise AssertionError("unreachable")
-        finally:
-            self._on_request(-1)
 
     def pause(self) -> None:
         """Stop the process (SIGSTOP): a spare must not import while requests are served."""
@@ -429,6 +466,8 @@ class ProcessRunnerFactory:
             "--batch", str(runner_batch(spec)),
             "--threads", str(spec.threads),
             "--gpu-layers", str(spec.num_gpu if spec.num_gpu >= 0 else self._auto_gpu_layers(spec)),
+            "--kv-cache-type", spec.kv_cache_type,
+            "--cpu-repack", spec.cpu_repack,
         ]
         if not spec.use_mmap:
             args.append("--no-mmap")

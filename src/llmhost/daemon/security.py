@@ -1,9 +1,12 @@
-"""Host-header and CORS checks (DNS rebinding, CVE-2024-28224; browser origins).
+"""Host-header and CORS checks (DNS rebinding, CVE-2024-28224; browser origins); API keys on TCP.
 
 When the daemon listens on loopback, a request whose Host header names anything but a local name is
 refused: that is what a DNS-rebinding page in a browser would send. A request from a browser origin
 that is not local (or an app scheme, or listed in LLMHOST_ORIGINS) is refused whatever its method;
 allowed origins get CORS headers, never ``*``.
+
+With LLMHOST_API_KEY set, every request that arrives over TCP must carry one of the keys; the unix
+socket (mode 0600, so only its owner connects) needs none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from llmhost.errors import ConfigError
+from llmhost.config import ApiKeys
+from llmhost.errors import ConfigError, Unauthorized
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 # Ollama's defaults (envconfig.AllowedOrigins), with IPv6 loopback added.
@@ -141,6 +145,31 @@ def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = 
         return await handler(request)
 
     return security
+
+
+def make_api_key_middleware(keys: ApiKeys):
+    """Refuse (401) a TCP request without one of ``keys``, as ``Authorization: Bearer KEY`` or
+    Anthropic's ``x-api-key: KEY``.
+
+    It raises ``Unauthorized``, so it must sit inside the error middlewares: each protocol then
+    answers in its own error shape. Keys are compared in constant time and never logged.
+    """
+
+    @web.middleware
+    async def api_key(request: web.Request, handler):
+        if (request.transport is None or _is_tcp(request)) and not keys.accepts(_presented_key(request)):
+            raise Unauthorized("unauthorized: this server needs an API key "
+                               "(send Authorization: Bearer <key>; see LLMHOST_API_KEY)")
+        return await handler(request)
+
+    return api_key
+
+
+def _presented_key(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip()
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

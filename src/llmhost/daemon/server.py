@@ -116,6 +116,7 @@ async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> 
         await stop.wait()
     finally:
         log.info("shutting down: stopping runners")
+        state.shutting_down = True  # /health answers 503 to whoever still asks
         await runner.cleanup()  # on_shutdown stops every runner
         await factory.close()
         with contextlib.suppress(FileNotFoundError):

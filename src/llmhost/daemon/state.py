@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -11,6 +12,7 @@ from typing import Callable, TypeVar
 from aiohttp import web
 
 from llmhost.config import Settings
+from llmhost.daemon.metrics import Metrics
 from llmhost.daemon.residency import Residency
 from llmhost.daemon.runners import LoadSpec
 from llmhost.errors import BadRequest
@@ -41,6 +43,13 @@ class DaemonState:
     residency: Residency
     store_io: ThreadPoolExecutor = field(default_factory=_executor(STORE_THREADS, "llmhost-store"))
     upload_io: ThreadPoolExecutor = field(default_factory=_executor(UPLOAD_THREADS, "llmhost-upload"))
+    started: float = field(default_factory=time.monotonic)
+    shutting_down: bool = False  # set when shutdown begins: /health answers 503
+    metrics: Metrics = field(init=False)  # this daemon's registry; residency reports into it
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.residency)
+        self.residency.observer = self.metrics
 
     async def in_store(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """``fn(*args, **kwargs)`` on the store's threads."""
@@ -67,6 +76,8 @@ class DaemonState:
             num_gpu=int(load.get("num_gpu", -1)),
             threads=int(load.get("num_thread") or self.settings.num_threads),
             use_mmap=bool(load.get("use_mmap", True)),
+            kv_cache_type=load.get("kv_cache_type") or self.settings.kv_cache_type,
+            cpu_repack=self.settings.cpu_repack,
         )
 
 

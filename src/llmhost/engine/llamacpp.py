@@ -22,6 +22,9 @@ import numpy as np
 import llama_cpp.llama_cpp as L
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from llmhost.api.options import KV_CACHE_TYPES
+from llmhost.engine.cpu import repack_enabled
+
 __all__ = [
     "Batch",
     "Context",
@@ -34,7 +37,9 @@ __all__ = [
     "json_schema_to_gbnf",
     "init_backend",
     "POOLING_MEAN",
+    "POOLING_RANK",
     "POOLING_UNSPECIFIED",
+    "KV_TYPES",
 ]
 
 log = logging.getLogger("llmhost.llama")
@@ -45,6 +50,10 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 POOLING_UNSPECIFIED = L.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own pooling
 POOLING_MEAN = L.LLAMA_POOLING_TYPE_MEAN
+POOLING_RANK = L.LLAMA_POOLING_TYPE_RANK  # a classifier head: one relevance score per sequence (rerankers)
+# KV cache element types by option name (api.options.KV_CACHE_TYPES); the same type for K and V.
+KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
+assert set(KV_TYPES) == set(KV_CACHE_TYPES), "KV_TYPES must mirror api.options.KV_CACHE_TYPES"
 
 
 class LoadError(Exception):
@@ -103,7 +112,10 @@ def init_backend() -> None:
 class Model:
     """Loaded weights plus vocabulary; tokenize/detokenize helpers with a piece cache."""
 
-    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, use_mmap: bool = True):
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, use_mmap: bool = True,
+                 cpu_repack: bool | None = None):
+        """``cpu_repack``: let llama.cpp repack weights for its faster CPU kernels (extra buffer
+        types); None decides by the CPU (``engine.cpu``: off where AMX would crash)."""
         init_backend()
         self.path = str(path)
         if not Path(self.path).is_file():
@@ -111,8 +123,8 @@ class Model:
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_mmap = use_mmap
-        # The AMX repack path (an "extra buffer type") segfaults in llama_decode on these Xeons.
-        params.use_extra_bufts = False
+        self.cpu_repack = repack_enabled("auto") if cpu_repack is None else cpu_repack
+        params.use_extra_bufts = self.cpu_repack
         _router.first_error = ""
         self._ptr = L.llama_model_load_from_file(self.path.encode(), params)
         if not self._ptr:
@@ -122,9 +134,13 @@ class Model:
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
         self.n_embd = L.llama_model_n_embd(self._ptr)
+        self.head_size_k = self._key_length()
         self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
         self.bos = L.llama_vocab_bos(self._vocab)
         self.eos = L.llama_vocab_eos(self._vocab)
+        self.sep = L.llama_vocab_sep(self._vocab)
+        self.add_eos = bool(L.llama_vocab_get_add_eos(self._vocab))
+        self.add_sep = bool(L.llama_vocab_get_add_sep(self._vocab))
         self.size_bytes = L.llama_model_size(self._ptr)
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
@@ -144,6 +160,15 @@ class Model:
 
     # --- metadata -------------------------------------------------------------------------------
 
+    def _key_length(self) -> int:
+        """Values per attention head in K (``<arch>.attention.key_length``, else n_embd / n_head)."""
+        arch = self.meta("general.architecture") or ""
+        explicit = self.meta(f"{arch}.attention.key_length")
+        if explicit and explicit.isdigit():
+            return int(explicit)
+        heads = L.llama_model_n_head(self._ptr)
+        return self.n_embd // heads if heads > 0 else 0
+
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value as a string, or None when absent."""
         size = 256
@@ -156,9 +181,10 @@ class Model:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
 
-    def chat_template(self) -> str | None:
-        """The GGUF's default Jinja chat template (``tokenizer.chat_template``), if any."""
-        raw = L.llama_model_chat_template(self._ptr, None)
+    def chat_template(self, name: str | None = None) -> str | None:
+        """The GGUF's default Jinja chat template (``tokenizer.chat_template``), or the one named
+        ``name`` (``tokenizer.chat_template.<name>``, e.g. a reranker's "rerank" prompt), if any."""
+        raw = L.llama_model_chat_template(self._ptr, name.encode() if name else None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
     def token_text(self, token: int) -> str:
@@ -230,7 +256,9 @@ class Context:
     """A llama_context: the KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequence ids.
 
     ``n_threads`` compute threads run multi-token ubatches (prefill, several sequences decoding);
-    ``n_threads_decode`` (default the same) run single-token ones.
+    ``n_threads_decode`` (default the same) run single-token ones. ``kv_cache_type`` (a name in
+    ``KV_TYPES``) is the element type of K and V; llama.cpp reads a quantized V only with flash
+    attention, so that is switched on for one (as Ollama does) instead of being left to "auto".
     """
 
     def __init__(
@@ -246,6 +274,7 @@ class Context:
         kv_unified: bool = True,
         embeddings: bool = False,
         pooling: int | None = None,
+        kv_cache_type: str = "f16",
     ):
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -260,11 +289,23 @@ class Context:
             params.n_threads = params.n_threads_batch = n_threads
         if n_threads_decode:
             params.n_threads = n_threads_decode  # llama.cpp uses it for one-token ubatches
+        params.type_k = params.type_v = KV_TYPES[kv_cache_type]
+        if kv_cache_type != "f16":
+            params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         _router.first_error = ""
         self._ptr = L.llama_init_from_model(model.ptr, params)
         if not self._ptr:
             detail = _router.first_error or "out of memory?"
+            if kv_cache_type != "f16":
+                raise LoadError(f"failed to create a context of {n_ctx} tokens with a {kv_cache_type} KV cache: "
+                                f"{detail} (a quantized KV cache needs flash attention and a head size divisible by 32; "
+                                "f16 needs neither)")
             raise LoadError(f"failed to create a context of {n_ctx} tokens: {detail}")
+        self.kv_cache_type = kv_cache_type
+        # llama.cpp (as llama-cpp-python 0.3.36 vendors it) rotates a quantized K only when its heads
+        # hold a multiple of 64 values, and segfaults shifting one it did not rotate
+        # (tests/engine/test_kv_types.py): such a cache counts as one that cannot shift.
+        self._shiftable = kv_cache_type == "f16" or model.head_size_k % 64 == 0
         self._mem = L.llama_get_memory(self._ptr)
         self.n_ctx = L.llama_n_ctx(self._ptr)
         self.n_batch = n_batch
@@ -316,8 +357,9 @@ class Context:
         L.llama_memory_seq_add(self._mem, seq_id, p0, p1, delta)
 
     def can_shift(self) -> bool:
-        """Whether positions can be moved (false for M-RoPE and some recurrent caches)."""
-        return bool(L.llama_memory_can_shift(self._mem))
+        """Whether positions can be moved (false for M-RoPE, some recurrent caches, and a quantized
+        cache whose heads llama.cpp does not rotate, see above)."""
+        return self._shiftable and bool(L.llama_memory_can_shift(self._mem))
 
     def seq_pos_min(self, seq_id: int) -> int:
         return L.llama_memory_seq_pos_min(self._mem, seq_id)

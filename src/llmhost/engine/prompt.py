@@ -1,5 +1,8 @@
 """A ``/completion`` body → validated request → prompt tokens that fit the context → a Sequence.
 
+The prompt is rendered with the request's ``template`` (Jinja, or Ollama's Go format, see
+``engine.templates.compile_template``) or else the model's own Jinja template.
+
 Everything that can reject a request (bad fields, a failing template, an invalid schema, a prompt
 that does not fit with ``truncate: false``) happens here, before the engine sees it, so such errors
 are a 400 with nothing streamed.
@@ -15,7 +18,6 @@ whole — only its head (for the kept tokens) and the tail a cut keeps are (see 
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,10 +34,12 @@ from llmhost.engine.sampling import SamplingParams, build_sampler, grammar_for_f
 from llmhost.engine.sequence import Sequence, Sink
 from llmhost.engine.kv_cache import common_prefix_len
 from llmhost.engine.sandbox import RenderBudget, RenderLimits
-from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, is_go_template, validate_messages
+from llmhost.engine.gotemplate import Values
+from llmhost.engine.templates import (
+    CHATML, MAX_TEMPLATE_CHARS, ChatTemplate, GoChatTemplate, TemplateError, compile_template, validate_messages,
+)
 from llmhost.errors import BadRequest
 
-log = logging.getLogger(__name__)
 
 # A text of CHARS_PER_TOKEN × the context in characters nearly always holds more tokens than the
 # context (a token is about 4 characters of English, fewer of most other scripts), so of a longer
@@ -46,9 +50,6 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 8
 MAX_CHARS_PER_TOKEN = 64
 _CUT_MARGIN = 64
-# A request's own template (a Modelfile's TEMPLATE): compiling costs ~10 ms per KiB of dense Jinja,
-# part of it in one call that holds the GIL; real chat templates are a few KiB (gpt-oss's, 16).
-MAX_TEMPLATE_CHARS = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,9 @@ def _logit_bias(value: dict) -> dict[int, float]:
 
 
 @lru_cache(maxsize=32)
-def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
+def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate | GoChatTemplate:
     # Requests usually repeat the same few templates; compiling Jinja costs milliseconds.
-    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
+    return compile_template(source, bos_token=bos_token, eos_token=eos_token)
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,8 @@ class PromptBuilder:
         self._bos_text = model.token_text(model.bos)
         self._eos_text = model.token_text(model.eos)
 
-    def template(self, source: str | None = None) -> ChatTemplate:
-        if source and is_go_template(source):
-            _warn_go_template(source)
-            source = None
+    def template(self, source: str | None = None) -> ChatTemplate | GoChatTemplate:
+        """The request's template (Jinja, or Ollama's Go format) when it has one, else the model's."""
         if source and len(source) > MAX_TEMPLATE_CHARS:
             raise TemplateError(f"the chat template is {len(source)} characters, more than the limit of"
                                 f" {MAX_TEMPLATE_CHARS}")
@@ -217,8 +216,9 @@ class PromptBuilder:
         """Prompt tokens that fit the context, how many leading ones are kept (see above), the text;
         setting ``cancel`` stops a render under way."""
         budget = self.budget(req, cancel)
-        text = self.render(req, budget)
-        if req.suffix is not None:
+        go_fim = self._go_fill_in_middle(req, budget)
+        text = go_fim if go_fim is not None else self.render(req, budget)
+        if req.suffix is not None and go_fim is None:
             tokens = self._fill_in_middle(text, req.suffix, req.truncate)
             keep = self._leading_bos(tokens)
         else:
@@ -235,6 +235,16 @@ class PromptBuilder:
         )
         source = self.template(req.template).source if req.messages is not None else None
         return Prepared(tokens, min(keep, len(tokens)), text, source)
+
+    def _go_fill_in_middle(self, req: CompletionRequest, budget: RenderBudget) -> str | None:
+        """A fill-in-the-middle prompt rendered by the request's Go template when it reads ``.Suffix``
+        (as Ollama renders it: ``.Prompt`` and ``.Suffix``); None: the vocabulary's FIM tokens apply."""
+        if not (req.suffix and req.prompt and req.template):
+            return None
+        template = self.template(req.template)
+        if not isinstance(template, GoChatTemplate) or not template.takes_suffix:
+            return None
+        return template.render_values(Values(prompt=req.prompt, suffix=req.suffix, think=req.think), budget)
 
     def keep_tokens(self, req: CompletionRequest, tokens: np.ndarray, budget: RenderBudget | None = None) -> int:
         """Leading tokens of ``tokens`` that truncation and context shift keep."""
@@ -382,15 +392,6 @@ def _leading_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             break
         system.append(message)
     return system
-
-
-_warned_go_templates: set[int] = set()
-
-
-def _warn_go_template(source: str) -> None:
-    if hash(source) not in _warned_go_templates:
-        _warned_go_templates.add(hash(source))
-        log.warning("the request's template is a Go template (Ollama's format); using the model's own chat template")
 
 
 def fit_context(

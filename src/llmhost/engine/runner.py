@@ -25,7 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+from llmhost.api.options import KV_CACHE_TYPES
 from llmhost.engine import control
+from llmhost.engine.cpu import REPACK_MODES, repack_enabled
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
 from llmhost.engine.llamacpp import Context, LoadError, Model, init_backend
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU")
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
+    p.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f16",
+                   help="KV cache element type; q8_0 and q4_0 turn flash attention on")
+    p.add_argument("--cpu-repack", choices=REPACK_MODES, default="auto",
+                   help="llama.cpp's repacked CPU kernels (extra buffer types): auto (on unless the CPU has AMX)")
     p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
     p.add_argument("--verbose", action="store_true", help="log llama.cpp and engine details to stderr")
     limits = RenderLimits()
@@ -108,6 +114,8 @@ class Runtime:
             "n_ctx_train": self.model.n_ctx_train,
             "parallel": self.args.parallel,
             "kv_cells": self.engine.kv.n_cells,
+            "kv_cache_type": self.ctx.kv_cache_type,
+            "cpu_repack": self.model.cpu_repack,
             "engine": self.engine.snapshot(),
         }
 
@@ -129,7 +137,8 @@ def load(args: argparse.Namespace) -> Runtime:
     threads = args.threads or len(os.sched_getaffinity(0))
     decode_threads = args.decode_threads or threads
     clock = _Stopwatch()
-    model = Model(args.model, n_gpu_layers=args.gpu_layers, use_mmap=not args.no_mmap)
+    model = Model(args.model, n_gpu_layers=args.gpu_layers, use_mmap=not args.no_mmap,
+                  cpu_repack=repack_enabled(args.cpu_repack))
     clock.lap("model")
     compiling = _compile_template_meanwhile(model, args.ctx_size)
     failure = None
@@ -142,6 +151,7 @@ def load(args: argparse.Namespace) -> Runtime:
             n_threads=threads,
             n_threads_decode=decode_threads,
             kv_unified=True,
+            kv_cache_type=args.kv_cache_type,
         )
     except LoadError as e:
         failure = e

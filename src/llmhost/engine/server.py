@@ -1,4 +1,5 @@
-"""The runner's HTTP surface (docs/runner-protocol.md): /health, /completion, /tokenize, /embed.
+"""The runner's HTTP surface (docs/runner-protocol.md): /health, /completion, /tokenize, /detokenize, /embed,
+/rerank.
 
 Handlers are thin: validate → prepare a Sequence (in a worker thread: rendering, tokenizing and
 grammar compilation can take milliseconds) → submit to the engine → stream NDJSON lines from the
@@ -169,7 +170,9 @@ class RunnerServer:
         app.router.add_get("/health", self.health)
         app.router.add_post("/completion", self.completion)
         app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.router.add_post("/embed", self.embed)
+        app.router.add_post("/rerank", self.rerank)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -189,6 +192,34 @@ class RunnerServer:
         tokens = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.builder.model.tokenize(content, add_special=False, parse_special=True))
         return web.json_response({"tokens": tokens.tolist()})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+            return _error('"tokens" must be a list of token ids', 400)
+        pieces = body.get("pieces", False)
+        if not isinstance(pieces, bool):
+            return _error('"pieces" must be a boolean', 400)
+        limit = self.builder.ctx_size * MAX_CHARS_PER_TOKEN
+        if len(tokens) > limit:
+            return _error(f"{len(tokens)} tokens are more than the limit of {limit}", 400)
+        n_vocab = self.builder.model.n_vocab
+        outside = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if outside is not None:
+            return _error(f"token id {outside} is not in the vocabulary (0 to {n_vocab - 1})", 400)
+        result = await asyncio.get_running_loop().run_in_executor(None, self._detokenize, tokens, pieces)
+        return web.json_response(result)
+
+    def _detokenize(self, tokens: list[int], pieces: bool) -> dict[str, Any]:
+        # Control tokens as their text, so that what /tokenize parsed comes back as it was.
+        parts = [self.builder.model.special_piece(t) for t in tokens]
+        result: dict[str, Any] = {"content": b"".join(parts).decode("utf-8", errors="replace")}
+        if pieces:  # as llama-server: a piece that is not whole UTF-8 is given as its bytes
+            result["pieces"] = [_piece_json(part) for part in parts]
+        return result
 
     async def embed(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -211,6 +242,32 @@ class RunnerServer:
     def _embed(self, inputs: list[str], truncate: bool):
         # Of a long input only the head that a cut at the end keeps is worth tokenizing.
         return self.embedder.embed([self.builder.head_that_fits(text) for text in inputs], truncate=truncate)
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        body = body if isinstance(body, dict) else {}
+        query, documents, truncate = body.get("query"), body.get("documents"), body.get("truncate", True)
+        if not isinstance(query, str):
+            return _error('"query" must be a string', 400)
+        if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
+            return _error('"documents" must be a non-empty list of strings', 400)
+        if not isinstance(truncate, bool):
+            return _error('"truncate" must be a boolean', 400)
+        cancel = threading.Event()  # set when this handler ends, also when its client goes away
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, self._rerank, query, documents, truncate, cancel)
+        except BadRequest as e:
+            return _error(e.message, 400)
+        finally:
+            cancel.set()
+        return web.json_response({"scores": result.scores, "prompt_eval_count": result.prompt_eval_count})
+
+    def _rerank(self, query: str, documents: list[str], truncate: bool, cancel: threading.Event):
+        fit = self.builder.head_that_fits  # a pair never holds more than the context: tokenize no more
+        return self.embedder.rerank(fit(query), [fit(d) for d in documents], truncate=truncate, cancel=cancel)
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
@@ -280,6 +337,13 @@ def _encode(outputs: list[Output]) -> tuple[bytes, bool]:
             lines.append(_line({"error": output.message}))
             return b"".join(lines), True
     return b"".join(lines), False
+
+
+def _piece_json(piece: bytes) -> str | list[int]:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)
 
 
 def _close_abandoned(future: asyncio.Future) -> None:

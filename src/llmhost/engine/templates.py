@@ -1,4 +1,5 @@
-"""Chat templates: render ``messages`` to a prompt with the model's Jinja template.
+"""Chat templates: render ``messages`` to a prompt with the model's Jinja template, or an Ollama Go
+template (``GoChatTemplate``, ``engine.gotemplate``): ``compile_template`` tells them apart.
 
 Templates come from GGUF files and Modelfiles, i.e. from strangers, so they run in Jinja's
 ``ImmutableSandboxedEnvironment``. The variables and helpers follow Hugging Face's
@@ -19,8 +20,14 @@ from typing import Any, Sequence
 import jinja2
 from jinja2.ext import Extension
 
+from llmhost.engine.gotemplate import GoTemplateError, OllamaTemplate, Values
 from llmhost.engine.sandbox import BoundedEnvironment, RenderBudget, RenderLimitError, RenderLimits, joined, render
 from llmhost.errors import BadRequest
+
+# A template's size limit (a Modelfile's TEMPLATE, a request's "template"): compiling Jinja costs
+# ~10 ms per KiB of dense code, part of it in one call that holds the GIL; real chat templates are
+# a few KiB (gpt-oss's, 16).
+MAX_TEMPLATE_CHARS = 64 << 10
 
 # Used when a GGUF has no template: ChatML is what most small instruct models were tuned on.
 CHATML = (
@@ -36,6 +43,7 @@ CHATML = (
 _GO_ACTION = re.compile(
     r"\{\{-?\s*(?:\.[A-Za-z_]|\$|(?:if|with|else\s+if)\s|range\s+[^(\s]|(?:end|else)\s*-?\}\}"
     r'|(?:template|define|block)\s+")'
+    r"|\{\{[^}]*?[\s(|]\.[A-Za-z_]"  # a field as an argument: {{ index .Messages 0 }}, {{ json .Tools }}
 )
 
 
@@ -46,6 +54,62 @@ def is_go_template(source: str) -> bool:
 
 class TemplateError(BadRequest):
     """A chat template that does not compile or fails while rendering."""
+
+
+class GoChatTemplate:
+    """An Ollama Go template behind the same interface as ``ChatTemplate`` (see ``engine.gotemplate``).
+
+    ``render`` takes what Jinja templates are given (``tools``, ``enable_thinking``,
+    ``reasoning_effort``) and hands it to the template as Ollama does (``.Tools``, ``.Think``,
+    ``.ThinkLevel``, ``.IsThinkSet``); ``render_values`` takes Ollama's values directly (a prompt and
+    suffix for fill-in-the-middle). Its errors are TemplateErrors naming the line:column.
+    """
+
+    def __init__(self, source: str, name: str = '"template"'):
+        self.source = source
+        try:
+            self.go = OllamaTemplate(source, name)
+        except GoTemplateError as e:
+            raise TemplateError(str(e)) from None
+
+    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
+               budget: RenderBudget | None = None, **extra: Any) -> str:
+        think = extra.get("reasoning_effort") or extra.get("enable_thinking")
+        if "enable_thinking" in extra and not think:
+            think = False
+        return self.render_values(Values(messages=list(messages), tools=extra.get("tools") or (), think=think),
+                                  budget)
+
+    def render_values(self, values: Values, budget: RenderBudget | None = None) -> str:
+        if budget is None:
+            budget = RenderLimits().budget({"messages": list(values.messages), "tools": list(values.tools)})
+        try:
+            return self.go.execute(values, budget)
+        except RenderLimitError:
+            raise
+        except GoTemplateError as e:
+            raise TemplateError(str(e)) from None
+
+    @property
+    def takes_suffix(self) -> bool:
+        """Whether it renders fill-in-the-middle prompts itself (it reads ``.Suffix``)."""
+        return "suffix" in self.go.vars
+
+
+def compile_template(source: str, *, bos_token: str = "", eos_token: str = "",
+                     name: str = '"template"') -> "ChatTemplate | GoChatTemplate":
+    """A Go template (Ollama's format) or a Jinja one (the GGUF's format), whichever ``source`` is."""
+    if is_go_template(source):
+        return GoChatTemplate(source, name)
+    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
+
+
+def check_template(source: str, name: str = "TEMPLATE") -> None:
+    """Refuse (TemplateError, 400) a template to be stored that is too long or does not compile,
+    so a model is never created with a template every request would fail on."""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"{name} is {len(source)} characters, more than the limit of {MAX_TEMPLATE_CHARS}")
+    compile_template(source, name=name)
 
 
 class _GenerationTag(Extension):

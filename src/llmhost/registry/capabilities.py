@@ -1,4 +1,5 @@
-"""What a model can do, in Ollama's words: completion, vision, tools, insert, thinking, embedding.
+"""What a model can do, in Ollama's words: completion, vision, tools, insert, thinking, embedding;
+and rerank, which Ollama lacks (a reranker GGUF: a classifier head under llama.cpp's RANK pooling).
 
 Decided from cheap, cached facts only: the GGUF metadata (read once per file; the fill-in-middle
 tokens are found then), the projector layer, and a scan of the chat template's text (cached per
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 
+from llmhost.engine.gotemplate import parsed as go_parsed
+from llmhost.engine.gotemplate.funcs import go_quote  # Go's %q, for Ollama's error texts
+from llmhost.engine.gotemplate import thinking_tags as go_thinking_tags
 from llmhost.engine.templates import is_go_template
 from llmhost.errors import BadRequest
 from llmhost.registry.gguf_meta import GGUFInfo
@@ -32,19 +36,23 @@ class Capability(str, Enum):
     TOOLS = "tools"
     INSERT = "insert"
     THINKING = "thinking"
+    RERANK = "rerank"  # llmhost's: scores documents against a query (/api/rerank, /v1/rerank)
 
 
 # llama.cpp architectures that only embed, for files that do not declare a pooling type.
 EMBEDDING_ARCHITECTURES = frozenset({
     "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert",
 })
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK, what converters write for rerankers
 
 
 def capabilities(record: ModelRecord) -> list[str]:
-    """The model's capabilities, e.g. ``["completion", "tools", "thinking"]`` or ``["embedding"]``."""
+    """The model's capabilities, e.g. ``["completion", "tools", "thinking"]``, ``["embedding"]`` or
+    ``["rerank"]``."""
     info = record.info
     embedding = is_embedding_model(info)
-    found = [Capability.EMBEDDING if embedding else Capability.COMPLETION]
+    pooled = Capability.RERANK if is_reranker(info) else Capability.EMBEDDING
+    found = [pooled if embedding else Capability.COMPLETION]
     if record.projector_path is not None or f"{info.architecture}.vision.block_count" in info.metadata:
         found.append(Capability.VISION)
     if not embedding:  # a template cannot make an embedding model chat
@@ -66,6 +74,11 @@ def is_embedding_model(info: GGUFInfo) -> bool:
     """Embedding-only: the file declares a pooling type (Ollama's rule) or the architecture only embeds."""
     return (info.metadata.get(f"{info.architecture}.pooling_type") is not None
             or info.architecture in EMBEDDING_ARCHITECTURES)
+
+
+def is_reranker(info: GGUFInfo) -> bool:
+    """The file declares RANK pooling: its pooled output is a relevance score, not a vector."""
+    return info.metadata.get(f"{info.architecture}.pooling_type") == RANK_POOLING
 
 
 def missing_capabilities(record: ModelRecord, needed: Iterable[str]) -> list[str]:
@@ -109,22 +122,6 @@ def full_name(name: ModelName) -> str:
     return f"{name.host}/{name.namespace}/{name.model}:{name.tag}"
 
 
-_GO_ESCAPES = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t", "\v": r"\v",
-               '"': r"\"", "\\": r"\\"}
-
-
-def go_quote(text: str) -> str:
-    """Go's ``%q`` (strconv.Quote): double quotes, escapes for quotes, backslashes and unprintables."""
-    out = []
-    for ch in text:
-        if ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return '"' + "".join(out) + '"'
 
 
 @dataclass(frozen=True)
@@ -181,16 +178,17 @@ def _jinja_variables(source: str) -> set[str]:
     return set(_NAME.findall(code))
 
 
-_GO_FIELD = re.compile(r"\.([A-Z]\w*)")
-_GO_THINKING = frozenset({"Think", "Thinking", "IsThinkSet", "ThinkLevel"})
-
-
 def _go_features(source: str) -> TemplateFeatures:
-    fields = {name for block in re.findall(r"\{\{.*?\}\}", source, re.S)
-              for name in _GO_FIELD.findall(_STRING.sub(" ", block))}
+    """Ollama's rules for a Go template: the names it reads (``.Tools``, ``.Suffix``,
+    ``.ThinkLevel``), and thinking when markers surround ``.Thinking`` in its range over
+    ``.Messages``. A template that does not parse has none (create refuses those)."""
+    template = go_parsed(source)
+    if template is None:
+        return TemplateFeatures()
+    open_tag, close_tag = go_thinking_tags(template)
     return TemplateFeatures(
-        tools="Tools" in fields,
-        suffix="Suffix" in fields,
-        thinking=bool(fields & _GO_THINKING) or _has_think_markers(source),
-        thinking_levels="ThinkLevel" in fields,
+        tools="tools" in template.vars,
+        suffix="suffix" in template.vars,
+        thinking=bool(open_tag and close_tag),
+        thinking_levels="thinklevel" in template.vars,
     )

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from llmhost.api.options import merge_parameters, validate_options
+from llmhost.engine.templates import check_template
 from llmhost.errors import BadRequest, InvalidModelFile
 from llmhost.registry import manifest as media
 from llmhost.registry.gguf_meta import GGUFInfo, read_gguf_info
@@ -57,6 +58,8 @@ def create_model(
     """
     emit = progress or (lambda event: None)
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
+    if template is not None:
+        check_template(template)  # a Go or Jinja template that cannot run is refused now, with its position
     params = validate_options(dict(parameters)) if parameters else {}
     new_messages = _check_messages(messages)
     licenses = _check_licenses(license)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -156,6 +157,13 @@ class Downloads:
         self.options = options or DownloadOptions()
         self._active: dict[tuple[Path, str], _Download] = {}
         self._claims: Counter[str] = Counter()
+        self.received = 0  # bytes received from sources since start (the daemon's pull-bytes metric)
+        self._received_lock = threading.Lock()
+
+    def count(self, n: int) -> None:
+        """Add ``n`` bytes received to ``received`` (from any thread: some sources download in threads)."""
+        with self._received_lock:
+            self.received += n
 
     async def fetch(
         self, store: Store, request: BlobRequest, progress: ProgressCallback | None = None
@@ -172,7 +180,7 @@ class Downloads:
         key = (store.blobs_dir.resolve(), request.key())
         download = self._active.get(key)
         if download is None or download.task.done():
-            download = _Download(store, request, self.options)
+            download = _Download(store, request, self.options, self.count)
             self._active[key] = download
             download.task = asyncio.ensure_future(download.run())
             download.task.add_done_callback(lambda _: self._forget(key, download))
@@ -244,8 +252,10 @@ class DownloadDiscarded(PullError):
 class _Download:
     """One blob being downloaded, shared by every pull that needs it."""
 
-    def __init__(self, store: Store, request: BlobRequest, options: DownloadOptions):
+    def __init__(self, store: Store, request: BlobRequest, options: DownloadOptions,
+                 on_bytes: Callable[[int], None] = lambda n: None):
         self.store, self.request, self.options = store, request, options
+        self.on_bytes = on_bytes  # bytes received, as they are written
         stem = store.blobs_dir / request.key()
         self.partial = stem.with_name(stem.name + "-partial")
         self.state_path = stem.with_name(stem.name + "-partial.json")
@@ -450,6 +460,7 @@ class _Download:
                 raise DownloadDiscarded(f"no space left on device while writing {self.partial}") from None
             raise PullError(f"{self._what()}: cannot write {self.partial}: {e.strerror or e}") from None
         part.completed += len(data)
+        self.on_bytes(len(data))
         self._wake.set()
 
     # ---- verification ------------------------------------------------------------------------

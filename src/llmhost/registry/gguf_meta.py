@@ -114,6 +114,9 @@ class GGUFInfo:
     tensor_count: int
     file_size: int
     fim_tokens: tuple[int, int, int] | None = None  # fill-in-middle prefix, suffix, middle token ids
+    # Bytes of the weight matrices a matmul reads (blk.* and output.weight, 2+ dimensions) per
+    # tensor type name ("Q4_0"): what llama.cpp may repack for its CPU kernels (daemon/memory.py).
+    matrix_bytes_by_type: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     path: Path | None = field(default=None, compare=False)  # where long arrays are read from on demand
 
     @property
@@ -291,8 +294,9 @@ class _Tensors:
     total_bytes: int = 0
     layers: dict[int, int] = field(default_factory=dict)  # bytes per blk.N
     by_prefix: dict[str, int] = field(default_factory=dict)  # bytes per first name part outside blk.N
+    matrices: dict[str, int] = field(default_factory=dict)  # bytes per type of blk.* / output matrices
 
-    def add(self, name: str, elements: int, n_bytes: int) -> None:
+    def add(self, name: str, elements: int, n_bytes: int, type_name: str = "", n_dims: int = 0) -> None:
         self.count += 1
         self.parameters += elements
         self.total_bytes += n_bytes
@@ -301,6 +305,8 @@ class _Tensors:
             self.layers[int(parts[1])] = self.layers.get(int(parts[1]), 0) + n_bytes
         else:
             self.by_prefix[parts[0]] = self.by_prefix.get(parts[0], 0) + n_bytes
+        if n_dims >= 2 and parts[0] in ("blk", "output"):
+            self.matrices[type_name] = self.matrices.get(type_name, 0) + n_bytes
 
     @property
     def output_bytes(self) -> int:
@@ -438,8 +444,8 @@ class _Reader:
             if name in names:
                 raise _Malformed(f'malformed GGUF file: two tensors are named "{name}"')
             names.add(name)
-            elements, n_bytes, offset = self.tensor_info(name)
-            sizes.add(name, elements, n_bytes)
+            elements, n_bytes, offset, type_name, n_dims = self.tensor_info(name)
+            sizes.add(name, elements, n_bytes, type_name, n_dims)
             last = max(last, (offset + n_bytes, name))
         data_start = -(-self.pos // alignment) * alignment
         if count and data_start + last[0] > self.file_size:
@@ -447,8 +453,8 @@ class _Reader:
                              f"but the file has {self.file_size} bytes")
         return sizes
 
-    def tensor_info(self, name: str) -> tuple[int, int, int]:
-        """(elements, bytes, data offset) of the tensor whose name was just read."""
+    def tensor_info(self, name: str) -> tuple[int, int, int, str, int]:
+        """(elements, bytes, data offset, type name, dimensions) of the tensor whose name was just read."""
         n_dims = self.u32()
         if n_dims > MAX_TENSOR_DIMS:
             raise _Malformed(f'malformed GGUF file: tensor "{name}" has {n_dims} dimensions (at most 4)')
@@ -463,7 +469,7 @@ class _Reader:
             raise _Malformed(f'malformed GGUF file: tensor "{name}" has rows of {dims[0]} values, '
                              f"not a multiple of the {type_name} block size {block_size}")
         elements = math.prod(dims)
-        return elements, elements * type_size // block_size, offset
+        return elements, elements * type_size // block_size, offset, type_name, n_dims
 
 
 def _alignment(meta: Mapping[str, Any]) -> int:
@@ -513,6 +519,7 @@ def _build_info(parsed: _Parsed, path: Path) -> GGUFInfo:
         layer_bytes=MappingProxyType(tensors.layers),
         output_bytes=tensors.output_bytes,
         total_tensor_bytes=tensors.total_bytes,
+        matrix_bytes_by_type=MappingProxyType(tensors.matrices),
         tensor_count=tensors.count,
         file_size=parsed.file_size,
         fim_tokens=fim_token_ids(meta, parsed.fim_hits),

@@ -119,9 +119,16 @@ def _read_value(first: str, lines: list[str], i: int, number: int) -> tuple[str 
             body, i = lines[i], i + 1
     first = first.strip()
     if first.startswith('"'):
-        if len(first) < 2 or not first.endswith('"') or first.endswith('\\"'):
-            raise _error(number, "unterminated quoted string")
-        return re.sub(r'\\(["\\])', r"\1", first[1:-1]), True, i
+        # As Ollama's parser: a quoted value may go on over lines, up to a line that ends the quote
+        # (``ollama show --modelfile`` writes multi-line values so when they hold no quote).
+        text = first
+        while len(text) < 2 or not text.endswith('"') or text.endswith('\\"'):
+            if i >= len(lines):
+                raise _error(number, "unterminated quoted string")
+            text, i = text + "\n" + lines[i], i + 1
+            if text.rstrip().endswith('"'):
+                text = text.rstrip()
+        return re.sub(r'\\(["\\])', r"\1", text[1:-1]), True, i
     return (first or None), False, i
 
 
@@ -149,9 +156,9 @@ def render_modelfile(record: ModelRecord) -> str:
     for name, value in sorted(record.parameters.items()):
         for item in value if isinstance(value, list) else [value]:
             out.append(f"PARAMETER {name} {_quote(_format_value(item))}")
-    for message in record.messages:
-        out.append(f"MESSAGE {message['role']} {_quote(message['content'])}")
     out += [f'LICENSE """{text}"""' for text in record.license]
+    for message in record.messages:  # Ollama's order: licenses, then messages
+        out.append(f"MESSAGE {message['role']} {_quote(message['content'])}")
     return "\n".join(out) + "\n"
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from llmhost.engine.gotemplate import parsed as go_parsed
+from llmhost.engine.gotemplate import thinking_tags as go_thinking_tags
+from llmhost.engine.templates import is_go_template
+
 # Marker pairs that chat templates use; the first one a template mentions wins.
 TAG_PAIRS: tuple[tuple[str, str], ...] = (
     ("<think>", "</think>"),
@@ -21,7 +25,14 @@ TAG_PAIRS: tuple[tuple[str, str], ...] = (
 
 
 def thinking_tags(template: str) -> tuple[str, str]:
-    """The (open, close) thinking markers a chat template uses; ``<think>``/``</think>`` when it names none."""
+    """The (open, close) thinking markers a chat template uses; ``<think>``/``</think>`` when it names none.
+
+    A Go template (Ollama's) is asked as Ollama asks it: the texts around its ``.Thinking`` in the
+    range over ``.Messages`` (``engine.gotemplate.thinking_tags``)."""
+    if is_go_template(template) and (parsed_template := go_parsed(template)) is not None:
+        open_tag, close_tag = go_thinking_tags(parsed_template)
+        if open_tag and close_tag:
+            return open_tag, close_tag
     found = [(template.find(open_tag), open_tag, close_tag) for open_tag, close_tag in TAG_PAIRS
              if open_tag in template]
     if not found:

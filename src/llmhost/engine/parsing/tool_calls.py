@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from llmhost.engine.gotemplate import parsed as go_parsed
+from llmhost.engine.gotemplate import tool_call_tag
 from llmhost.engine.parsing.thinking import partial_marker_len
+from llmhost.engine.templates import is_go_template
 
 ToolCall = dict[str, Any]  # {"function": {"name": str, "arguments": dict}}
 
@@ -37,7 +40,14 @@ class ToolFormat(str, Enum):
 
 
 def detect_tool_format(template: str) -> ToolFormat:
-    """The call format a chat template teaches its model (``json`` when it names no family's marker)."""
+    """The call format a chat template teaches its model (``json`` when it names no family's marker).
+
+    A Go template (Ollama's) is asked as Ollama asks it: the text its ``{{ if .ToolCalls }}`` block
+    writes first is the tag that opens a call (``{``, bare JSON, when it writes none)."""
+    tag = _go_tool_call_tag(template)
+    for marker, fmt in _GO_TAGS:
+        if marker in tag:
+            return fmt
     if "<tool_call>" in template:
         return ToolFormat.HERMES
     if "[TOOL_CALLS]" in template:
@@ -45,6 +55,18 @@ def detect_tool_format(template: str) -> ToolFormat:
     if "<|python_tag|>" in template or "ipython" in template or '"parameters"' in template:
         return ToolFormat.LLAMA3
     return ToolFormat.JSON
+
+
+_GO_TAGS = (("<tool_call>", ToolFormat.HERMES), ("[TOOL_CALLS]", ToolFormat.MISTRAL),
+            ("<|python_tag|>", ToolFormat.LLAMA3))
+
+
+def _go_tool_call_tag(template: str) -> str:
+    """The tool-call tag of a Go template, "" for a Jinja one (or a Go one that does not parse)."""
+    if not is_go_template(template):
+        return ""
+    parsed_template = go_parsed(template)
+    return tool_call_tag(parsed_template) if parsed_template is not None else ""
 
 
 @dataclass(frozen=True)

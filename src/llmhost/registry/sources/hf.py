@@ -364,6 +364,7 @@ class _ProgressBridge(tqdm):
 
     def update(self, n: float | None = 1) -> None:
         self.transfer.add(int(n or 0))
+        DOWNLOADS.count(int(n or 0))
 
     def update_transfer(self, n: int) -> None:
         """Xet's network bytes; ``update`` already counts the bytes written, which is what the bar shows."""

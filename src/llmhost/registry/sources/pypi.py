@@ -317,6 +317,7 @@ async def _stream_to(
             async for chunk in resp.content.iter_chunked(CHUNK):
                 await asyncio.to_thread(_write_hashed, f, hasher, chunk)
                 completed += len(chunk)
+                DOWNLOADS.count(len(chunk))
                 if total and completed > total:
                     raise PullError(f"downloading {wheel.filename}: the server sent more than {total} bytes")
                 if time.monotonic() - last >= PROGRESS_INTERVAL:
