@@ -70,7 +70,8 @@ def kv(rounds: int = 5, num_ctx: int = 4096, parallel: int = 4) -> dict:
 
     async def run(d) -> None:
         await create_model(d.url, "smol", SMOLLM2)
-        async with aiohttp.ClientSession() as s:
+        # A q4_0 prefill of 2,500 tokens takes ~35 s alone, minutes if other work takes the CPUs.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=900)) as s:
             for r in range(rounds):
                 for kv in KV_TYPES:  # each change of type loads a new runner
                     options = {"num_ctx": num_ctx, "kv_cache_type": kv}

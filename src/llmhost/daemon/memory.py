@@ -20,7 +20,8 @@
 - runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools.
 
 Calibrated against the resident memory of real runners (SmolLM2 135M and Gemma 3 270M at 2k–8k
-context, 1–4 parallel); `scripts/bench p7` re-measures it.
+context, 1–4 parallel; each KV type; repack on and off); `scripts/bench p7`, `kv` and `repack`
+re-measure it.
 """
 
 from __future__ import annotations
