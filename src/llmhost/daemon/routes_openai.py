@@ -102,7 +102,7 @@ _EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low
                                            "high": "high", "max": "max", "xhigh": "max", "ultra": "max"}
 
 
-def _think(body: dict) -> bool | str | None:
+def think_from_effort(body: dict) -> bool | str | None:
     """``reasoning.effort`` or ``reasoning_effort`` → Ollama's ``think`` (as Ollama maps them)."""
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
@@ -126,7 +126,7 @@ def _messages(messages: Any) -> list[dict]:
                  "tool_calls": _tool_calls_in(m.get("tool_calls"), i),
                  "tool_call_id": m.get("tool_call_id")}
         if str(m.get("role", "")).lower() == "tool":
-            extra["tool_name"] = m.get("name") or _name_of_call(messages, m.get("tool_call_id"))
+            extra["tool_name"] = m.get("name") or tool_name_of_call(messages, m.get("tool_call_id"))
         extra = {k: v for k, v in extra.items() if v}
         native.extend(_split_content(m.get("role"), m.get("content"), extra, i))
     return native
@@ -173,7 +173,7 @@ def _tool_calls_in(calls: Any, index: int) -> list[dict] | None:
     return native
 
 
-def _name_of_call(messages: list, call_id: Any) -> str:
+def tool_name_of_call(messages: list, call_id: Any) -> str:
     """The function name of the (last) assistant tool call with ``call_id``."""
     for m in reversed(messages):
         for call in (m.get("tool_calls") or []) if isinstance(m, dict) else []:
@@ -196,7 +196,7 @@ def _chat_request(body: dict) -> ChatRequest:
         "tools": body.get("tools"),
         "tool_choice": body.get("tool_choice"),
         "parallel_tool_calls": body.get("parallel_tool_calls"),
-        "think": _think(body),
+        "think": think_from_effort(body),
         "logit_bias": body.get("logit_bias"),
         **_logprobs(body),
     }

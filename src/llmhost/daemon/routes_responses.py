@@ -28,7 +28,7 @@ from llmhost.api.types import ChatRequest, Message
 from llmhost.daemon.http import read_json
 from llmhost.daemon.inference import Completion, Delta, deltas, metrics, start_completion
 from llmhost.daemon.responses_store import RESPONSES_DIR, ResponseStore, StoredResponse, new_response_id
-from llmhost.daemon.routes_openai import _name_of_call, _think
+from llmhost.daemon.routes_openai import think_from_effort, tool_name_of_call
 from llmhost.daemon.state import DaemonState, state_of
 from llmhost.errors import BadRequest, LlmhostError
 
@@ -70,7 +70,7 @@ def make_turn(body: dict, previous: StoredResponse | None) -> Turn:
         "options": _options(body), "format": _format(body.get("text")),
         "stream": False if body.get("stream") is None else body["stream"],
         "tools": _tools(body.get("tools")), "tool_choice": _tool_choice(body.get("tool_choice")),
-        "parallel_tool_calls": body.get("parallel_tool_calls"), "think": _think(body),
+        "parallel_tool_calls": body.get("parallel_tool_calls"), "think": think_from_effort(body),
     })
     conversation = tuple(m.to_json() for m in request.messages[len(system):])
     store = True if body.get("store") is None else body["store"]
@@ -132,7 +132,7 @@ def _input_item(item: Any, index: int, context: list[dict]) -> dict:
         if not isinstance(call_id, str):
             raise BadRequest(f'invalid function_call_output at input[{index}]: "call_id" must be a string')
         return {"role": "tool", "content": _text(item.get("output"), f"input[{index}].output"),
-                "tool_call_id": call_id, "tool_name": _name_of_call(context, call_id)}
+                "tool_call_id": call_id, "tool_name": tool_name_of_call(context, call_id)}
     raise BadRequest(f"unsupported input item type {kind!r} at index {index}; expected \"message\", "
                      '"function_call", "function_call_output" or "reasoning"')
 
