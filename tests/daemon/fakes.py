@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmhost.daemon.runners import LoadSpec
+from llmhost.daemon.runner_client import LoadSpec
 from llmhost.errors import RunnerError
 
 

@@ -24,7 +24,7 @@ from llmhost.daemon.http import MAX_JSON_DEPTH, internal_error_message
 from llmhost.daemon.memory import BATCH_BYTES_PER_TOKEN, estimate_for_spec
 from llmhost.daemon.residency import Residency
 from llmhost.daemon.routes_inference import FOREVER
-from llmhost.daemon.runners import LoadSpec, ProcessRunnerFactory, runner_batch
+from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory, runner_batch
 from llmhost.daemon.security import make_security_middleware, origin_allowed
 from llmhost.daemon.state import DaemonState
 from llmhost.errors import ConfigError, InvalidOption, RunnerError

@@ -11,7 +11,7 @@ from llmhost.api.options import parse_parameter, validate_options
 from llmhost.config import Settings
 from llmhost.daemon import memory
 from llmhost.daemon.memory import estimate, estimate_for_spec, kv_cache_bytes
-from llmhost.daemon.runners import LoadSpec, ProcessRunnerFactory
+from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory
 from llmhost.errors import ConfigError, InvalidOption, RunnerError
 from tests.daemon.conftest import start_harness
 from tests.daemon.fakes import spec

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.daemon import runners
-from llmhost.daemon.runners import LoadSpec, ProcessRunnerFactory
+from llmhost.daemon import runner_client as runners
+from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory
 from llmhost.errors import RunnerError
 
 

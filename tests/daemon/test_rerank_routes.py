@@ -10,7 +10,7 @@ from llmhost.config import Settings
 from llmhost.daemon.app import create_app
 from llmhost.daemon.memory import estimate_for_spec
 from llmhost.daemon.residency import Residency
-from llmhost.daemon.runners import ProcessRunnerFactory
+from llmhost.daemon.runner_client import ProcessRunnerFactory
 from llmhost.daemon.state import DaemonState
 from llmhost.registry.store import Store
 from tests.daemon.conftest import add_model

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from llmhost.engine import server as server_module
+from llmhost.engine import runner_http as server_module
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.prompt import CHARS_PER_TOKEN, CompletionRequest, PromptBuilder, fit_context
-from llmhost.engine.server import RunnerServer
+from llmhost.engine.runner_http import RunnerServer
 from llmhost.errors import BadRequest
 from tests.support.runner_process import RunnerProcess, UnixHTTPConnection, text_of
 

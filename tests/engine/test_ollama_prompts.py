@@ -13,7 +13,7 @@ import pytest
 
 from llmhost.api.types import ChatRequest, GenerateRequest
 from llmhost.daemon.inference import resolve_think
-from llmhost.daemon.prompting import runner_body
+from llmhost.daemon.runner_request import runner_body
 from llmhost.engine.prompt import CompletionRequest, PromptBuilder
 from llmhost.registry.create import create_model
 from llmhost.registry.modelfile import parse_modelfile

@@ -3,7 +3,7 @@
 import sys
 
 from llmhost.config import Settings
-from llmhost.daemon.server import serve
+from llmhost.daemon.serve import serve
 from llmhost.errors import ConfigError
 
 try:

@@ -12,9 +12,9 @@ from typing import AsyncGenerator, AsyncIterator, Awaitable
 from llmhost.api.options import split_options
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
 from llmhost.daemon.metrics import CompletionMeter
-from llmhost.daemon.prompting import effective_options, runner_body
+from llmhost.daemon.runner_request import effective_options, runner_body
 from llmhost.daemon.residency import Lease, Residency
-from llmhost.daemon.runners import LoadSpec
+from llmhost.daemon.runner_client import LoadSpec
 from llmhost.daemon.state import DaemonState
 from llmhost.errors import BadRequest, LlmhostError, RunnerError
 from llmhost.registry.capabilities import capabilities

@@ -13,7 +13,7 @@
 - compute scratch: llama.cpp's graph buffers for one ubatch, a few activations of width n_embd in f32
   (logits are computed only for the rows that sample, so the vocabulary does not enter here);
 - batch: the engine's ``llama_batch`` arrays, 25 bytes a token of n_batch (the n_batch the runner is
-  really given, ``runners.runner_batch``: at least the sequence count, at most the KV cache);
+  really given, ``runner_client.runner_batch``: at least the sequence count, at most the KV cache);
 - output logits: one row of n_vocab floats per parallel sequence;
 - vocabulary: llama.cpp keeps every token's text and lookup entries (~160 bytes a token: 40 MiB for
   Gemma 3's 262k tokens);
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmhost.daemon.runners import LoadSpec, runner_batch
+from llmhost.daemon.runner_client import LoadSpec, runner_batch
 from llmhost.engine.cpu import repack_enabled
 
 RUNTIME_OVERHEAD = 64 * 1024**2

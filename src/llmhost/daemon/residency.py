@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from llmhost.daemon.runners import LoadSpec, Runner, RunnerFactory
+from llmhost.daemon.runner_client import LoadSpec, Runner, RunnerFactory
 from llmhost.errors import InsufficientMemory, ServerBusy
 from llmhost.units import format_size
 

@@ -13,7 +13,7 @@ from llmhost.api.types import DetokenizeRequest, TokenizeRequest
 from llmhost.daemon.http import read_json
 from llmhost.daemon.inference import lease_for
 from llmhost.daemon.metrics import refresh_health
-from llmhost.daemon.runners import Runner
+from llmhost.daemon.runner_client import Runner
 from llmhost.daemon.state import state_of
 
 routes = web.RouteTableDef()

@@ -14,7 +14,7 @@ from aiohttp import web
 from llmhost.config import Settings
 from llmhost.daemon.metrics import Metrics
 from llmhost.daemon.residency import Residency
-from llmhost.daemon.runners import LoadSpec
+from llmhost.daemon.runner_client import LoadSpec
 from llmhost.errors import BadRequest
 
 T = TypeVar("T")

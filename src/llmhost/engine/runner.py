@@ -33,7 +33,7 @@ from llmhost.engine.engine import Engine
 from llmhost.engine.llamacpp import Context, LoadError, Model, init_backend
 from llmhost.engine.prompt import PromptBuilder, TemplateError
 from llmhost.engine.sandbox import RenderLimits
-from llmhost.engine.server import RunnerServer, resident_bytes
+from llmhost.engine.runner_http import RunnerServer, resident_bytes
 
 log = logging.getLogger("llmhost.runner")
 

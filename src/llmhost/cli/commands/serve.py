@@ -14,6 +14,6 @@ def epilog() -> str:
 
 def command() -> None:
     from llmhost.config import Settings
-    from llmhost.daemon.server import serve
+    from llmhost.daemon.serve import serve
 
     serve(Settings.from_env())

@@ -64,7 +64,7 @@ def build_state(settings: Settings):
     """The daemon's state (store, residency), its runner folder and its runner factory."""
     from llmhost.daemon.memory import auto_gpu_layers_for_spec, estimate_for_spec
     from llmhost.daemon.residency import Residency
-    from llmhost.daemon.runners import ProcessRunnerFactory
+    from llmhost.daemon.runner_client import ProcessRunnerFactory
     from llmhost.daemon.state import DaemonState
     from llmhost.registry.store import Store
 
@@ -108,7 +108,7 @@ async def run_daemon(settings: Settings, ready: asyncio.Event | None = None) -> 
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    # A spare runner (runners._Spares) is started once the daemon answers, so its imports do not
+    # A spare runner (runner_client._Spares) is started once the daemon answers, so its imports do not
     # slow the daemon's own start.
     if settings.spare_runner:
         factory.keep_spare()
