@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import kernels, pull, residency, throughput
+from benchmarks import kernels, peers, pull, residency, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "p7": residency.p7,
     "kv": kernels.kv,
     "repack": kernels.repack,
+    "peers": peers.peers,
 }
 
 

@@ -8,81 +8,37 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("LLMHOST_TEST_MODELS", ROOT / ".test-models"))
-SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
+# The test models and the daemon launcher are the tests' (run as ``python -m benchmarks`` from the root).
+from tests.support.daemon_process import LiveDaemon, free_port, running_daemon
+from tests.support.models import GEMMA3, MODELS, ROOT, SMOLLM2
+
+__all__ = ["GEMMA3", "MODELS", "ROOT", "SMOLLM2", "THREADS", "create_model", "daemon", "free_port", "stream"]
+
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Daemon:
-    url: str
-    env: dict
-    proc: subprocess.Popen
-    workdir: Path
-
-
 @contextlib.contextmanager
-def daemon(**env_overrides: str):
-    """Start ``python -m llmhost.daemon`` on a free port with its own store; stop it afterwards."""
+def daemon(**env_overrides: str) -> Iterator[LiveDaemon]:
+    """A daemon on a free port with its own store, a spare runner and long keep-alive; stopped afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="llmhost-bench-"))
-    port = free_port()
-    env = dict(os.environ)
-    env.update({
-        "LLMHOST_HOST": f"127.0.0.1:{port}",
-        "LLMHOST_MODELS": str(workdir / "models"),
-        "LLMHOST_SOCKET": str(workdir / "llmhost.sock"),
+    env = {
         "LLMHOST_NUM_THREADS": str(THREADS),
         "LLMHOST_KEEP_ALIVE": "30m",
         "LLMHOST_SPARE_RUNNER": "1",  # a runner process kept ready for the next load (P4)
-    })
-    env.update(env_overrides)
-    log = open(workdir / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "llmhost.daemon"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_up(url, proc)
-        yield Daemon(url, env, proc, workdir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        **env_overrides,
+    }
+    with running_daemon(workdir, env) as started:
+        yield started
     # Each run copies the model into its store (~100–350 MB); a failed run keeps it, with its log.
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_up(url: str, proc: subprocess.Popen) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(url + "/", timeout=1).read()
-            return
-        time.sleep(0.1)
-    raise RuntimeError("daemon did not start")
 
 
 def sha256_file(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real test models (from scripts/fetch-test-models)."""
+"""Shared fixtures: a clean environment for every test, and the real test models (tests/support/models.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,51 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("LLMHOST_TEST_MODELS", ROOT / ".test-models"))
-SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
+from tests.support import models
+
+# Variables the code under test reads (llmhost's own, Ollama's, Hugging Face's). A test sets what it
+# needs; nothing leaks in from the shell that runs the suite (a developer's LLMHOST_HOST or HF_TOKEN).
+CLEARED_PREFIXES = ("LLMHOST_", "OLLAMA_", "HF_", "HUGGINGFACE_")
+KEPT = {models.REQUIRE_VARIABLE, models.MODELS_VARIABLE}  # the suite's own switches, not the code's
+ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
+REAL_MODEL_FIXTURES = {"smollm2_path", "gemma3_path"}
 
 
-def _model(path: Path) -> Path:
-    if not path.exists():
-        message = f"{path.name} missing: run scripts/fetch-test-models"
-        if os.environ.get("LLMHOST_REQUIRE_TEST_MODELS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches a real model (directly or through another fixture) is marked ``model``,
+    so ``-m "not model"`` runs exactly what needs no download."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+def _clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(CLEARED_PREFIXES) and name not in KEPT:
+            monkeypatch.delenv(name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Cleared before anything is collected: libraries read some at import (huggingface_hub's HF_*)."""
+    config.stash[ENVIRONMENT] = monkeypatch = pytest.MonkeyPatch()
+    _clear(monkeypatch)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    config.stash[ENVIRONMENT].undo()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cleared again for each test: what one test set (even without monkeypatch) never reaches the next."""
+    _clear(monkeypatch)
 
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    return _model(SMOLLM2)
+    return models.smollm2_path()
 
 
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
-    return _model(GEMMA3)
+    return models.gemma3_path()

@@ -6,14 +6,13 @@ Settings are read once into a frozen ``Settings`` and passed in; nothing else re
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any
 
-from llmhost.api.options import KV_CACHE_TYPES
+from llmhost.api.option_table import KV_CACHE_TYPES
 from llmhost.engine.cpu import REPACK_MODES
 from llmhost.errors import BadRequest, ConfigError
 from llmhost.units import parse_duration, parse_size
@@ -130,6 +129,12 @@ def _size(value: str) -> int:
         raise ValueError(str(e)) from None
 
 
+def _rpc_servers(value: str) -> tuple[str, ...]:
+    from llmhost.engine.rpc import parse_servers  # stdlib only; the library is opened only when used
+
+    return parse_servers(value)
+
+
 def _origins(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -160,6 +165,9 @@ class ApiKeys:
     def accepts(self, candidate: str) -> bool:
         """Whether ``candidate`` is one of the keys, in time that depends on neither (digests of
         equal length, every key compared)."""
+        import hashlib  # here, not at the top: the CLI reads settings on every call and needs no digests
+        import hmac
+
         given = hashlib.sha256(candidate.encode("utf-8", "surrogateescape")).digest()
         found = False
         for key in self.keys:
@@ -208,7 +216,11 @@ def _flag(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Variable:
-    """One LLMHOST_* variable: its name, default (a string or a function giving one), parser and meaning."""
+    """One LLMHOST_* variable: its name, default (a string or a function giving one), parser and meaning.
+
+    ``documented_default`` says in words what a function default gives (docs/options.md shows it,
+    where this machine's value would be wrong for the next one).
+    """
 
     name: str
     attr: str
@@ -216,22 +228,30 @@ class Variable:
     parse: Callable[[str], object]
     description: str
     secret: bool = False  # its value never appears in an error message
+    documented_default: str = ""
 
     def default_text(self) -> str:
         return self.default() if callable(self.default) else self.default
+
+    def documented_default_text(self) -> str:
+        """The default as the docs state it: the value, or for a function default its description."""
+        return self.documented_default if callable(self.default) else self.default
 
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("LLMHOST_HOST", "host", DEFAULT_HOST, _host,
              "TCP address the daemon listens on (Ollama clients connect here)"),
     Variable("LLMHOST_MODELS", "models", _default_models_dir, lambda v: Path(v).expanduser(),
-             "directory of the model store (manifests/ and blobs/, Ollama's layout)"),
+             "directory of the model store (manifests/ and blobs/, Ollama's layout)",
+             documented_default="$XDG_DATA_HOME/llmhost/models (~/.local/share/llmhost/models)"),
     Variable("LLMHOST_SOCKET", "socket", _default_socket, lambda v: Path(v).expanduser(),
-             "unix socket the CLI uses to reach the daemon (mode 0600)"),
+             "unix socket the CLI uses to reach the daemon (mode 0600)",
+             documented_default="$XDG_RUNTIME_DIR/llmhost/llmhost.sock (the platform's runtime directory)"),
     Variable("LLMHOST_KEEP_ALIVE", "keep_alive", "5m", _duration,
              "how long an idle model stays loaded (seconds or 10m/1h; negative = forever)"),
     Variable("LLMHOST_NUM_THREADS", "num_threads", lambda: str(_physical_cores()), _positive_int,
-             "threads each runner uses for llama.cpp (default: physical cores)"),
+             "threads each runner uses for llama.cpp (default: physical cores)",
+             documented_default="the physical cores"),
     Variable("LLMHOST_NUM_PARALLEL", "num_parallel", "4", _positive_int,
              "parallel sequences per loaded model (num_ctx is per sequence)"),
     Variable("LLMHOST_CONTEXT_LENGTH", "context_length", "4096", _positive_int,
@@ -247,7 +267,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLMHOST_MAX_QUEUE", "max_queue", "512", _positive_int,
              "most requests waiting per model beyond its num_parallel running ones; more get 503 at once"),
     Variable("LLMHOST_MAX_MEMORY", "max_memory", _default_max_memory, _size,
-             "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)"),
+             "memory budget for loaded models (bytes or 512MiB, 2GiB; default: available minus a reserve)",
+             documented_default="available memory at start less 1 GiB or 10%, whichever is more"),
     Variable("LLMHOST_LOAD_TIMEOUT", "load_timeout", "5m", _duration,
              "how long a runner may take to load a model before it is killed"),
     Variable("LLMHOST_BODY_IDLE_TIMEOUT", "body_idle_timeout", "60s", _timeout,
@@ -262,6 +283,9 @@ VARIABLES: tuple[Variable, ...] = (
              "verbose logging, runner output included"),
     Variable("LLMHOST_SERVE_REGISTRY", "serve_registry", "0", _flag,
              "also serve the installed models read-only over the registry protocol (/v2/), for peers to pull"),
+    Variable("LLMHOST_RPC_SERVERS", "rpc_servers", "", _rpc_servers,
+             "llama.cpp RPC workers (`llm worker`) whose memory and compute models are split across, "
+             "host:port,...; unauthenticated: trusted networks only (docs/scale-out.md); empty: none"),
     Variable("LLMHOST_API_KEY", "api_keys", "", _api_keys,
              "API keys TCP clients must send (Authorization: Bearer KEY or x-api-key), comma-separated or "
              "@FILE with one per line; the unix socket needs none; empty: no key needed", secret=True),
@@ -292,25 +316,46 @@ class Settings:
     api_keys: ApiKeys = ApiKeys()
     kv_cache_type: str = "f16"
     cpu_repack: str = "auto"
+    rpc_servers: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every LLMHOST_* variable; a malformed one raises ConfigError naming it."""
-        environ = os.environ if environ is None else environ
-        values = {}
-        for var in VARIABLES:
-            raw = environ.get(var.name)
-            text = var.default_text() if raw is None or raw == "" else raw
-            try:
-                values[var.attr] = var.parse(text)
-            except (ValueError, TypeError) as e:
-                shown = var.name if var.secret else f"{var.name}={raw!r}"
-                raise ConfigError(f"invalid {shown}: {e}") from None
-        return cls(**values)
+        return cls(**_parse(VARIABLES, os.environ if environ is None else environ))
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client of the daemon needs: where it listens and the key to send. Parsing only these
+    keeps every ``llm`` call from computing the daemon's defaults (cores, memory, the store's path)."""
+
+    socket: Path
+    host: str
+    api_keys: ApiKeys = ApiKeys()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        wanted = [var for var in VARIABLES if var.attr in ("socket", "host", "api_keys")]
+        return cls(**_parse(wanted, os.environ if environ is None else environ))
+
+
+def _parse(variables: Iterable[Variable], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each variable's value from the environment, or its default; a malformed one raises
+    ConfigError naming it (never echoing a secret)."""
+    values: dict[str, Any] = {}
+    for var in variables:
+        raw = environ.get(var.name)
+        text = var.default_text() if raw is None or raw == "" else raw
+        try:
+            values[var.attr] = var.parse(text)
+        except (ValueError, TypeError) as e:
+            shown = var.name if var.secret else f"{var.name}={raw!r}"
+            raise ConfigError(f"invalid {shown}: {e}") from None
+    return values
 
 
 def describe_variables() -> str:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.cli.fake_daemon import DIGEST, MODEL, tag_entry
+from tests.support.fake_daemon import DIGEST, MODEL, tag_entry
 
 
 def test_list_prints_name_id_size_modified(llm, daemon):

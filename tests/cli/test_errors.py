@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from llmhost.api.client import Client, DaemonUnreachable
-from llmhost.cli import daemon_process
-from llmhost.cli.app import app
-from tests.cli.conftest import closed_port
 from typer.testing import CliRunner
 
-FAKE_DAEMON = Path(__file__).with_name("fake_daemon.py")
+from llmhost.api.client import Client
+from llmhost.cli import daemon_process
+from llmhost.cli.app import app
+from llmhost.errors import DaemonUnreachable
+from tests.support.processes import free_port
+
+FAKE_DAEMON = Path(__file__).parents[1] / "support" / "fake_daemon.py"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -57,7 +58,7 @@ def test_bad_setting_is_reported(llm, monkeypatch):
 
 
 def test_autostart_starts_a_daemon_and_waits_for_it(env, tmp_path):
-    client = Client(str(env), f"127.0.0.1:{closed_port()}")
+    client = Client(str(env), f"127.0.0.1:{free_port()}")
     process = daemon_process.ensure_daemon(
         client, argv=[sys.executable, str(FAKE_DAEMON), str(env)], log=tmp_path / "daemon.log"
     )
@@ -72,7 +73,7 @@ def test_autostart_starts_a_daemon_and_waits_for_it(env, tmp_path):
 
 
 def test_autostart_gives_up_after_the_timeout(env, tmp_path):
-    client = Client(str(env), f"127.0.0.1:{closed_port()}")
+    client = Client(str(env), f"127.0.0.1:{free_port()}")
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     with pytest.raises(DaemonUnreachable, match="did not answer within 1s"):
         process = daemon_process.start_daemon(argv, tmp_path / "daemon.log")
@@ -123,3 +124,4 @@ def test_a_server_that_is_not_llmhost_is_not_driven(tmp_path):
             client.heartbeat()
     finally:
         server.shutdown()
+        server.server_close()

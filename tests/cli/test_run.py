@@ -12,8 +12,8 @@ from llmhost.cli import render
 from llmhost.cli.commands.run import RunOptions, generate_parts, stream_answer
 from llmhost.cli.repl import Repl
 from llmhost.errors import BadRequest
-from tests.cli.conftest import closed_port
-from tests.cli.fake_daemon import MODEL, show_answer
+from tests.support.fake_daemon import MODEL, show_answer
+from tests.support.processes import free_port
 
 
 def test_one_shot_streams_the_answer_to_stdout(llm, daemon):
@@ -100,7 +100,7 @@ def run_repl(daemon, lines: list, capsys, model: str = MODEL, **options) -> Sess
             raise line
         return line
 
-    client = Client(daemon.socket_path, f"127.0.0.1:{closed_port()}")
+    client = Client(daemon.socket_path, f"127.0.0.1:{free_port()}")
     info = daemon.models[model]
     session = Repl(client, RunOptions(model, wordwrap=False, **options), info, read_line=read_line)
     session.run()
@@ -114,7 +114,7 @@ def repl(daemon, lines: list, capsys, model: str = MODEL, **options) -> tuple[Re
 
 
 def test_repl_keeps_history_across_turns(daemon, capsys):
-    session, out = repl(daemon, ["hi", "again", "/bye", "never read"], capsys)
+    _session, out = repl(daemon, ["hi", "again", "/bye", "never read"], capsys)
     assert out.count("Hello, world!") == 2
     messages = daemon.bodies("/api/chat")[-1]["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
@@ -268,7 +268,7 @@ def test_think_on_a_model_without_thinking_is_a_clear_error(llm, daemon):
 
 
 def test_repl_think_flag_goes_with_the_preload_so_a_model_without_thinking_fails_at_once(daemon, capsys):
-    client = Client(daemon.socket_path, f"127.0.0.1:{closed_port()}")
+    client = Client(daemon.socket_path, f"127.0.0.1:{free_port()}")
     session = Repl(client, RunOptions(MODEL, think=True), show_answer(), read_line=lambda _: "never read")
     with pytest.raises(BadRequest, match="does not support thinking"):
         session.run()
@@ -297,7 +297,7 @@ def test_repl_bad_think_level_is_reported_and_nothing_changes(daemon, thinker, c
 
 
 def test_repl_shows_thinking_apart_and_keeps_it_in_history(daemon, thinker, capsys):
-    session, out = repl(daemon, ["hi", "again"], capsys, model=thinker)
+    _session, out = repl(daemon, ["hi", "again"], capsys, model=thinker)
     assert out.count(SHOWN_THINKING + "Hello, world!\n") == 2
     assert daemon.bodies("/api/chat")[-1]["messages"][1] == {
         "role": "assistant", "content": "Hello, world!", "thinking": "Let me think.",

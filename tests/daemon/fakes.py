@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmhost.daemon.runner_client import LoadSpec
+from llmhost.daemon.runner_client import LoadSpec, Placement, requested_placement
 from llmhost.errors import RunnerError
 
 
@@ -24,6 +25,8 @@ class FakeRunner:
                  gate_at: int = 1):
         self.spec = spec
         self.memory_bytes = memory_bytes
+        self.vram_bytes = 0  # set by the factory, as ProcessRunnerFactory sets it
+        self.placement = Placement()
         self.words = words
         self.gate = gate
         self.gate_at = gate_at  # the gate holds back the line of this index
@@ -118,6 +121,7 @@ class FakeFactory:
     load_delay: float = 0.0
     started: list[FakeRunner] = field(default_factory=list)
     fail_with: str | None = None
+    place: Callable[[LoadSpec], Placement] = requested_placement  # as ProcessRunnerFactory's ``place``
 
     async def start(self, spec: LoadSpec) -> FakeRunner:
         if self.load_delay:
@@ -125,6 +129,8 @@ class FakeFactory:
         if self.fail_with:
             raise RunnerError(self.fail_with)
         runner = FakeRunner(spec, self.memory.get(spec.key, 100), self.words, self.gate, self.gate_at)
+        runner.placement = self.place(spec)
+        runner.vram_bytes = runner.placement.vram_bytes
         self.started.append(runner)
         return runner
 

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from llmhost.daemon.residency import Residency
+from llmhost.daemon.residency import ModelIdentity, Residency
 from llmhost.errors import ServerBusy
 from tests.daemon.conftest import start_harness
 from tests.daemon.fakes import FakeFactory, spec
+from tests.support.waiting import eventually
 
 PARALLEL, QUEUE = 1, 2
 BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's text
@@ -92,10 +93,7 @@ async def test_a_client_that_leaves_while_waiting_frees_its_place_at_once(small)
     assert (await generate(small))[0] == 503
     held[-1][2].close()  # the last one waiting goes away
     key = small.factory.started[0].spec.key
-    for _ in range(50):
-        if small.residency.admitted(key) < PARALLEL + QUEUE:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: small.residency.admitted(key) < PARALLEL + QUEUE, what="its place freed")
     status, _, _ = await generate(small)
     assert status == 200, "the place it held is free again"
 
@@ -104,15 +102,15 @@ async def test_places_are_per_model_and_a_load_only_request_counts_too():
     factory = FakeFactory(gate=asyncio.Event())
     residency = Residency(factory, max_loaded=3, max_queue=QUEUE, memory_budget=1 << 30)
     a, b = spec("sha256:" + "a" * 64, parallel=PARALLEL), spec("sha256:" + "b" * 64, parallel=PARALLEL)
-    leases = [await residency.acquire(a, "a", 300.0) for _ in range(PARALLEL + QUEUE)]
+    leases = [await residency.acquire(a, ModelIdentity("a"), 300.0) for _ in range(PARALLEL + QUEUE)]
     with pytest.raises(ServerBusy):
-        await residency.acquire(a, "a", 300.0)
-    other = await residency.acquire(b, "b", 300.0)  # another model has its own places
+        await residency.acquire(a, ModelIdentity("a"), 300.0)
+    other = await residency.acquire(b, ModelIdentity("b"), 300.0)  # another model has its own places
     leases[0].release()
     leases[0].release()  # a second release is harmless and frees nothing more
-    leases.append(await residency.acquire(a, "a", 300.0))
+    leases.append(await residency.acquire(a, ModelIdentity("a"), 300.0))
     with pytest.raises(ServerBusy):
-        await residency.acquire(a, "a", 300.0)
+        await residency.acquire(a, ModelIdentity("a"), 300.0)
     for lease in [*leases, other]:
         lease.release()
     assert residency.admissions() == []

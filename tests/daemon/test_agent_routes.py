@@ -244,20 +244,18 @@ async def test_generate_returns_context_and_takes_it_back(agents):
 # --- /v1 -----------------------------------------------------------------------------------------
 
 
-async def test_openai_client_gets_tool_calls_streamed_and_not(agents, base_url):
-    import openai
+async def test_openai_client_gets_tool_calls_streamed_and_not(agents, openai_client):
 
     agents.factory.words = [CALL_LINE]
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused")
-    reply = await client.chat.completions.create(model="tools", messages=HI, tools=[WEATHER],
-                                                 tool_choice="required")
+    reply = await openai_client.chat.completions.create(model="tools", messages=HI, tools=[WEATHER],
+                                                        tool_choice="required")
     (call,) = reply.choices[0].message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"} and call.id.startswith("call_")
     assert reply.choices[0].finish_reason == "tool_calls"
     assert last_body(agents)["tool_choice"] == "required"
 
-    stream = await client.chat.completions.create(model="tools", messages=HI, tools=[WEATHER], stream=True)
+    stream = await openai_client.chat.completions.create(model="tools", messages=HI, tools=[WEATHER], stream=True)
     pieces, finish = {}, None
     async for chunk in stream:
         for piece in chunk.choices[0].delta.tool_calls or []:
@@ -283,7 +281,7 @@ async def test_openai_history_with_tool_results_maps_to_native_messages(agents):
     assert sent[2]["tool_name"] == "get_weather" and sent[2]["tool_call_id"] == "call_1"
 
 
-async def test_openai_reasoning_comes_back_in_both_fields(agents, base_url):
+async def test_openai_reasoning_comes_back_in_both_fields(agents):
     agents.factory.words = [{"thinking": "Hmm."}, "Yes"]
     status, answer = await post(agents, "/v1/chat/completions", {"model": "thinker", "messages": HI,
                                                                  "reasoning_effort": "low"})
@@ -335,8 +333,3 @@ async def test_v1_embeddings_in_base64(agents):
     assert status == 200
     raw = base64.b64decode(answer["data"][0]["embedding"])
     assert list(struct.unpack("<3f", raw)) == pytest.approx([0.6, 0.8, 0.0])
-
-
-@pytest.fixture
-def base_url(harness) -> str:
-    return str(harness.client.make_url("")).rstrip("/")

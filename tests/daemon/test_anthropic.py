@@ -12,11 +12,12 @@ import json
 
 import pytest
 
-from llmhost.daemon.routes_anthropic import error_body
+from llmhost.daemon.dialects import Dialect, render_error
 from llmhost.errors import ClientClosed, RunnerError, ServerBusy
 
 # The agents tests' store: "tiny" (plain), "tools" (a tools template) and "thinker" (a thinking one).
 from tests.daemon.test_agent_routes import template_store  # noqa: F401
+from tests.support.waiting import eventually
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -24,11 +25,6 @@ NATIVE_WEATHER = {"type": "function", "function": {"name": "get_weather", "param
                                                    "description": "Weather in a city"}}
 CALL_LINE = {"tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def base_url(harness) -> str:
-    return str(harness.client.make_url("")).rstrip("/")
 
 
 async def post(harness, body: dict, path: str = "/v1/messages"):
@@ -226,11 +222,7 @@ async def test_a_client_leaving_mid_stream_frees_the_model(harness):
     assert resident.refcount == 1
     response.close()
     harness.factory.gate.set()
-    for _ in range(200):
-        if resident.refcount == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert resident.refcount == 0
+    await eventually(lambda: resident.refcount == 0, what="the model released")
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -255,8 +247,8 @@ async def test_a_client_leaving_mid_stream_frees_the_model(harness):
             {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]), 400, "invalid_request_error",
             "belong in a user message", id="tool-result-from-assistant"),
         pytest.param(request(messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}]}]), 400,
-            "invalid_request_error", "does not support images", id="image"),
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]),
+            400, "invalid_request_error", "does not support vision", id="image-without-vision"),
         pytest.param(request(tools=[{"type": "web_search_20250305", "name": "web_search"}]), 400,
                      "invalid_request_error", "not supported", id="server-tool"),
         pytest.param(request(tools=[{"name": "f"}]), 400, "invalid_request_error", "input_schema",
@@ -286,7 +278,8 @@ async def test_errors_come_in_anthropics_shape_before_anything_starts(harness, b
     ],
 )
 def test_error_types_follow_the_status(error, kind):
-    assert error_body(error) == {"type": "error", "error": {"type": kind, "message": error.message}}
+    assert render_error(error, Dialect.ANTHROPIC) == (error.status, {"type": "error",
+                                                                     "error": {"type": kind, "message": error.message}})
 
 
 async def test_each_protocol_keeps_its_own_error_shape(harness):
@@ -316,49 +309,46 @@ async def test_count_tokens_renders_the_prompt_and_generates_nothing(harness):
 # --- the official client --------------------------------------------------------------------------
 
 
-async def test_anthropic_client_create_stream_and_tools(harness, base_url):
-    import anthropic
+async def test_anthropic_client_create_stream_and_tools(harness, anthropic_client):
 
-    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="unused")
-    reply = await client.messages.create(model="tiny", max_tokens=16, messages=HI)
+    reply = await anthropic_client.messages.create(model="tiny", max_tokens=16, messages=HI)
     assert reply.content[0].text == "Hello, world" and reply.stop_reason == "end_turn"
     assert reply.usage.input_tokens == 5 and reply.usage.cache_read_input_tokens == 0
 
-    async with client.messages.stream(model="tiny", max_tokens=16, messages=HI) as stream:
+    async with anthropic_client.messages.stream(model="tiny", max_tokens=16, messages=HI) as stream:
         text = "".join([piece async for piece in stream.text_stream])
         final = await stream.get_final_message()
     assert text == "Hello, world" and final.content[0].text == "Hello, world"
     assert final.usage.input_tokens == 5 and final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
 
     say(harness, [{"thinking": "Need data."}, CALL_LINE])
-    async with client.messages.stream(model="tools", max_tokens=64, messages=HI, tools=[WEATHER],
-                                      tool_choice={"type": "any"}) as stream:
+    async with anthropic_client.messages.stream(model="tools", max_tokens=64, messages=HI, tools=[WEATHER],
+                                                tool_choice={"type": "any"}) as stream:
         final = await stream.get_final_message()
     thinking, call = final.content
     assert thinking.type == "thinking" and thinking.thinking == "Need data."
     assert call.type == "tool_use" and call.name == "get_weather" and call.input == {"city": "Paris"}
     assert final.stop_reason == "tool_use"
 
-    second = await client.messages.create(model="tools", max_tokens=64, tools=[WEATHER], messages=[
+    second = await anthropic_client.messages.create(model="tools", max_tokens=64, tools=[WEATHER], messages=[
         *HI, final.to_param(), {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": call.id, "content": "18 degrees"}]}])
     assert second.stop_reason == "tool_use"
     assert last_body(harness)["messages"][-1]["tool_call_id"] == call.id
 
-    counted = await client.messages.count_tokens(model="tools", messages=HI, tools=[WEATHER])
+    counted = await anthropic_client.messages.count_tokens(model="tools", messages=HI, tools=[WEATHER])
     assert counted.input_tokens == 5
 
 
-async def test_anthropic_client_raises_typed_errors(harness, base_url):
+async def test_anthropic_client_raises_typed_errors(harness, anthropic_client):
     import anthropic
 
-    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="unused", max_retries=0)
     with pytest.raises(anthropic.NotFoundError) as caught:
-        await client.messages.create(model="missing", max_tokens=8, messages=HI)
+        await anthropic_client.messages.create(model="missing", max_tokens=8, messages=HI)
     assert "not found" in caught.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError):
-        await client.messages.create(model="tiny", max_tokens=8, messages=[{"role": "user", "content": []}])
+        await anthropic_client.messages.create(model="tiny", max_tokens=8, messages=[{"role": "user", "content": []}])
     say(harness, ["Hello", {"error": "model runner crashed (signal 9)"}])
     with pytest.raises(anthropic.APIStatusError, match="crashed"):
-        async with client.messages.stream(model="tiny", max_tokens=8, messages=HI) as stream:
+        async with anthropic_client.messages.stream(model="tiny", max_tokens=8, messages=HI) as stream:
             await stream.get_final_message()

@@ -7,57 +7,38 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import math
 import os
 import signal
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from llmhost.api.options import parse_parameter, validate_options
-from llmhost.config import Settings
 from llmhost.daemon import routes_inference, routes_openai
-from llmhost.daemon.app import create_app
-from llmhost.daemon.http import MAX_JSON_DEPTH, internal_error_message
+from llmhost.daemon.dialects import internal_error_message
+from llmhost.daemon.http import MAX_JSON_DEPTH
 from llmhost.daemon.memory import BATCH_BYTES_PER_TOKEN, estimate_for_spec
-from llmhost.daemon.residency import Residency
 from llmhost.daemon.routes_inference import FOREVER
 from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory, runner_batch
 from llmhost.daemon.security import make_security_middleware, origin_allowed
-from llmhost.daemon.state import DaemonState
 from llmhost.errors import ConfigError, InvalidOption, RunnerError
-from llmhost.units import parse_duration
-from tests.daemon.conftest import Harness
 from tests.daemon.fakes import spec
+from tests.support.daemon_app import Harness, start_app
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
 async def one_model(harness, tmp_path):
     """An app over ``harness``'s store that holds one model at a time (LLMHOST_MAX_LOADED_MODELS=1)."""
-    residency = Residency(harness.factory, max_loaded=1, max_queue=4, memory_budget=8 << 30,
-                          estimate=estimate_for_spec)
-    settings = Settings.from_env({"LLMHOST_MODELS": str(harness.store.root),
-                                  "LLMHOST_SOCKET": str(tmp_path / "one.sock")})
-    client = TestClient(TestServer(create_app(DaemonState(settings, harness.store, residency))))
-    await client.start_server()
-    yield Harness(client, harness.store, harness.factory, residency)
-    await client.close()
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
+    one = await start_app(harness.store, tmp_path / "one.sock", factory=harness.factory, max_loaded=1)
+    yield one
+    await one.client.close()
 
 
 async def assert_model_free(h: Harness) -> None:
     """No request holds the model: it shows idle, and a runner with other load options takes its place
     (with one model allowed, that needs the first one gone)."""
-    await until(lambda: all(r.idle for r in h.residency.residents()))
+    await eventually(lambda: all(r.idle for r in h.residency.residents()), what="every resident idle")
     h.factory.words, h.factory.gate = ["Hello"], None
     request = h.client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
                                                    "options": {"num_batch": 256}})
@@ -130,12 +111,13 @@ async def test_a_response_that_cannot_be_sent_releases_the_model(one_model, monk
 async def test_a_client_gone_before_the_first_line_releases_the_model(one_model):
     one_model.factory.gate, one_model.factory.gate_at = asyncio.Event(), 0
     server = one_model.client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+    _reader, writer = await asyncio.open_connection(server.host, server.port)
     body = json.dumps({"model": "tiny", "prompt": "x"}).encode()
     writer.write(f"POST /api/generate HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     await writer.drain()
-    await until(lambda: bool(one_model.factory.started and one_model.factory.started[0].bodies))
+    await eventually(lambda: one_model.factory.started and one_model.factory.started[0].bodies,
+                     what="the request in the runner")
     writer.close()
     await writer.wait_closed()
     one_model.factory.gate.set()  # the first line comes after the client has gone
@@ -190,29 +172,6 @@ async def test_num_batch_1_with_4_sequences_loads_and_answers(tmp_path, tiny_ggu
 
 
 # --- item 7: keep_alive ---------------------------------------------------------------------------
-
-DURATIONS = {
-    "seconds": (30, 30.0),
-    "go string": ("1h30m", 5400.0),
-    "negative: forever": (-1, math.inf),
-    "negative string": ("-5m", math.inf),
-    "beyond Go's longest duration: forever": (1e308, math.inf),
-    "an integer beyond any float": (10**400, math.inf),
-    "just under the cap": (9_000_000_000, 9e9),
-}
-
-
-@pytest.mark.parametrize("value, seconds", DURATIONS.values(), ids=DURATIONS.keys())
-def test_durations(value, seconds):
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize("value", ["", "  ", "-", "+", float("nan"), "5 parsecs", True, [], {}])
-def test_bad_durations_are_400(value):
-    with pytest.raises(Exception) as err:
-        parse_duration(value)
-    assert getattr(err.value, "status", None) == 400 and "invalid duration" in str(err.value)
-
 
 @pytest.mark.parametrize("raw, status", [
     ('{"model": "tiny", "prompt": "x", "keep_alive": ""}', 400),
@@ -329,20 +288,6 @@ def test_a_malformed_llmhost_origins_pattern_stops_the_daemon(pattern):
 
 
 # --- item 11: float options are finite ------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["temperature", "top_p", "repeat_penalty", "min_p", "mirostat_tau"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e39, 10**400],
-                         ids=["nan", "inf", "-inf", "beyond float32", "huge int"])
-def test_float_options_must_be_finite(name, value):
-    with pytest.raises(InvalidOption, match=f'option "{name}" must be a finite number'):
-        validate_options({name: value})
-
-
-@pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "1e39"])
-def test_a_modelfile_parameter_must_be_finite(text):
-    with pytest.raises(InvalidOption, match="finite"):
-        parse_parameter("temperature", text)
-
 
 @pytest.mark.parametrize("path, raw", [
     ("/api/generate", '{"model": "tiny", "prompt": "x", "options": {"repeat_penalty": NaN}}'),

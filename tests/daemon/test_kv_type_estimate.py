@@ -7,12 +7,10 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
-from llmhost.api.options import parse_parameter, validate_options
-from llmhost.config import Settings
 from llmhost.daemon import memory
 from llmhost.daemon.memory import estimate, estimate_for_spec, kv_cache_bytes
 from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory
-from llmhost.errors import ConfigError, InvalidOption, RunnerError
+from llmhost.errors import RunnerError
 from tests.daemon.conftest import start_harness
 from tests.daemon.fakes import spec
 
@@ -56,7 +54,7 @@ def test_repacking_adds_the_matrices_llama_cpp_copies():
 def test_the_estimate_counts_repacked_weights_only_when_the_runner_repacks_a_mapping(
         monkeypatch, cpu_repack, use_mmap, extra):
     info = model(Q4_0=50 * MiB, Q4_K=10 * MiB)
-    monkeypatch.setattr(memory, "_info", lambda path: info)
+    monkeypatch.setattr(memory, "gguf_info", lambda path: info)
     planned = spec(num_ctx=2048, parallel=1, cpu_repack=cpu_repack, use_mmap=use_mmap)
     assert estimate_for_spec(planned) == estimate(info, 2048, 1, 512) + extra
 
@@ -67,36 +65,6 @@ def test_gguf_info_lists_the_bytes_of_matmul_weights_by_type(smollm2_path):
 
     by_type = read_gguf_info(smollm2_path).matrix_bytes_by_type
     assert set(by_type) == {"Q4_1"} and 60 * MiB < by_type["Q4_1"] < 70 * MiB
-
-
-# --- settings and options ---------------------------------------------------------------------------
-
-
-def test_settings_default_to_an_f16_cache_and_automatic_repacking():
-    settings = Settings.from_env({})
-    assert (settings.kv_cache_type, settings.cpu_repack) == ("f16", "auto")
-    assert Settings.from_env({"LLMHOST_KV_CACHE_TYPE": "Q8_0"}).kv_cache_type == "q8_0"
-
-
-@pytest.mark.parametrize("name, value", [("LLMHOST_KV_CACHE_TYPE", "q5_1"), ("LLMHOST_CPU_REPACK", "maybe")])
-def test_a_bad_setting_names_its_variable(name, value):
-    with pytest.raises(ConfigError, match=name):
-        Settings.from_env({name: value})
-
-
-@pytest.mark.parametrize("value, message", [
-    ("q5_1", 'option "kv_cache_type" must be one of f16, q8_0, q4_0'),
-    (8, 'option "kv_cache_type" must be of type string'),
-])
-def test_a_bad_kv_cache_type_option_is_refused(value, message):
-    with pytest.raises(InvalidOption, match=message):
-        validate_options({"kv_cache_type": value})
-
-
-def test_a_modelfile_parameter_names_the_kv_cache_type():
-    assert parse_parameter("kv_cache_type", "Q4_0") == "q4_0"
-    with pytest.raises(InvalidOption, match="must be one of"):
-        parse_parameter("kv_cache_type", "f32")
 
 
 # --- which runner a request gets --------------------------------------------------------------------

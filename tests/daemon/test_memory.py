@@ -15,7 +15,7 @@ MiB = 1024**2
 def model(blocks=10, layer=100 * MiB, output=50 * MiB):
     return SimpleNamespace(block_count=blocks, head_count=8, head_count_kv=2, embedding_length=512,
                            key_length=64, value_length=64, vocab_size=32000,
-                           layer_bytes=MappingProxyType({i: layer for i in range(blocks)}),
+                           layer_bytes=MappingProxyType(dict.fromkeys(range(blocks), layer)),
                            output_bytes=output, total_tensor_bytes=blocks * layer + output)
 
 
@@ -50,4 +50,4 @@ def test_real_model_estimate_covers_weights_and_kv(smollm2_path):
 def test_gpu_layers_fit_free_vram(free_mib, layers):
     info = model()
     assert fit_layers(info, 256, 1, 512, free_mib * MiB) == layers
-    assert GPU_OVERHEAD == 256 * MiB
+    assert 256 * MiB == GPU_OVERHEAD

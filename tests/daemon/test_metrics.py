@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmhost import __version__
 from llmhost.daemon.state import STATE_KEY
 from tests.daemon.conftest import start_harness
+from tests.support.waiting import eventually
 
 MODEL = "tiny:latest"
 
@@ -65,7 +67,7 @@ async def test_counters_move_consistently_while_requests_run(harness):
         await asyncio.sleep(0)
     finals = [lines[-1] for lines in [await t for t in tasks]]
     seen.append(await scrape(harness))
-    for before, after in zip(seen, seen[1:]):  # no counter ever goes back
+    for before, after in itertools.pairwise(seen):  # no counter ever goes back
         assert all(after.get(key, 0) >= v for key, v in counters(before).items())
     last, first = seen[-1], seen[0]
 
@@ -120,7 +122,7 @@ async def test_residency_and_memory_metrics(harness):
     assert value(samples, "llmhost_resident_bytes", model=MODEL) == 100  # what the fake runner declares
     assert value(samples, "llmhost_memory_budget_bytes") == 8 << 30
     harness.factory.started[0].crash()
-    await asyncio.sleep(0.01)
+    await eventually(lambda: harness.residency.residents() == [], what="the crashed runner forgotten")
     await stream(harness)
     samples = await scrape(harness)
     assert value(samples, "llmhost_runner_crashes_total", model=MODEL) == 1

@@ -11,7 +11,13 @@ import pytest
 from llmhost import OLLAMA_API_VERSION, __version__
 from tests.daemon.conftest import start_harness
 from tests.support.ollama_store import (
-    CHATTY_MESSAGES, CHATTY_SYSTEM, CHATTY_TEMPLATE, LEGACY_SYSTEM, LEGACY_TEMPLATE, LICENSE, build_ollama_store,
+    CHATTY_MESSAGES,
+    CHATTY_SYSTEM,
+    CHATTY_TEMPLATE,
+    LEGACY_SYSTEM,
+    LEGACY_TEMPLATE,
+    LICENSE,
+    build_ollama_store,
 )
 
 

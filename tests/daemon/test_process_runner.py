@@ -12,6 +12,7 @@ import pytest
 from llmhost.daemon import runner_client as runners
 from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory
 from llmhost.errors import RunnerError
+from tests.support.waiting import eventually
 
 
 def spec_for(path, **kw) -> LoadSpec:
@@ -37,12 +38,13 @@ async def spare_factory(factory):
 
 async def ready_spare(factory: ProcessRunnerFactory, old_pid: int | None = None) -> int:
     """The pid of a spare (other than ``old_pid``) once it has imported everything."""
-    for _ in range(600):
+
+    def ready() -> bool:
         spare = factory._spares._spare
-        if spare is not None and spare.pid != old_pid and spare.announcement is not None:
-            return spare.pid
-        await asyncio.sleep(0.05)
-    raise AssertionError("no spare runner became ready")
+        return spare is not None and spare.pid != old_pid and spare.announcement is not None
+
+    await eventually(ready, timeout=30, interval=0.05, what="a spare runner ready")
+    return factory._spares._spare.pid
 
 
 def process_name(pid: int) -> str:
@@ -110,12 +112,8 @@ async def test_a_spare_running_code_changed_on_disk_is_not_used(spare_factory, t
     try:
         assert runner.pid != stale_pid
         assert (await generate(runner))[-1]["done"] is True
-        for _ in range(100):
-            if not Path(f"/proc/{stale_pid}").exists() or process_state(stale_pid) == "Z":
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the stale spare was left running")
+        await eventually(lambda: not Path(f"/proc/{stale_pid}").exists() or process_state(stale_pid) == "Z",
+                         interval=0.05, what="the stale spare gone")
     finally:
         await runner.close()
 
@@ -132,15 +130,9 @@ async def test_a_spare_importing_while_requests_run_is_paused(factory, tiny_gguf
         lines = runner.completion({"prompt": "Once upon a time", "options": {"num_predict": 3000}})
         await lines.__anext__()  # a request is being served
         factory.keep_spare()
-        for _ in range(100):
-            if factory.spare_pid is not None:
-                break
-            await asyncio.sleep(0.01)
-        for _ in range(100):  # a stop signal takes effect when the process next runs
-            if process_state(factory.spare_pid) == "T":
-                break
-            await asyncio.sleep(0.01)
-        assert process_state(factory.spare_pid) == "T"  # stopped, not importing
+        await eventually(lambda: factory.spare_pid is not None, what="a spare started")
+        # Stopped, not importing (a stop signal takes effect when the process next runs).
+        await eventually(lambda: process_state(factory.spare_pid) == "T", what="the spare stopped")
         await lines.aclose()
         await ready_spare(factory)  # resumed once no request runs, so it finishes importing
     finally:

@@ -4,16 +4,11 @@
 from __future__ import annotations
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from llmhost.config import Settings
-from llmhost.daemon.app import create_app
-from llmhost.daemon.memory import estimate_for_spec
-from llmhost.daemon.residency import Residency
 from llmhost.daemon.runner_client import ProcessRunnerFactory
-from llmhost.daemon.state import DaemonState
 from llmhost.registry.store import Store
 from tests.daemon.conftest import add_model
+from tests.support.daemon_app import start_app
 from tests.support.tiny_gguf import write_tiny_reranker
 
 # llama-server's README example (tools/server/README.md, POST /reranking).
@@ -141,14 +136,10 @@ async def live(tmp_path, reranker_gguf):
     store = Store(tmp_path / "models")
     add_model(store, "reranker", reranker_gguf)
     factory = ProcessRunnerFactory(tmp_path / "sockets", load_timeout=60)
-    residency = Residency(factory, max_loaded=1, max_queue=4, memory_budget=8 << 30, estimate=estimate_for_spec)
-    settings = Settings.from_env({"LLMHOST_MODELS": str(tmp_path / "models"), "LLMHOST_SOCKET": str(tmp_path / "s"),
-                                  "LLMHOST_CONTEXT_LENGTH": "256", "LLMHOST_NUM_PARALLEL": "1",
-                                  "LLMHOST_NUM_THREADS": "1"})
-    client = TestClient(TestServer(create_app(DaemonState(settings, store, residency))))
-    await client.start_server()
-    yield client
-    await client.close()
+    started = await start_app(store, tmp_path / "s", factory=factory, max_loaded=1, env={
+        "LLMHOST_CONTEXT_LENGTH": "256", "LLMHOST_NUM_PARALLEL": "1", "LLMHOST_NUM_THREADS": "1"})
+    yield started.client
+    await started.client.close()
     await factory.close()
 
 

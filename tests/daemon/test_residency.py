@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from llmhost.daemon.residency import Residency
+from llmhost.daemon.residency import ModelIdentity, Residency
 from llmhost.errors import InsufficientMemory, ServerBusy
 from tests.daemon.fakes import FakeClock, FakeFactory, spec
+from tests.support.waiting import eventually
 
 A, B, C = ("sha256:" + ch * 64 for ch in "abc")
 
@@ -20,7 +21,7 @@ def make(factory, budget=1000, max_loaded=3, max_queue=10, clock=None):
 
 
 async def use(residency, key, keep_alive=300.0, **kw):
-    lease = await residency.acquire(spec(key, **kw), key[-4:], keep_alive)
+    lease = await residency.acquire(spec(key, **kw), ModelIdentity(key[-4:]), keep_alive)
     lease.release()
     return lease
 
@@ -97,9 +98,9 @@ async def test_model_larger_than_budget_is_refused_before_anything_is_disturbed(
 async def test_busy_model_is_not_evicted_until_released():
     factory = FakeFactory(memory={A: 600, B: 600})
     residency = make(factory, budget=1000)
-    lease = await residency.acquire(spec(A), "a", 300.0)
+    lease = await residency.acquire(spec(A), ModelIdentity("a"), 300.0)
     waiting = asyncio.create_task(use(residency, B))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: residency.admitted(B) == 1, what="B admitted")
     assert not waiting.done() and loaded_keys(residency) == [A]
     lease.release()
     await asyncio.wait_for(waiting, 2)
@@ -118,7 +119,7 @@ async def test_queue_overflow_is_busy_at_once():
     factory = FakeFactory(load_delay=0.2)
     residency = make(factory, max_queue=2)
     first = [asyncio.create_task(use(residency, A)) for _ in range(3)]  # parallel 1 + queue 2
-    await asyncio.sleep(0.01)
+    await eventually(lambda: residency.admitted(A) == 3, what="all three admitted")
     with pytest.raises(ServerBusy):
         await use(residency, A)
     await asyncio.gather(*first)
@@ -143,8 +144,8 @@ async def test_keep_alive_zero_unloads_when_request_ends():
     factory = FakeFactory()
     residency = make(factory)
     await use(residency, A, keep_alive=0)
-    await asyncio.sleep(0.01)
-    assert loaded_keys(residency) == [] and factory.started[0].closed
+    await eventually(lambda: loaded_keys(residency) == [], what="the model unloaded")
+    assert factory.started[0].closed
 
 
 async def test_crashed_runner_is_forgotten_and_next_request_reloads():
@@ -152,8 +153,7 @@ async def test_crashed_runner_is_forgotten_and_next_request_reloads():
     residency = make(factory)
     await use(residency, A)
     factory.started[0].crash()
-    await asyncio.sleep(0.01)
-    assert loaded_keys(residency) == []
+    await eventually(lambda: loaded_keys(residency) == [], what="the crashed runner forgotten")
     await use(residency, A)
     assert len(factory.started) == 2
 
@@ -172,6 +172,5 @@ async def test_a_shorter_keep_alive_is_not_held_up_by_a_longer_one():
     residency = make(factory, clock=time.monotonic)  # real time: this is about the reaper's timer
     await use(residency, A, keep_alive=3600)
     await use(residency, B, keep_alive=0.1)
-    await asyncio.sleep(0.5)
-    assert loaded_keys(residency) == [A]
+    await eventually(lambda: loaded_keys(residency) == [A], timeout=2.0, what="B expired, A kept")
     await residency.shutdown()

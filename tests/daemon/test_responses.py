@@ -15,21 +15,15 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from openai.types.responses import Response, ResponseStreamEvent
 
-from llmhost.config import Settings
-from llmhost.daemon.app import create_app
-from llmhost.daemon.memory import estimate_for_spec
-from llmhost.daemon.residency import Residency
 from llmhost.daemon.responses_store import ResponseStore, StoredResponse
-from llmhost.daemon.routes_responses import STORE_KEY
-from llmhost.daemon.state import DaemonState
 from llmhost.errors import NotFound
 from llmhost.registry.store import Store
 from tests.daemon.conftest import add_model
-from tests.daemon.fakes import FakeClock, FakeFactory
+from tests.daemon.fakes import FakeClock
 from tests.daemon.test_agent_routes import CALL_LINE, THINK_TEMPLATE, TOOLS_TEMPLATE
+from tests.support.daemon_app import start_app
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -144,7 +138,7 @@ async def test_reasoning_effort_maps_to_think(harness, effort, think):
         pytest.param({"input": [{"type": "web_search_call"}]}, 400, "unsupported input item type",
                      id="unknown-item"),
         pytest.param({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, 400,
-                     "does not support images", id="image-part"),
+                     "invalid image input", id="image-part-not-a-data-url"),
         pytest.param({"input": "hi", "tools": [{"type": "web_search"}]}, 400, 'only "function" tools',
                      id="built-in-tool"),
         pytest.param({"input": "hi", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools"}}, 400,
@@ -304,14 +298,16 @@ async def test_ids_never_reach_outside_the_store(harness, method, path_id):
 async def test_stored_responses_survive_a_restart(harness, tmp_path):
     first = await created(harness, input="hi")
     await harness.client.close()
-    settings = Settings.from_env({"LLMHOST_MODELS": str(harness.store.root), "LLMHOST_SOCKET": str(tmp_path / "t")})
-    factory = FakeFactory()
-    residency = Residency(factory, max_loaded=3, max_queue=4, memory_budget=8 << 30, estimate=estimate_for_spec)
-    async with TestClient(TestServer(create_app(DaemonState(settings, harness.store, residency)))) as client:
+    restarted = await start_app(harness.store, tmp_path / "t")
+    try:
+        client = restarted.client
         assert await (await client.get(f"/v1/responses/{first['id']}")).json() == first
         answer = await client.post("/v1/responses", json={"input": "more", "previous_response_id": first["id"]})
         assert answer.status == 200
-        assert [m["content"] for m in factory.started[0].bodies[0]["messages"]] == ["hi", "Hello, world", "more"]
+        bodies = restarted.factory.started[0].bodies
+        assert [m["content"] for m in bodies[0]["messages"]] == ["hi", "Hello, world", "more"]
+    finally:
+        await restarted.client.close()
 
 
 async def test_the_store_is_bounded_by_count_and_age(tmp_path):
@@ -341,41 +337,38 @@ async def test_a_damaged_file_is_not_found_and_removed(tmp_path):
 # --- the official client --------------------------------------------------------------------------
 
 
-async def test_official_client_create_stream_continue_retrieve_delete(harness):
+async def test_official_client_create_stream_continue_retrieve_delete(harness, openai_client):
     import openai
 
-    client = openai.AsyncOpenAI(base_url=str(harness.client.make_url("/v1")), api_key="unused")
-    first = await client.responses.create(model="tiny", input="hi", instructions="Be brief.")
+    first = await openai_client.responses.create(model="tiny", input="hi", instructions="Be brief.")
     assert first.output_text == "Hello, world" and first.usage.input_tokens_details.cached_tokens == 0
 
-    async with client.responses.stream(model="tiny", input="more", previous_response_id=first.id) as stream:
+    async with openai_client.responses.stream(model="tiny", input="more", previous_response_id=first.id) as stream:
         deltas = [event.delta async for event in stream if event.type == "response.output_text.delta"]
         second = await stream.get_final_response()
     assert "".join(deltas) == second.output_text == "Hello, world"
     assert second.previous_response_id == first.id
     assert [m["content"] for m in sent(harness)["messages"]] == ["hi", "Hello, world", "more"]
 
-    raw = await client.responses.create(model="tiny", input="again", previous_response_id=second.id, stream=True)
+    raw = await openai_client.responses.create(model="tiny", input="again", previous_response_id=second.id, stream=True)
     kinds = [event.type async for event in raw]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert len(sent(harness)["messages"]) == 5
 
-    assert (await client.responses.retrieve(second.id)).output_text == "Hello, world"
-    await client.responses.delete(second.id)
+    assert (await openai_client.responses.retrieve(second.id)).output_text == "Hello, world"
+    await openai_client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError, match="not found"):
-        await client.responses.retrieve(second.id)
+        await openai_client.responses.retrieve(second.id)
 
 
-async def test_official_client_function_call_round_trip(harness):
-    import openai
+async def test_official_client_function_call_round_trip(harness, openai_client):
 
-    client = openai.AsyncOpenAI(base_url=str(harness.client.make_url("/v1")), api_key="unused")
     harness.factory.words = [CALL_LINE]
-    first = await client.responses.create(model="tools", input="Weather?", tools=[WEATHER])
+    first = await openai_client.responses.create(model="tools", input="Weather?", tools=[WEATHER])
     (call,) = [item for item in first.output if item.type == "function_call"]
     assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
     harness.factory.started[0].words = ["It is 18C."]  # the running model's next answer
-    second = await client.responses.create(model="tools", tools=[WEATHER], previous_response_id=first.id,
-                                           input=[{"type": "function_call_output", "call_id": call.call_id,
-                                                   "output": "18C"}])
+    second = await openai_client.responses.create(model="tools", tools=[WEATHER], previous_response_id=first.id,
+                                                  input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                          "output": "18C"}])
     assert second.output_text == "It is 18C."

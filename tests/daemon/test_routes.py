@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.support.waiting import eventually
+
 
 async def ndjson(response) -> list[dict]:
     return [json.loads(line) for line in (await response.text()).splitlines() if line.strip()]
@@ -86,8 +88,7 @@ async def test_runner_crash_mid_stream_ends_with_error_line_and_next_request_wor
 
     harness.factory.gate = asyncio.Event()
     task = asyncio.create_task(harness.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"}))
-    while not harness.factory.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: harness.factory.started, what="a runner started")
     harness.factory.started[0].crash()
     harness.factory.gate.set()
     lines = await ndjson(await task)

@@ -70,10 +70,10 @@ def test_capabilities_follow_the_template(agent_daemon):
     assert "thinking" in post(agent_daemon, "/api/show", {"model": "smol-think"})["capabilities"]
 
 
-def test_required_tool_choice_gives_a_schema_valid_call_through_the_openai_client(agent_daemon):
+def test_required_tool_choice_gives_a_schema_valid_call_through_the_openai_client(agent_daemon, closing):
     import openai
 
-    client = openai.OpenAI(base_url=agent_daemon.url + "/v1", api_key="unused")
+    client = closing(openai.OpenAI(base_url=agent_daemon.url + "/v1", api_key="unused"))
     reply = client.chat.completions.create(model="smol-tools", messages=QUESTION, tools=[WEATHER],
                                            tool_choice="required", parallel_tool_calls=False, temperature=0,
                                            max_tokens=80)
@@ -98,10 +98,10 @@ def test_required_tool_choice_gives_a_schema_valid_call_through_the_openai_clien
         assert entry["name"] == "get_weather" and set(json.loads(entry["arguments"])) == {"city", "unit"}
 
 
-def test_ollama_client_agent_loop_reuses_the_previous_turn(agent_daemon):
+def test_ollama_client_agent_loop_reuses_the_previous_turn(agent_daemon, closing):
     import ollama
 
-    client = ollama.Client(host=agent_daemon.url)
+    client = closing(ollama.Client(host=agent_daemon.url))
     first = client.chat(model="smol-tools", messages=QUESTION, tools=[WEATHER], options={"num_predict": 40})
     assert first.done
     call = {"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}}

@@ -27,7 +27,8 @@ def client(live_daemon, smollm2_path, tmp_path):
 
     live_daemon.smollm2 = smollm2_path
     create(live_daemon, tmp_path, "smol-tools", TOOLS_TEMPLATE)
-    return anthropic.Anthropic(base_url=live_daemon.url, api_key="unused", max_retries=0)
+    with anthropic.Anthropic(base_url=live_daemon.url, api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 def test_create_and_stream_answer_in_text(client):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import start_daemon, stop_daemon
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.model
 
@@ -22,7 +23,8 @@ def post(url: str, path: str, body: dict, timeout: float = 120):
 
 
 def get_json(url: str, path: str) -> dict:
-    return json.loads(urllib.request.urlopen(url + path, timeout=10).read())
+    with urllib.request.urlopen(url + path, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def create(daemon, name: str, gguf) -> None:
@@ -37,7 +39,10 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    status = open(f"/proc/{pid}/status").read()
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # reaped between the two looks
+        return False
     return "State:\tZ" not in status
 
 
@@ -88,10 +93,8 @@ def test_no_runner_outlives_the_daemon(tmp_path, smollm2_path, how):
         daemon.proc.wait(20)
     finally:
         stop_daemon(daemon)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in runners) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in runners)
+    wait_until(lambda: not any(alive(pid) for pid in runners), timeout=10, interval=0.1,
+               what="every runner gone with the daemon")
     if how != signal.SIGKILL:
         assert not (daemon.workdir / "llmhost.sock").exists(), "a clean exit removes its socket"
     else:  # a daemon started after a crash cleans the stale socket

@@ -33,8 +33,8 @@ def client_for(daemon):
     return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", timeout=240)
 
 
-def test_five_turns_by_previous_response_id_evaluate_only_the_new_tokens(smol):
-    client = client_for(smol)
+def test_five_turns_by_previous_response_id_evaluate_only_the_new_tokens(smol, closing):
+    client = closing(client_for(smol))
     previous = None
     for question in QUESTIONS:
         extra = {"previous_response_id": previous.id} if previous else {}
@@ -56,8 +56,8 @@ def test_five_turns_by_previous_response_id_evaluate_only_the_new_tokens(smol):
     assert client.responses.retrieve(previous.id).output_text == previous.output_text
 
 
-def test_streamed_turn_then_a_restart_keeps_the_conversation(smol):
-    client = client_for(smol)
+def test_streamed_turn_then_a_restart_keeps_the_conversation(smol, closing):
+    client = closing(client_for(smol))
     with client.responses.stream(model="smol", input=QUESTIONS[0], max_output_tokens=128, temperature=0) as stream:
         text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         first = stream.get_final_response()
@@ -66,7 +66,7 @@ def test_streamed_turn_then_a_restart_keeps_the_conversation(smol):
     stop_daemon(smol)
     restarted = start_daemon(smol.workdir)
     try:
-        client = client_for(restarted)
+        client = closing(client_for(restarted))
         assert client.responses.retrieve(first.id).output_text == first.output_text
         second = client.responses.create(input=QUESTIONS[1], previous_response_id=first.id, max_output_tokens=24,
                                          temperature=0, model="smol")

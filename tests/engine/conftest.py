@@ -7,7 +7,7 @@ from tests.support.fixtures import tiny_model, tiny_model_no_template, tiny_toke
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):  # noqa: F811 - the fixture above, by name
+def model(tiny_model):
     """The tiny model loaded once per test module."""
     m = Model(tiny_model)
     yield m

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from llmhost.engine.llamacpp import DecodeError, Model, Sampler, SamplerChain
 from llmhost.engine.prompt import CompletionRequest, PromptBuilder
 from llmhost.engine.sequence import Failed, Finished, FinishReason
 from tests.support.engine_harness import EngineHarness
+from tests.support.waiting import wait_until
 
 GREEDY = {"temperature": 0, "seed": 42}
 
@@ -187,8 +187,8 @@ def test_stop_fails_waiting_and_running_sequences(model):
     assert sinks[0].first.wait(30)
     closing = threading.Thread(target=h.close)
     closing.start()
-    while h.engine._inbox.empty():  # the stop request is queued behind the paused step
-        time.sleep(0.01)
+    # The stop request is queued behind the paused step.
+    wait_until(lambda: not h.engine._inbox.empty(), what="the stop request queued")
     for sink in sinks:
         sink.gate.set()
     closing.join(30)

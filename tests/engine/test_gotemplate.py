@@ -10,7 +10,8 @@ import pytest
 
 from llmhost.engine.gotemplate import GoTemplateExecError, GoTemplateSyntaxError, render
 from llmhost.engine.gotemplate.values import GoMap, Struct
-from llmhost.engine.sandbox import RenderLimitError, RenderLimits
+from llmhost.engine.sandbox import RenderLimits
+from llmhost.errors import RenderLimitError
 
 DATA = {
     "Name": "Ada",

@@ -3,7 +3,6 @@ clear 400 (JSON, never text/plain) and the runner keeps serving everyone else (i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -20,6 +19,7 @@ from llmhost.engine.prompt import CHARS_PER_TOKEN, CompletionRequest, PromptBuil
 from llmhost.engine.runner_http import RunnerServer
 from llmhost.errors import BadRequest
 from tests.support.runner_process import RunnerProcess, UnixHTTPConnection, text_of
+from tests.support.waiting import eventually
 
 GREEDY = {"temperature": 0, "seed": 7}
 # Small template limits (runner arguments) keep every bomb cheap to refuse.
@@ -231,8 +231,7 @@ async def test_the_handler_gives_up_on_a_stuck_preparation_and_frees_what_comes_
     status, _, reply = await post(server, {"prompt": "x"})
     assert status == 503 and "longer than 0.2 s" in reply["error"] and time.monotonic() - start < 0.9
     assert builder.cancel.is_set()
-    await asyncio.sleep(1.2)
-    assert builder.late.closed
+    await eventually(lambda: builder.late.closed, what="the late sequence freed")
 
 
 # --- the bounded tokenization itself (the tiny model's tokenizer) -------------------------------------

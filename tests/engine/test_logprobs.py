@@ -11,9 +11,9 @@ import pytest
 from llmhost.engine.llamacpp import Batch, Context, Model
 from llmhost.engine.logprobs import top_tokens
 from llmhost.engine.prompt import CompletionRequest
+from llmhost.engine.runner_http import _encode
 from llmhost.engine.sampling import SamplingParams, build_sampler
 from llmhost.engine.sequence import Finished, TextChunk, TokenLogprobs
-from llmhost.engine.runner_http import _encode
 from llmhost.errors import BadRequest
 from tests.support.engine_harness import Collector, EngineHarness
 

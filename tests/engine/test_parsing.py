@@ -410,7 +410,7 @@ def test_forced_call_grammar_compiles_and_what_it_forces_is_parsed(model, fmt, c
     allowed = {choice["name"]} if "name" in choice else {"get_weather", "get_time"}
     for seed in (1, 2):
         text, ended = generate(model, gbnf, seed=seed)
-        content, thinking, calls = parse(make_parser(TEMPLATES[fmt], **TOOLS_ONLY), list(text))
+        content, _thinking, calls = parse(make_parser(TEMPLATES[fmt], **TOOLS_ONLY), list(text))
         assert calls, text
         for found in calls:
             assert_valid_call(found, allowed)

@@ -45,7 +45,7 @@ def test_scores_in_one_batch_match_each_document_scored_alone(embedder):
     together = embedder.rerank(QUERY, DOCUMENTS).scores
     alone = [embedder.rerank(QUERY, [d]).scores[0] for d in DOCUMENTS]
     assert together == pytest.approx(alone, abs=1e-4)
-    assert len(set(round(s, 3) for s in together)) == len(DOCUMENTS)  # the weights tell them apart
+    assert len({round(s, 3) for s in together}) == len(DOCUMENTS)  # the weights tell them apart
 
 
 def test_same_weights_give_the_same_scores_and_order(tmp_path, embedder):

@@ -10,8 +10,9 @@ import pytest
 from gguf import GGUFReader
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llmhost.engine.sandbox import RenderLimitError, RenderLimits
+from llmhost.engine.sandbox import RenderLimits
 from llmhost.engine.templates import ChatTemplate
+from llmhost.errors import RenderLimitError
 
 HI = [{"role": "user", "content": "Hi"}]
 # Small limits keep each bomb cheap: it is refused after a few milliseconds of work.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from gguf import GGUFReader
 
-from llmhost.engine.templates import CHATML, ChatTemplate, TemplateError, is_go_template, validate_messages
-from llmhost.errors import BadRequest
+from llmhost.engine.templates import CHATML, ChatTemplate, is_go_template, validate_messages
+from llmhost.errors import BadRequest, TemplateError
 
 
 @pytest.fixture(scope="module")

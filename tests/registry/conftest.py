@@ -3,12 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants
 
 from llmhost.registry.store import Store
 
+from .fake_hf import start_hub
 from .helpers import write_tiny_gguf
-
-SMOLLM = Path(__file__).resolve().parents[2] / ".test-models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,17 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "models")
 
 
-@pytest.fixture(scope="session")
-def smollm() -> Path:
-    if not SMOLLM.is_file():
-        pytest.skip(f"real test model missing: run scripts/fetch-test-models to get {SMOLLM.name}")
-    return SMOLLM
+@pytest.fixture
+async def hub(monkeypatch, tmp_path):
+    """The fake Hub, with huggingface_hub pointed at it and no token from the environment or disk."""
+    fake, runner = await start_hub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    # huggingface_hub reads HF_ENDPOINT once, at import, into these two
+    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
+    yield fake
+    await runner.cleanup()

@@ -244,13 +244,15 @@ def test_embedding_only_architecture_without_a_pooling_type(store, plain_gguf):
     assert capabilities(bert) == ["embedding"]
 
 
-def test_vision_from_a_projector_layer_or_a_vision_encoder(store, tmp_path, plain_gguf):
+def test_vision_from_a_projector_layer_only(store, tmp_path, plain_gguf):
     projector = gguf_with(tmp_path / "mmproj.gguf", metadata={"general.type": "mmproj"})
     record = create(store, "seeing", plain_gguf, projector, template=HERMES)
     assert record.projector_path is not None
     assert capabilities(record) == ["completion", "vision", "tools"]
+    # A vision encoder inside the model's file (what Ollama's own engine reads) is no use to
+    # llama.cpp, which sees images only through a projector file: no vision without one.
     encoder = gguf_with(tmp_path / "encoder.gguf", metadata={"llama.vision.block_count": 2})
-    assert capabilities(create(store, "built-in", encoder)) == ["completion", "vision"]
+    assert capabilities(create(store, "built-in", encoder)) == ["completion"]
 
 
 THINKING_LEVELS = {

@@ -111,12 +111,12 @@ def test_invalid_target_name_is_refused(store, uploaded):
 
 
 @pytest.mark.model
-def test_create_from_the_real_model_reports_ollama_details(store, smollm):
-    digest, _ = store.import_file(smollm)
-    create_model(store, "smollm2:135m", files={smollm.name: digest})
+def test_create_from_the_real_model_reports_ollama_details(store, smollm2_path):
+    digest, _ = store.import_file(smollm2_path)
+    create_model(store, "smollm2:135m", files={smollm2_path.name: digest})
     entry = store.list_models()[0]
     assert entry.details == {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                              "parameter_size": "134.52M", "quantization_level": "Q4_1"}
     record = store.load("smollm2:135m")
     assert "<|im_start|>" in record.chat_template
-    assert record.size == entry.size > smollm.stat().st_size
+    assert record.size == entry.size > smollm2_path.stat().st_size

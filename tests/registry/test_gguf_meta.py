@@ -129,8 +129,8 @@ def test_missing_file_is_an_invalid_model_file(tmp_path):
 
 
 @pytest.mark.model
-def test_smollm2_metadata(smollm):
-    info = read_gguf_info(smollm)
+def test_smollm2_metadata(smollm2_path):
+    info = read_gguf_info(smollm2_path)
     assert info.architecture == "llama"
     assert info.quantization == "Q4_1"
     assert "<|im_start|>" in (info.chat_template or "")
@@ -141,4 +141,4 @@ def test_smollm2_metadata(smollm):
     assert info.total_tensor_bytes < info.file_size
     assert info.model_info()["tokenizer.ggml.merges"] is None
     assert len(info.model_info(verbose=True)["tokenizer.ggml.tokens"]) == 49152
-    assert not mapped(smollm)
+    assert not mapped(smollm2_path)

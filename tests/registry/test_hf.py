@@ -1,7 +1,6 @@
 import asyncio
 import logging
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -20,25 +19,10 @@ from llmhost.registry.sources.hf import (
     quant_of,
     select_by_quant,
 )
+from tests.support.processes import free_port
 
-from .fake_hf import split_gguf, start_hub
+from .fake_hf import split_gguf
 from .helpers import CHAT_TEMPLATE, sha256_of, snapshot, write_tiny_gguf
-
-
-@pytest.fixture
-async def hub(monkeypatch, tmp_path):
-    """The fake Hub, with huggingface_hub pointed at it and no token from the environment or disk."""
-    fake, runner = await start_hub()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    # huggingface_hub reads HF_ENDPOINT once, at import, into these two
-    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
-    yield fake
-    await runner.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +42,9 @@ def split_parts(tmp_path_factory):
 
 @pytest.fixture
 def quants(hub, ggufs):
-    """org/tiny-GGUF: the usual quant repo, with a README and a projector beside the models."""
-    hub.add("org/tiny-GGUF", {"README.md": b"# tiny", "mmproj-tiny-f16.gguf": ggufs["F16"],
-                              **{f"Tiny-{q}.gguf": data for q, data in ggufs.items()}})
+    """org/tiny-GGUF: the usual quant repo, with a README beside the models (text only: a repo with a
+    projector, and what a pull takes of it, is tests/registry/test_projector.py's)."""
+    hub.add("org/tiny-GGUF", {"README.md": b"# tiny", **{f"Tiny-{q}.gguf": data for q, data in ggufs.items()}})
     return hub
 
 
@@ -222,7 +206,7 @@ async def test_work_directories_of_dead_pulls_are_removed(store, quants):
 
 
 async def test_an_incomplete_split_gguf_is_refused(store, hub, split_parts):
-    hub.add("org/partial", {name: data for name, data in list(split_parts.items())[:2]})
+    hub.add("org/partial", dict(list(split_parts.items())[:2]))
     with pytest.raises(PullError, match="split model Tiny-Q4_K_M is incomplete: the repository holds parts 1, 2 of 3"):
         await pull_hf(store, "hf.co/org/partial")
     assert snapshot(store.root) == {}
@@ -249,9 +233,7 @@ async def test_a_cancelled_pull_stops_the_transfer_and_leaves_nothing(store, qua
 
 
 async def test_an_unreachable_hub_is_a_pull_error(store, hub, monkeypatch):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     with pytest.raises(PullError, match=f"cannot reach Hugging Face at {closed} for org/tiny-GGUF"):
         await pull_hf(store, "hf.co/org/tiny-GGUF")

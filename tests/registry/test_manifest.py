@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from llmhost.errors import BadRequest, InvalidDigest
+from llmhost.errors import BadRequest, InvalidDigest, InvalidManifest
 from llmhost.registry import manifest as media
-from llmhost.registry.manifest import InvalidManifest, Layer, Manifest, check_digest
+from llmhost.registry.manifest import Layer, Manifest, check_digest
 
 GOOD = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from llmhost.errors import InvalidManifest
 from llmhost.registry import manifest as media
 from llmhost.registry.create import create_model
-from llmhost.registry.manifest import MAX_LAYER_SIZE, InvalidManifest, Manifest
+from llmhost.registry.manifest import MAX_LAYER_SIZE, Manifest
 
 from .helpers import write_tiny_gguf
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from llmhost.errors import InvalidModelFile
 from llmhost.registry import create as create_module
@@ -130,18 +130,11 @@ def test_a_slow_parse_does_not_hold_up_a_copy(store, tiny_bytes, monkeypatch, so
 
 @pytest.fixture
 async def client(tmp_path, store):
-    from llmhost.config import Settings
-    from llmhost.daemon.app import create_app
-    from llmhost.daemon.residency import Residency
-    from llmhost.daemon.state import DaemonState
-    from tests.daemon.fakes import FakeFactory
+    from tests.support.daemon_app import start_app
 
-    settings = Settings.from_env({"LLMHOST_MODELS": str(store.root), "LLMHOST_SOCKET": str(tmp_path / "s.sock")})
-    residency = Residency(FakeFactory(), max_loaded=1, max_queue=4, memory_budget=1 << 40)
-    client = TestClient(TestServer(create_app(DaemonState(settings, store, residency)), host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
+    harness = await start_app(store, tmp_path / "s.sock", max_loaded=1, memory_budget=1 << 40)
+    yield harness.client
+    await harness.client.close()
 
 
 async def test_api_create_answers_400_naming_the_problem(client: TestClient, store: Store, tiny_bytes):

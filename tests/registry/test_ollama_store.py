@@ -18,7 +18,13 @@ from llmhost.registry.create import create_model
 from llmhost.registry.modelfile import parse_modelfile, render_modelfile
 from llmhost.registry.store import Store
 from tests.support.ollama_store import (
-    CHATTY_MESSAGES, CHATTY_SYSTEM, CHATTY_TEMPLATE, LEGACY_TEMPLATE, LICENSE, build_ollama_store, store_files,
+    CHATTY_MESSAGES,
+    CHATTY_SYSTEM,
+    CHATTY_TEMPLATE,
+    LEGACY_TEMPLATE,
+    LICENSE,
+    build_ollama_store,
+    store_files,
 )
 
 OLLAMA_LAYERS = {"model", "template", "system", "params", "license", "messages", "adapter", "projector", "prompt"}

@@ -1,15 +1,14 @@
 import hashlib
 import html
 import json
-import socket
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
 
-from llmhost.errors import BadRequest, PullError
-from llmhost.registry.sources.hf import QuantNotFound
-from llmhost.registry.sources.pypi import PackageNotFound, default_index_url, pull_pypi, split_tag
+from llmhost.errors import BadRequest, PackageNotFound, PullError, QuantNotFound
+from llmhost.registry.sources.pypi import default_index_url, pull_pypi, split_tag
+from tests.support.processes import free_port
 
 from .helpers import build_wheel, sha256_of, snapshot, write_tiny_gguf
 
@@ -179,9 +178,7 @@ async def test_unknown_version_lists_the_available_ones(store, releases):
 
 
 async def test_unreachable_index_is_a_pull_error(store):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(PullError, match=f"cannot reach package index http://127.0.0.1:{port}/simple/llm-tiny/"):
         await pull_pypi(store, "pypi.org/llm-tiny", None, index_url=f"http://127.0.0.1:{port}/simple")
 

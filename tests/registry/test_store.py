@@ -5,11 +5,11 @@ from datetime import timezone
 
 import pytest
 
-from llmhost.errors import DigestMismatch, InvalidDigest, ModelNotFound
+from llmhost.errors import DigestMismatch, InvalidDigest, MissingBlob, ModelNotFound, NoSpace
 from llmhost.registry import manifest as media
 from llmhost.registry.manifest import Layer, Manifest
 from llmhost.registry.names import ModelName
-from llmhost.registry.store import MissingBlob, NoSpace, Store
+from llmhost.registry.store import Store
 from tests.support.tmpfs import fill, small_disk  # noqa: F401
 
 from .helpers import sha256_of, snapshot

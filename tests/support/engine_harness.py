@@ -29,7 +29,7 @@ class Collector:
         if isinstance(output, (Finished, Failed)):
             self.done.set()
 
-    def wait(self, timeout: float = 60.0) -> "Collector":
+    def wait(self, timeout: float = 60.0) -> Collector:
         assert self.done.wait(timeout), "sequence did not finish"
         return self
 

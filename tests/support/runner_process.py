@@ -16,8 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from tests.support.processes import terminate
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -62,7 +65,7 @@ class RunnerProcess:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> "RunnerProcess":
+    def start(self, timeout: float = 60.0) -> RunnerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -81,16 +84,7 @@ class RunnerProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return 0 if self.proc is None else terminate(self.proc, timeout)
 
     def stderr(self) -> str:
         try:
@@ -98,7 +92,7 @@ class RunnerProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "RunnerProcess":
+    def __enter__(self) -> RunnerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -7,11 +7,16 @@ text. Weights come from a fixed numpy seed, so two files written with the same a
 
 Use ``write_tiny_llama(path, source=smollm2_path)`` directly, or the session fixture ``tiny_model``
 (``tests/support/fixtures.py``).
+
+Without the real model, ``write_tiny_llama(path, tokenizer=byte_tokenizer())`` writes a file that
+still loads and runs: a byte-level vocabulary of its own (every UTF-8 byte is a token, plus ChatML's
+special tokens) and SmolLM2's chat template. Tests of the daemon, its routes and its runner
+processes use that one (``tiny_gguf`` in tests/daemon/conftest.py); tests of tokenization and
+prompts keep SmolLM2's.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +25,7 @@ from typing import Any
 import numpy as np
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-# Same location rule as tests/conftest.py (prefer its smollm2_path fixture in tests).
-MODELS = Path(os.environ.get("LLMHOST_TEST_MODELS", Path(__file__).resolve().parents[2] / ".test-models"))
-SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tests.support.models import SMOLLM2
 
 # Fields copied verbatim from the source model: everything llama.cpp needs to build the tokenizer.
 _TOKENIZER_FIELDS = (
@@ -188,6 +191,53 @@ def tokenizer_with(
     for name, value in (metadata or {}).items():
         fields[name] = _Field(value, _KINDS[type(value)])
     return fields
+
+
+# ---- a tokenizer of its own: a tiny model that loads without SmolLM2 ----------------------------------
+
+# SmolLM2's own chat template (ChatML with a default system turn), for files written without it.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: the printable character standing for each byte 0..255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[byte] for byte in range(256)]
+
+
+def byte_tokenizer() -> dict[str, _Field]:
+    """A loadable ``gpt2`` tokenizer that needs no source model: ChatML's specials (BOS ``<|im_start|>``,
+    EOS ``<|im_end|>`` as in SmolLM2), then one token per byte, so any text tokenizes (a token per
+    UTF-8 byte), and the one merge a GGUF array needs (two spaces); with SmolLM2's chat template.
+    260 tokens: the file is ~0.4 MB."""
+    space = _byte_symbols()[ord(" ")]
+    tokens = [*CHATML_SPECIALS, *_byte_symbols(), space * 2]
+    return {
+        "tokenizer.ggml.model": _Field("gpt2", GGUFValueType.STRING),
+        "tokenizer.ggml.pre": _Field("default", GGUFValueType.STRING),
+        "tokenizer.ggml.tokens": _Field(tokens, GGUFValueType.ARRAY, GGUFValueType.STRING),
+        "tokenizer.ggml.token_type": _Field([_TOKEN_CONTROL] * len(CHATML_SPECIALS) + [1] * 257,
+                                            GGUFValueType.ARRAY, GGUFValueType.INT32),
+        "tokenizer.ggml.merges": _Field([f"{space} {space}"], GGUFValueType.ARRAY, GGUFValueType.STRING),
+        "tokenizer.ggml.bos_token_id": _Field(1, GGUFValueType.UINT32),
+        "tokenizer.ggml.eos_token_id": _Field(2, GGUFValueType.UINT32),
+        "tokenizer.ggml.padding_token_id": _Field(2, GGUFValueType.UINT32),
+        "tokenizer.ggml.add_bos_token": _Field(False, GGUFValueType.BOOL),
+        _CHAT_TEMPLATE: _Field(SMOLLM2_CHAT_TEMPLATE, GGUFValueType.STRING),
+    }
 
 
 # ---- crafted files: raw bytes for what GGUFWriter cannot write (nested arrays) or is slow at --------

@@ -6,10 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from llmhost.registry.download import DownloadOptions, Downloads
 from llmhost.registry.store import Store
 from tests.registry.helpers import write_tiny_gguf
+from tests.support.daemon_app import start_app
 from tests.transfer.fake_registry import FakeRegistry
 
 FAST = DownloadOptions(min_part_size=64 << 10, stall_timeout=1.0, retries=3, backoff=0.01,
@@ -65,35 +67,16 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def add_local_model(store: Store, name: str, gguf: bytes, **kwargs) -> None:
-    """Install a model the way ``llm create`` would (blob upload + create)."""
-    from llmhost.registry.create import create_model
-
-    digest, _ = store.write_blob([gguf])
-    create_model(store, name, files={"model.gguf": digest}, progress=lambda e: None, **kwargs)
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path):
     """``await daemon(store, serve_registry=False)`` → a started daemon app (fake runners) on 127.0.0.1."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from llmhost.config import Settings
-    from llmhost.daemon.app import create_app
-    from llmhost.daemon.residency import Residency
-    from llmhost.daemon.state import DaemonState
-    from tests.daemon.fakes import FakeFactory
-
     clients: list[TestClient] = []
 
     async def start(store: Store, serve_registry: bool = False) -> TestClient:
-        settings = Settings.from_env({"LLMHOST_MODELS": str(store.root), "LLMHOST_SOCKET": str(tmp_path / "s.sock"),
-                                      "LLMHOST_SERVE_REGISTRY": "1" if serve_registry else "0"})
-        residency = Residency(FakeFactory(), max_loaded=1, max_queue=4, memory_budget=1 << 40)
-        client = TestClient(TestServer(create_app(DaemonState(settings, store, residency)), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        harness = await start_app(store, tmp_path / "s.sock", max_loaded=1, memory_budget=1 << 40,
+                                  env={"LLMHOST_SERVE_REGISTRY": "1" if serve_registry else "0"})
+        clients.append(harness.client)
+        return harness.client
 
     yield start
     for client in clients:

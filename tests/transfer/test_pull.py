@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.errors import BadRequest, NotFound, PullError
+from llmhost.errors import BadRequest, InvalidManifest, NotFound, PullError
 from llmhost.registry.download import Downloads
-from llmhost.registry.manifest import InvalidManifest
 from llmhost.registry.sources.ollama import parse_challenge, pull_ollama
 from llmhost.registry.store import Store
 from tests.transfer.conftest import FAST, Events, files_under, random_bytes

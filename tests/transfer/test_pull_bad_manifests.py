@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from llmhost.errors import InvalidManifest
 from llmhost.registry.download import BlobRequest
-from llmhost.registry.manifest import InvalidManifest
 from llmhost.registry.store import Store
 from tests.transfer.conftest import files_under
 from tests.transfer.fake_registry import MODEL, FakeRegistry, sha

@@ -6,12 +6,12 @@ import hashlib
 
 import pytest
 
-from llmhost.errors import BadRequest, ModelNotFound
-from llmhost.errors import PushError
+from llmhost.errors import BadRequest, ModelNotFound, PushError
 from llmhost.registry.push import push_model
 from llmhost.registry.sources.ollama import pull_ollama
 from llmhost.registry.store import Store
-from tests.transfer.conftest import Events, add_local_model
+from tests.support.daemon_app import add_model
+from tests.transfer.conftest import Events
 
 
 def blob_digests(store: Store) -> list[str]:
@@ -25,7 +25,7 @@ async def push(store: Store, name: str, events=None, **kw) -> None:
 async def test_push_then_pull_back_gives_identical_digests(tmp_path, registry, downloads, tiny_gguf):
     source = Store(tmp_path / "a")
     name = f"{registry.host}/myns/tiny:latest"
-    add_local_model(source, name, tiny_gguf, system="You are tiny.", parameters={"temperature": 0.2})
+    add_model(source, name, tiny_gguf, system="You are tiny.", parameters={"temperature": 0.2})
     events = Events()
 
     await push(source, name, events)
@@ -35,7 +35,7 @@ async def test_push_then_pull_back_gives_identical_digests(tmp_path, registry, d
     assert registry.manifests[("myns", "tiny", "latest")] == stored
     statuses = events.statuses()
     assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
-    assert {s for s in statuses[1:-2]} == {f"pushing {layer.digest[7:19]}" for layer in pushed.manifest.all_layers()}
+    assert set(statuses[1:-2]) == {f"pushing {layer.digest[7:19]}" for layer in pushed.manifest.all_layers()}
 
     target = Store(tmp_path / "b")
     await pull_ollama(target, f"{registry.url}/myns/tiny", scheme="http", insecure=True, downloads=downloads)
@@ -49,7 +49,7 @@ async def test_push_then_pull_back_gives_identical_digests(tmp_path, registry, d
 async def test_blobs_the_registry_has_are_not_uploaded_again(tmp_path, registry, tiny_gguf):
     source = Store(tmp_path / "a")
     name = f"{registry.host}/myns/tiny:latest"
-    add_local_model(source, name, tiny_gguf)
+    add_model(source, name, tiny_gguf)
     await push(source, name)
     registry.reset_counts()
     events = Events()
@@ -64,7 +64,7 @@ async def test_blobs_the_registry_has_are_not_uploaded_again(tmp_path, registry,
 async def test_large_blobs_go_up_in_chunks_with_progress(tmp_path, registry, tiny_gguf):
     source = Store(tmp_path / "a")
     name = f"{registry.host}/myns/tiny:latest"
-    add_local_model(source, name, tiny_gguf)
+    add_model(source, name, tiny_gguf)
     events = Events()
 
     await push(source, name, events, chunk_size=64 << 10)
@@ -80,7 +80,7 @@ async def test_large_blobs_go_up_in_chunks_with_progress(tmp_path, registry, tin
 async def test_push_with_a_bearer_token(tmp_path, registry, tiny_gguf):
     source = Store(tmp_path / "a")
     name = f"{registry.host}/myns/tiny:latest"
-    add_local_model(source, name, tiny_gguf)
+    add_model(source, name, tiny_gguf)
     registry.token = "push-token"
 
     await push(source, name)
@@ -94,7 +94,7 @@ async def test_push_of_a_missing_model(store, registry):
 
 
 async def test_push_over_plain_http_needs_insecure(store, registry, tiny_gguf):
-    add_local_model(store, f"{registry.host}/myns/tiny", tiny_gguf)
+    add_model(store, f"{registry.host}/myns/tiny", tiny_gguf)
     with pytest.raises(BadRequest, match="insecure protocol http"):
         await push_model(store, f"{registry.host}/myns/tiny", scheme="http")
 
@@ -102,7 +102,7 @@ async def test_push_over_plain_http_needs_insecure(store, registry, tiny_gguf):
 async def test_a_peer_daemon_serving_its_registry_is_read_only(store, daemon, tiny_gguf):
     peer = await daemon(Store(store.root.parent / "peer"), serve_registry=True)
     name = f"127.0.0.1:{peer.port}/library/tiny:latest"
-    add_local_model(store, name, tiny_gguf)
+    add_model(store, name, tiny_gguf)
 
     read_only = r"starting a blob upload: .* answered HTTP 405: this llmhost registry is read-only"
     with pytest.raises(PushError, match=read_only):

@@ -10,7 +10,8 @@ import types
 import pytest
 
 from llmhost.registry.store import Store
-from tests.transfer.conftest import add_local_model, files_under, random_bytes
+from tests.support.daemon_app import add_model
+from tests.transfer.conftest import files_under, random_bytes
 from tests.transfer.fake_registry import MODEL, sha
 
 
@@ -160,7 +161,7 @@ async def test_a_client_that_disconnects_cancels_the_pull_and_it_resumes(tmp_pat
 
 async def test_push_streams_ollamas_events_in_order(store, registry, daemon, tiny_gguf):
     name = f"{registry.host}/myns/tiny:latest"
-    add_local_model(store, name, tiny_gguf)
+    add_model(store, name, tiny_gguf)
     client = await daemon(store)
 
     events = await ndjson(await client.post("/api/push", json={"model": name, "insecure": True}))

@@ -8,14 +8,15 @@ import pytest
 
 from llmhost.registry.sources.ollama import pull_ollama
 from llmhost.registry.store import Store
-from tests.transfer.conftest import Events, add_local_model
+from tests.support.daemon_app import add_model
+from tests.transfer.conftest import Events
 
 
 @pytest.fixture
 async def peer(tmp_path, daemon, tiny_gguf):
     """A daemon serving its registry, with ``tiny`` installed (under the default host)."""
     store = Store(tmp_path / "peer")
-    add_local_model(store, "tiny", tiny_gguf, system="You are tiny.")
+    add_model(store, "tiny", tiny_gguf, system="You are tiny.")
     client = await daemon(store, serve_registry=True)
     client.store = store
     return client
@@ -97,7 +98,7 @@ async def test_a_blob_of_another_repository_is_not_served(peer, tiny_gguf):
 
 async def test_off_unless_enabled(tmp_path, daemon, tiny_gguf):
     store = Store(tmp_path / "peer")
-    add_local_model(store, "tiny", tiny_gguf)
+    add_model(store, "tiny", tiny_gguf)
     client = await daemon(store, serve_registry=False)
 
     assert (await client.get("/v2/")).status == 404

@@ -4,36 +4,41 @@ Stdlib only (``http.client``), so the CLI starts fast. It talks to the daemon ov
 and falls back to TCP ``settings.host`` when the socket is absent or refuses; over TCP it sends
 the API key (LLMHOST_API_KEY) when one is set. Methods return parsed
 JSON; streaming methods yield one dict per NDJSON line. An error body, or an ``{"error": ...}`` line
-in a stream, raises the ``llmhost.errors`` class matching the HTTP status.
+in a stream, raises the ``llmhost.errors`` class of the HTTP status (``errors.from_status``).
 """
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import json
 import os
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, overload
 
-from llmhost.errors import BadRequest, ClientClosed, LlmhostError, NotFound, ServerBusy, Unauthorized
+from llmhost.errors import ConnectionLost, DaemonUnreachable, LlmhostError, NotFound, from_status
 
-if TYPE_CHECKING:
-    from llmhost.config import Settings
+if TYPE_CHECKING:  # for types only: the client imports little, so the CLI starts fast
+    from llmhost.api.types import JsonObject
+    from llmhost.config import ApiKeys
 
 MAX_LINE = 8 * 1024 * 1024  # Ollama's NDJSON line limit
 UPLOAD_BLOCK = 1024 * 1024
 
-_ERRORS: dict[int, type[LlmhostError]] = {400: BadRequest, 401: Unauthorized, 404: NotFound, 499: ClientClosed,
-                                           503: ServerBusy}
 
+class ClientConfig(Protocol):
+    """What ``Client.from_settings`` reads: ``config.Settings`` and ``config.ClientSettings`` both have it."""
 
-class DaemonUnreachable(LlmhostError):
-    """Neither the unix socket nor the TCP address answered."""
+    @property
+    def socket(self) -> str | os.PathLike[str] | None: ...
 
+    @property
+    def host(self) -> str: ...
 
-class ConnectionLost(LlmhostError):
-    """The daemon accepted the connection, then went away or answered garbage."""
+    @property
+    def api_keys(self) -> ApiKeys: ...
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -54,23 +59,16 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def error_from_status(status: int, message: str) -> LlmhostError:
-    """The llmhost error class for an HTTP status, carrying the daemon's message."""
-    error = _ERRORS.get(status, LlmhostError)(message)
-    if status >= 400:  # an in-stream error line arrives under 200 and keeps the class default
-        error.status = status
-    return error
-
-
 def _error_message(status: int, reason: str, body: bytes) -> str:
     try:
         data = json.loads(body)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):  # OpenAI's shape
-        return str(data["error"].get("message", data["error"]))
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict):  # OpenAI's shape
+        return str(error.get("message", error))
     text = body.decode("utf-8", "replace").strip()
     return text or f"{status} {reason}".strip()
 
@@ -86,7 +84,14 @@ def _parse(data: bytes) -> Any:
         raise LlmhostError(f"invalid response from the daemon: {data[:200]!r}") from None
 
 
-def _body(**fields: Any) -> dict[str, Any]:
+def _json_object(document: object, what: str) -> JsonObject:
+    """``document`` if it is a JSON object (what every answer and stream line of the API is)."""
+    if not isinstance(document, dict):
+        raise LlmhostError(f"invalid response from the daemon: {what} is not a JSON object")
+    return document
+
+
+def _body(**fields: Any) -> JsonObject:
     """A request body without the fields left at None."""
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -94,7 +99,7 @@ def _body(**fields: Any) -> dict[str, Any]:
 class _ProgressReader:
     """A file wrapper that reports bytes read, so http.client can stream it and we see progress."""
 
-    def __init__(self, file, progress: Callable[[int], None] | None):
+    def __init__(self, file: BinaryIO, progress: Callable[[int], None] | None):
         self._file = file
         self._progress = progress
 
@@ -108,7 +113,7 @@ class _ProgressReader:
 class Client:
     """Synchronous client of one daemon; every call opens a fresh connection."""
 
-    def __init__(self, socket_path: str | os.PathLike | None, host: str, *, timeout: float | None = None,
+    def __init__(self, socket_path: str | os.PathLike[str] | None, host: str, *, timeout: float | None = None,
                  api_key: str | None = None):
         self.socket_path = str(socket_path) if socket_path else None
         self.host = host
@@ -117,7 +122,7 @@ class Client:
         self._use_tcp = False
 
     @classmethod
-    def from_settings(cls, settings: "Settings", *, timeout: float | None = None) -> "Client":
+    def from_settings(cls, settings: ClientConfig, *, timeout: float | None = None) -> Client:
         return cls(settings.socket, settings.host, timeout=timeout, api_key=settings.api_keys.first)
 
     def describe(self) -> str:
@@ -130,12 +135,12 @@ class Client:
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.socket_path and not self._use_tcp:
-            conn = _UnixConnection(self.socket_path, timeout)
+            unix = _UnixConnection(self.socket_path, timeout)
             try:
-                conn.connect()
-                return conn
+                unix.connect()
+                return unix
             except OSError:  # absent, stale, or not ours: TCP may still answer
-                conn.close()
+                unix.close()
         host, _, port = self.host.rpartition(":")
         conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
         try:
@@ -180,11 +185,11 @@ class Client:
                 data = response.read()
             finally:
                 conn.close()
-            raise error_from_status(response.status, _error_message(response.status, response.reason, data))
+            raise from_status(response.status, _error_message(response.status, response.reason, data))
         return conn, response
 
-    def _call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
-        """One request whose answer is a single JSON document (or nothing)."""
+    def _call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> object:
+        """One request whose answer is a single JSON document (or nothing: None)."""
         conn, response = self._send(method, path, body, timeout=timeout)
         try:
             data = response.read()
@@ -196,10 +201,14 @@ class Client:
             return None
         document = _parse(data)
         if isinstance(document, dict) and "error" in document and len(document) == 1:
-            raise error_from_status(response.status, str(document["error"]))
+            raise from_status(response.status, str(document["error"]))
         return document
 
-    def _stream(self, method: str, path: str, body: Any = None) -> Iterator[dict]:
+    def _call_object(self, method: str, path: str, body: Any = None) -> JsonObject:
+        """One request whose answer is a JSON object."""
+        return _json_object(self._call(method, path, body), f"the answer to {path}")
+
+    def _stream(self, method: str, path: str, body: Any = None) -> Iterator[JsonObject]:
         """Yield each NDJSON line; closing the generator closes the connection (the daemon cancels)."""
         conn, response = self._send(method, path, body)
         try:
@@ -214,18 +223,18 @@ class Client:
                     raise LlmhostError(f"response line longer than {MAX_LINE} bytes")
                 if not line.strip():
                     continue
-                chunk = _parse(line)
-                if isinstance(chunk, dict) and chunk.get("error") is not None:
-                    raise error_from_status(response.status, str(chunk["error"]))
+                chunk = _json_object(_parse(line), f"a line of {path}")
+                if chunk.get("error") is not None:
+                    raise from_status(response.status, str(chunk["error"]))
                 yield chunk
         finally:
             conn.close()
 
-    def _maybe_stream(self, path: str, body: dict[str, Any], stream: bool) -> Iterator[dict] | dict:
+    def _maybe_stream(self, path: str, body: JsonObject, stream: bool) -> Iterator[JsonObject] | JsonObject:
         body["stream"] = stream
         if stream:
             return self._stream("POST", path, body)
-        return self._call("POST", path, body)
+        return self._call_object("POST", path, body)
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -249,17 +258,17 @@ class Client:
             raise DaemonUnreachable(f"{self.describe()} answers, but it is not llmhost "
                                     "(is Ollama running there? set LLMHOST_HOST to another address)")
 
-    def version(self) -> dict:
+    def version(self) -> JsonObject:
         """``{"version": Ollama API version, "llmhost": llmhost's version}``."""
-        return self._call("GET", "/api/version")
+        return self._call_object("GET", "/api/version")
 
-    def list(self) -> dict:
+    def list(self) -> JsonObject:
         """``{"models": [...]}``, the local models (``/api/tags``)."""
-        return self._call("GET", "/api/tags")
+        return self._call_object("GET", "/api/tags")
 
-    def show(self, model: str, verbose: bool = False) -> dict:
+    def show(self, model: str, verbose: bool = False) -> JsonObject:
         """Modelfile, parameters, template, system, license, details, model_info, capabilities."""
-        return self._call("POST", "/api/show", _body(model=model, verbose=verbose or None))
+        return self._call_object("POST", "/api/show", _body(model=model, verbose=verbose or None))
 
     def copy(self, source: str, destination: str) -> None:
         self._call("POST", "/api/copy", {"source": source, "destination": destination})
@@ -267,15 +276,15 @@ class Client:
     def delete(self, model: str) -> None:
         self._call("DELETE", "/api/delete", {"model": model})
 
-    def ps(self) -> dict:
+    def ps(self) -> JsonObject:
         """``{"models": [...]}``, the loaded models."""
-        return self._call("GET", "/api/ps")
+        return self._call_object("GET", "/api/ps")
 
-    def pull(self, model: str, insecure: bool = False) -> Iterator[dict]:
+    def pull(self, model: str, insecure: bool = False) -> Iterator[JsonObject]:
         """Progress events: ``pulling manifest``, ``pulling <id>`` with digest/total/completed, ..., ``success``."""
         return self._stream("POST", "/api/pull", _body(model=model, insecure=insecure or None, stream=True))
 
-    def push(self, model: str, insecure: bool = False) -> Iterator[dict]:
+    def push(self, model: str, insecure: bool = False) -> Iterator[JsonObject]:
         """Progress events: ``retrieving manifest``, ``pushing <id>`` with digest/total/completed, ``success``."""
         return self._stream("POST", "/api/push", _body(model=model, insecure=insecure or None, stream=True))
 
@@ -288,11 +297,11 @@ class Client:
         adapters: dict[str, str] | None = None,
         template: str | None = None,
         system: str | None = None,
-        license: str | list[str] | None = None,
-        parameters: dict[str, Any] | None = None,
-        messages: list[dict[str, Any]] | None = None,
+        license: str | builtins.list[str] | None = None,
+        parameters: JsonObject | None = None,
+        messages: builtins.list[JsonObject] | None = None,
         quantize: str | None = None,
-    ) -> Iterator[dict]:
+    ) -> Iterator[JsonObject]:
         """Progress events of ``/api/create``, ending with ``success``."""
         body = _body(
             model=model, files=files, adapters=adapters, template=template, system=system,
@@ -305,13 +314,14 @@ class Client:
     def blob_exists(self, digest: str) -> bool:
         """Whether the daemon already holds the blob ``sha256:<hex>``."""
         try:
-            conn, response = self._send("HEAD", f"/api/blobs/{digest}")
+            conn, _ = self._send("HEAD", f"/api/blobs/{digest}")
         except NotFound:
             return False
         conn.close()
         return True
 
-    def upload_blob(self, digest: str, path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> None:
+    def upload_blob(self, digest: str, path: str | os.PathLike[str],
+                    progress: Callable[[int], None] | None = None) -> None:
         """Stream a file to ``/api/blobs/<digest>`` without reading it into memory."""
         size = Path(path).stat().st_size
         with open(path, "rb") as f:
@@ -324,6 +334,27 @@ class Client:
         finally:
             conn.close()
 
+    @overload
+    def generate(self, model: str, prompt: str = ..., *, stream: Literal[True] = ..., system: str | None = ...,
+                 template: str | None = ..., suffix: str | None = ..., raw: bool | None = ...,
+                 format: str | JsonObject | None = ..., images: builtins.list[str] | None = ...,
+                 options: JsonObject | None = ..., keep_alive: str | float | None = ...,
+                 think: bool | str | None = ...) -> Iterator[JsonObject]: ...
+
+    @overload
+    def generate(self, model: str, prompt: str = ..., *, stream: Literal[False], system: str | None = ...,
+                 template: str | None = ..., suffix: str | None = ..., raw: bool | None = ...,
+                 format: str | JsonObject | None = ..., images: builtins.list[str] | None = ...,
+                 options: JsonObject | None = ..., keep_alive: str | float | None = ...,
+                 think: bool | str | None = ...) -> JsonObject: ...
+
+    @overload
+    def generate(self, model: str, prompt: str = ..., *, stream: bool, system: str | None = ...,
+                 template: str | None = ..., suffix: str | None = ..., raw: bool | None = ...,
+                 format: str | JsonObject | None = ..., images: builtins.list[str] | None = ...,
+                 options: JsonObject | None = ..., keep_alive: str | float | None = ...,
+                 think: bool | str | None = ...) -> Iterator[JsonObject] | JsonObject: ...
+
     def generate(
         self,
         model: str,
@@ -334,12 +365,12 @@ class Client:
         template: str | None = None,
         suffix: str | None = None,
         raw: bool | None = None,
-        format: str | dict | None = None,
-        images: list[str] | None = None,
-        options: dict[str, Any] | None = None,
+        format: str | JsonObject | None = None,
+        images: builtins.list[str] | None = None,
+        options: JsonObject | None = None,
         keep_alive: str | float | None = None,
         think: bool | str | None = None,
-    ) -> Iterator[dict] | dict:
+    ) -> Iterator[JsonObject] | JsonObject:
         """Completion chunks (``response``) when streaming, else the one final object."""
         body = _body(
             model=model, prompt=prompt, system=system, template=template, suffix=suffix, raw=raw,
@@ -347,18 +378,36 @@ class Client:
         )
         return self._maybe_stream("/api/generate", body, stream)
 
+    @overload
+    def chat(self, model: str, messages: builtins.list[JsonObject], *, stream: Literal[True] = ...,
+             format: str | JsonObject | None = ..., options: JsonObject | None = ...,
+             keep_alive: str | float | None = ..., tools: builtins.list[JsonObject] | None = ...,
+             think: bool | str | None = ...) -> Iterator[JsonObject]: ...
+
+    @overload
+    def chat(self, model: str, messages: builtins.list[JsonObject], *, stream: Literal[False],
+             format: str | JsonObject | None = ..., options: JsonObject | None = ...,
+             keep_alive: str | float | None = ..., tools: builtins.list[JsonObject] | None = ...,
+             think: bool | str | None = ...) -> JsonObject: ...
+
+    @overload
+    def chat(self, model: str, messages: builtins.list[JsonObject], *, stream: bool,
+             format: str | JsonObject | None = ..., options: JsonObject | None = ...,
+             keep_alive: str | float | None = ..., tools: builtins.list[JsonObject] | None = ...,
+             think: bool | str | None = ...) -> Iterator[JsonObject] | JsonObject: ...
+
     def chat(
         self,
         model: str,
-        messages: list[dict[str, Any]],
+        messages: builtins.list[JsonObject],
         *,
         stream: bool = True,
-        format: str | dict | None = None,
-        options: dict[str, Any] | None = None,
+        format: str | JsonObject | None = None,
+        options: JsonObject | None = None,
         keep_alive: str | float | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        tools: builtins.list[JsonObject] | None = None,
         think: bool | str | None = None,
-    ) -> Iterator[dict] | dict:
+    ) -> Iterator[JsonObject] | JsonObject:
         """Chat chunks (``message.content``) when streaming, else the one final object."""
         body = _body(
             model=model, messages=messages, format=format, options=options, keep_alive=keep_alive,
@@ -369,16 +418,16 @@ class Client:
     def embed(
         self,
         model: str,
-        input: str | list[str],
+        input: str | builtins.list[str],
         *,
         truncate: bool | None = None,
         dimensions: int | None = None,
-        options: dict[str, Any] | None = None,
+        options: JsonObject | None = None,
         keep_alive: str | float | None = None,
-    ) -> dict:
+    ) -> JsonObject:
         """``{"model", "embeddings": [[...]], ...}``."""
         body = _body(
             model=model, input=input, truncate=truncate, dimensions=dimensions, options=options,
             keep_alive=keep_alive,
         )
-        return self._call("POST", "/api/embed", body)
+        return self._call_object("POST", "/api/embed", body)

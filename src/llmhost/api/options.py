@@ -1,4 +1,5 @@
-"""Model options (Ollama's ``options`` object and Modelfile ``PARAMETER`` lines).
+"""Model options (Ollama's ``options`` object and Modelfile ``PARAMETER`` lines), checked against
+the one table of them, ``api.option_table``.
 
 Load-time options decide how a runner is started (a change forces a reload); runtime options only
 shape sampling of one request. Both are checked here (type, range, finiteness), in one place, for
@@ -11,88 +12,24 @@ import logging
 import math
 from typing import Any
 
+from llmhost.api.option_table import BOOL, FLOAT, INT, OPTION_SPECS, OPTIONS, STRING, STRINGS, OptionSpec
+from llmhost.api.option_table import KV_CACHE_TYPES as KV_CACHE_TYPES  # re-exported: config and the engine
 from llmhost.errors import InvalidOption
 
 log = logging.getLogger(__name__)
 
-INT, FLOAT, BOOL, STRING, STRINGS = "integer", "float", "boolean", "string", "array of strings"
+# Views of the table, for the modules that want one kind of option.
+RUNTIME_OPTIONS: dict[str, str] = {o.name: o.type for o in OPTIONS if o.when == "request"}
+LOAD_OPTIONS: dict[str, str] = {o.name: o.type for o in OPTIONS if o.when == "load"}
+OPTION_TYPES: dict[str, str] = {o.name: o.type for o in OPTIONS}
+# Defaults of the request options; load options may default to a setting, see ``load_option``.
+DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS if o.when == "request"}
 
-RUNTIME_OPTIONS: dict[str, str] = {
-    "num_keep": INT,
-    "seed": INT,
-    "num_predict": INT,
-    "top_k": INT,
-    "top_p": FLOAT,
-    "min_p": FLOAT,
-    "typical_p": FLOAT,
-    "repeat_last_n": INT,
-    "temperature": FLOAT,
-    "repeat_penalty": FLOAT,
-    "presence_penalty": FLOAT,
-    "frequency_penalty": FLOAT,
-    "mirostat": INT,
-    "mirostat_tau": FLOAT,
-    "mirostat_eta": FLOAT,
-    "stop": STRINGS,
-}
-
-LOAD_OPTIONS: dict[str, str] = {
-    "num_ctx": INT,
-    "num_batch": INT,
-    "num_gpu": INT,
-    "main_gpu": INT,
-    "use_mmap": BOOL,
-    "num_thread": INT,
-    "kv_cache_type": STRING,  # ours (Ollama has only OLLAMA_KV_CACHE_TYPE): f16, q8_0 or q4_0
-}
-
-OPTION_TYPES: dict[str, str] = {**RUNTIME_OPTIONS, **LOAD_OPTIONS}
-
-# Ollama's defaults (api.DefaultOptions); num_ctx comes from settings.
-DEFAULTS: dict[str, Any] = {
-    "num_keep": -1,
-    "seed": -1,
-    "num_predict": -1,
-    "top_k": 40,
-    "top_p": 0.9,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "repeat_last_n": 64,
-    "temperature": 0.8,
-    "repeat_penalty": 1.1,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "mirostat": 0,
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
-    "stop": [],
-}
-
-
-# Bounds beyond the type, inclusive. Integers reach llama.cpp as int32 unless listed; load options
-# get tighter bounds so one request cannot make a runner allocate without limit (docs/design.md).
-MAX_NUM_CTX = 1 << 24  # tokens per sequence; llama.cpp's n_ctx (× parallel) is a uint32
-MAX_NUM_BATCH = 1 << 16  # tokens per llama_decode; more is never faster (ubatches are ≤ 512)
-MAX_NUM_THREAD = 512  # GGML_MAX_N_THREADS
-_INT32 = (-(2**31), 2**31 - 1)
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "num_ctx": (0, MAX_NUM_CTX),  # 0: the daemon's default
-    "num_batch": (0, MAX_NUM_BATCH),  # 0: the default (512)
-    "num_thread": (0, MAX_NUM_THREAD),  # 0: the daemon's default
-    "num_gpu": (-1, _INT32[1]),  # -1: as many layers as fit
-    "main_gpu": (0, _INT32[1]),
-    "seed": (-(2**63), 2**63 - 1),  # Ollama's is a Go int; the sampler takes its low 32 bits
-}
 FLOAT_LIMIT = 3.4028234663852886e38  # llama.cpp takes floats as float32: beyond this they become inf
 
-# KV cache element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them: f16 2 bytes an element, q8_0
-# 34 bytes per 32, q4_0 18 per 32 (quantized ones need flash attention; the runner switches it on).
-KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
-# The values a string option may take (compared in lower case).
-STRING_CHOICES: dict[str, tuple[str, ...]] = {"kv_cache_type": KV_CACHE_TYPES}
 
-
-def _check(name: str, kind: str, value: Any) -> Any:
+def _check(spec: OptionSpec, value: Any) -> Any:
+    name, kind = spec.name, spec.type
     error = InvalidOption(f'option "{name}" must be of type {kind}')
     if kind == INT:
         if isinstance(value, bool):
@@ -101,7 +38,7 @@ def _check(name: str, kind: str, value: Any) -> Any:
             value = int(value)
         if not isinstance(value, int):
             raise error
-        low, high = INT_RANGES.get(name, _INT32)
+        low, high = spec.bounds
         if not low <= value <= high:
             raise InvalidOption(f'option "{name}" must be between {low} and {high}')
         return value
@@ -116,7 +53,7 @@ def _check(name: str, kind: str, value: Any) -> Any:
     if kind == STRING:
         if not isinstance(value, str):
             raise error
-        return _choice(name, value)
+        return _choice(spec, value)
     if isinstance(value, str):  # a single stop string is accepted, as Ollama does
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -124,11 +61,12 @@ def _check(name: str, kind: str, value: Any) -> Any:
     return list(value)
 
 
-def _choice(name: str, value: str) -> str:
-    choices = STRING_CHOICES.get(name)
-    value = value.strip().lower() if choices else value
-    if choices and value not in choices:
-        raise InvalidOption(f'option "{name}" must be one of {", ".join(choices)}')
+def _choice(spec: OptionSpec, value: str) -> str:
+    if not spec.choices:
+        return value
+    value = value.strip().lower()
+    if value not in spec.choices:
+        raise InvalidOption(f'option "{spec.name}" must be one of {", ".join(spec.choices)}')
     return value
 
 
@@ -151,27 +89,27 @@ def validate_options(options: Any) -> dict[str, Any]:
         raise InvalidOption('"options" must be an object')
     checked = {}
     for name, value in options.items():
-        kind = OPTION_TYPES.get(name)
-        if kind is None:
+        spec = OPTION_SPECS.get(name)
+        if spec is None:
             log.warning("ignoring unknown option %r", name)
             continue
         if value is None:
             continue
-        checked[name] = _check(name, kind, value)
+        checked[name] = _check(spec, value)
     return checked
 
 
 def parse_parameter(name: str, text: str) -> Any:
     """Typed value of a Modelfile ``PARAMETER name text`` line; unknown names raise InvalidOption."""
-    kind = OPTION_TYPES.get(name)
-    if kind is None:
+    spec = OPTION_SPECS.get(name)
+    if spec is None:
         raise InvalidOption(f"unknown parameter '{name}'")
-    text = text.strip()
+    kind, text = spec.type, text.strip()
     try:
         if kind == INT:
-            return _check(name, kind, int(text))
+            return _check(spec, int(text))
         if kind == FLOAT:
-            return _check(name, kind, float(text))
+            return _check(spec, float(text))
         if kind == BOOL:
             lowered = text.lower()
             if lowered not in ("true", "false"):
@@ -181,15 +119,21 @@ def parse_parameter(name: str, text: str) -> Any:
         raise InvalidOption(f"invalid value for parameter '{name}': {text[:40]!r} is not a {kind}") from None
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    return _check(name, kind, text) if kind == STRING else [text]
+    return _check(spec, text) if kind == STRING else [text]
+
+
+def is_list_option(name: str) -> bool:
+    """Whether ``name`` takes a list of strings (``stop``), which Modelfile lines accumulate."""
+    spec = OPTION_SPECS.get(name)
+    return spec is not None and spec.type == STRINGS
 
 
 def merge_parameters(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Combine parameters; ``stop`` lists accumulate, other keys are overridden by ``extra``."""
     merged = dict(base)
     for name, value in extra.items():
-        if name == "stop" and "stop" in merged:
-            merged["stop"] = list(dict.fromkeys([*merged["stop"], *value]))
+        if is_list_option(name) and name in merged:
+            merged[name] = list(dict.fromkeys([*merged[name], *value]))
         else:
             merged[name] = value
     return merged
@@ -200,3 +144,13 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     runtime = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS}
     load = {k: v for k, v in options.items() if k in LOAD_OPTIONS}
     return runtime, load
+
+
+def load_option(load: dict[str, Any], name: str, settings: Any) -> Any:
+    """The value of load option ``name``: ``load``'s (validated) one, else its default — the
+    ``settings`` field the table names (a ``config.Settings``), or the table's own default."""
+    spec = OPTION_SPECS[name]
+    value = load.get(name)
+    if value is None or (spec.zero_is_default and value == 0):
+        return getattr(settings, spec.setting) if spec.setting else spec.default
+    return value

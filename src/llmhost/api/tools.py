@@ -62,7 +62,7 @@ class ToolCall:
     index: int = 0
 
     @classmethod
-    def from_json(cls, value: Any, where: str) -> "ToolCall":
+    def from_json(cls, value: Any, where: str) -> ToolCall:
         if not isinstance(value, dict) or not isinstance(value.get("function"), dict):
             raise BadRequest(f'invalid tool call at {where}: expected an object with a "function" object')
         function = value["function"]
@@ -132,7 +132,7 @@ class ToolChoice:
     name: str | None = None
 
     @classmethod
-    def from_json(cls, value: Any, tools: tuple[dict[str, Any], ...]) -> "ToolChoice":
+    def from_json(cls, value: Any, tools: tuple[dict[str, Any], ...]) -> ToolChoice:
         if value is None or value == "auto":
             return cls()
         if value in ("none", "required"):

@@ -7,12 +7,12 @@ never a traceback. Nothing heavy is imported here: commands import what they nee
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
-from llmhost.cli.commands import cp, create, ls, ps, pull, push, rm, run, serve, show, stop
+from llmhost.cli.commands import cp, create, ls, ps, pull, push, rm, run, serve, show, stop, worker
 from llmhost.cli.session import CliOptions
 from llmhost.errors import LlmhostError
 
@@ -30,7 +30,7 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(1) from None
-        except Exception as e:  # noqa: BLE001 - the user gets the message, not the traceback
+        except Exception as e:
             from llmhost.cli.render import print_error
 
             expected = isinstance(e, (LlmhostError, OSError)) and str(e)
@@ -54,10 +54,10 @@ def _print_version(value: bool) -> None:
         return
     from llmhost import __version__
     from llmhost.api.client import Client
-    from llmhost.config import Settings
+    from llmhost.config import ClientSettings
 
     try:
-        server = Client.from_settings(Settings.from_env(), timeout=2.0).version().get("llmhost")
+        server = Client.from_settings(ClientSettings.from_env(), timeout=2.0).version().get("llmhost")
     except LlmhostError:
         server = None
     if server is None:
@@ -96,9 +96,10 @@ app.command("ls", hidden=True, help=ls.HELP)(ls.command)
 app.command("ps", help=ps.HELP)(ps.command)
 app.command("cp", help=cp.HELP)(cp.command)
 app.command("rm", help=rm.HELP)(rm.command)
+app.command("worker", help=worker.HELP)(worker.command)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``llm``)."""
     app(args=argv, prog_name="llm")
 

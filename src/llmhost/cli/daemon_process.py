@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from llmhost.api.client import Client, DaemonUnreachable
+from llmhost.api.client import Client
+from llmhost.errors import DaemonUnreachable
 
 DAEMON_ARGV: tuple[str, ...] = (sys.executable, "-m", "llmhost.cli.app", "serve")
 START_TIMEOUT = 15.0

@@ -11,8 +11,9 @@ import functools
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 from llmhost.units import format_size
 
@@ -232,7 +233,12 @@ def shorten(text: str, width: int) -> str:
 
 def _progress(console):
     from rich.progress import (
-        BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn,
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
@@ -248,7 +254,8 @@ def progress_events(events: Iterable[dict]) -> str:
     Bars live only while layer events arrive, so a later status prints below them, as in Ollama.
     """
     console = _console()
-    progress, bars, last = None, {}, ""
+    progress, last = None, ""
+    bars: dict[str, Any] = {}
     try:
         for event in events:
             status = event.get("status", "")
@@ -316,6 +323,8 @@ class TokenWriter:
         self.last = text[-1]
 
     def _wrap(self, text: str) -> str:
+        width = self.width
+        assert width is not None  # called only when wrapping
         parts = []
         for ch in text:
             if ch == "\n":
@@ -324,12 +333,12 @@ class TokenWriter:
                 continue
             if ch == " ":
                 self.word = ""
-                if self.column >= self.width:
+                if self.column >= width:
                     parts.append("\n")
                     self.column = 0
                     continue
-            elif self.column >= self.width:
-                if 0 < len(self.word) < self.width:
+            elif self.column >= width:
+                if 0 < len(self.word) < width:
                     n = len(self.word)
                     parts.append("\b" * n + " " * n + "\n" + self.word)
                     self.column = n
@@ -356,7 +365,7 @@ THINKING_OPENING = "Thinking...\n"
 THINKING_CLOSING = "...done thinking.\n\n"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _codes(style: str) -> tuple[str, str]:
     """The escape codes that open and close a rich ``style``."""
     from rich.color import ColorSystem

@@ -1,17 +1,28 @@
 """The interactive chat of ``llm run MODEL``: streaming ``/api/chat`` with the history kept here.
 
 Commands follow Ollama's REPL: /set, /show, /clear, /bye (/exit), /? ; ``\"\"\"`` starts a multi-line
-message; Ctrl+C stops an answer (or clears the line), Ctrl+D exits.
+message; Ctrl+C stops an answer (or clears the line), Ctrl+D exits. With a vision model, image paths in a
+message (``./cat.png``, ``/tmp/a.jpg``) are attached to it, as in ``llm run MODEL "describe ./cat.png"``.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from llmhost.api.client import Client
 from llmhost.cli import render
-from llmhost.cli.commands.run import RunOptions, chat_parts, parse_think, stream_answer, writer
+from llmhost.cli.commands.run import (
+    RunOptions,
+    chat_parts,
+    extract_images,
+    image_paths,
+    parse_think,
+    sees_images,
+    stream_answer,
+    writer,
+)
 from llmhost.errors import LlmhostError
 
 QUOTES = '"""'
@@ -25,6 +36,7 @@ HELP = """Available Commands:
 
 Use \"\"\" to begin a multi-line message.
 """
+IMAGES_HELP = "Use /path/to/file to include .jpg, .png, .webp images.\n"  # for a model with vision
 
 SET_HELP = """Available Commands:
   /set parameter ...     Set a parameter
@@ -94,7 +106,7 @@ class Repl:
             except KeyboardInterrupt:
                 _say("\nUse Ctrl + d or /bye to exit.")
                 continue
-            if text.lstrip().startswith("/"):
+            if text.lstrip().startswith("/") and not self.names_image(text):
                 if not self.command(text.strip()):
                     return
             elif text.strip():
@@ -111,10 +123,19 @@ class Repl:
         lines.append(more)
         return "\n".join(lines).replace(QUOTES, "").strip("\n")
 
+    def names_image(self, line: str) -> bool:
+        """A line that opens with an image's path is a message (Ollama's REPL), not a /command."""
+        first = line.split()[0]
+        return sees_images(self.info) and any(path.startswith(first) for path in image_paths(line))
+
     # -- chat ------------------------------------------------------------------------------------
 
     def chat(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
+        try:
+            self.messages.append(self.user_message(text))
+        except LlmhostError as e:  # an image that cannot be read: the turn is not sent
+            render.print_error(str(e))
+            return
         system = [{"role": "system", "content": self.opts.system}] if self.opts.system else []
         try:
             chunks = self.client.chat(
@@ -130,6 +151,14 @@ class Repl:
         _say("")
         if self.opts.verbose and answer.final:
             render.print_stats(answer.final)
+
+    def user_message(self, text: str) -> dict[str, Any]:
+        """The history entry of what was typed; with vision, the images it names are attached (and
+        stay in the history, sent again with every later turn, as Ollama's REPL does)."""
+        if not sees_images(self.info):
+            return {"role": "user", "content": text}
+        content, images = extract_images(text)
+        return {"role": "user", "content": content, **({"images": images} if images else {})}
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -147,7 +176,8 @@ class Repl:
         elif name == "/show":
             self.show(args)
         elif name in ("/?", "/help"):
-            _say({"set": SET_HELP, "show": SHOW_HELP}.get(args[0] if args else "", HELP))
+            images = IMAGES_HELP if sees_images(self.info) else ""
+            _say({"set": SET_HELP, "show": SHOW_HELP}.get(args[0] if args else "", HELP + images))
         else:
             _say(f"Unknown command '{name}'. Type /? for help")
         return True

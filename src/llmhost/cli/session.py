@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import typer
 
 from llmhost.api.client import Client
-from llmhost.config import Settings
+from llmhost.config import ClientSettings
 from llmhost.errors import NotFound
 
 
@@ -23,7 +23,7 @@ def connect(ctx: typer.Context) -> Client:
     from llmhost.cli.daemon_process import ensure_daemon
 
     options = ctx.find_root().obj or CliOptions()
-    client = Client.from_settings(Settings.from_env())
+    client = Client.from_settings(ClientSettings.from_env())
     ensure_daemon(client, autostart=options.autostart)
     return client
 

@@ -2,44 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
-from llmhost.daemon import (routes_anthropic, routes_inference, routes_models, routes_openai, routes_operate,
-                            routes_registry, routes_responses, routes_transfer)
-from llmhost.daemon import routes_rerank
-from llmhost.daemon.http import error_response, internal_error_message
+from llmhost.daemon import (
+    routes_anthropic,
+    routes_inference,
+    routes_models,
+    routes_openai,
+    routes_operate,
+    routes_registry,
+    routes_rerank,
+    routes_responses,
+    routes_transfer,
+)
+from llmhost.daemon.dialects import errors_middleware
 from llmhost.daemon.security import add_cors_headers, make_api_key_middleware, make_security_middleware
 from llmhost.daemon.state import STATE_KEY, DaemonState
-from llmhost.errors import LlmhostError
-
-log = logging.getLogger(__name__)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler):
-    """Every LlmhostError becomes ``{"error": ...}`` with its status; a bug becomes a 500, not a trace."""
-    try:
-        return await handler(request)
-    except LlmhostError as e:
-        if e.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, e.message)
-        return error_response(e)
-    except web.HTTPException:
-        raise
-    except (ConnectionResetError, ConnectionError):
-        raise
-    except Exception as e:
-        log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"error": internal_error_message(e)}, status=500)
 
 
 def create_app(state: DaemonState, check_host: bool = True) -> web.Application:
-    # Outermost first: every answer is counted; the key check raises inside the error middlewares,
+    # Outermost first: every answer is counted; the key check raises inside the error middleware,
     # so each protocol gets its own error shape.
     middlewares = [state.metrics.middleware(), make_security_middleware(check_host, state.settings.origins),
-                   errors_middleware, routes_openai.openai_errors, routes_anthropic.anthropic_errors]
+                   errors_middleware]
     if state.settings.api_keys:
         middlewares.append(make_api_key_middleware(state.settings.api_keys))
     app = web.Application(

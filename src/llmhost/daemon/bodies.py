@@ -9,29 +9,20 @@ while the loop receives the next piece.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
-from llmhost.errors import LlmhostError
+from llmhost.errors import BodyTimeout, BodyTooLarge
 from llmhost.registry.store import BlobWriter
 from llmhost.units import format_size
 
 WRITE_SIZE = 1 << 20  # received bytes are handed to the writer in pieces of about this size
 
-
-class BodyTimeout(LlmhostError):
-    """The client stopped sending its request body (408)."""
-
-    status = 408
-
-
-class BodyTooLarge(LlmhostError):
-    """A request body over its limit, declared or streamed (413)."""
-
-    status = 413
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ async def receive_blob(request: web.Request, writer: BlobWriter, executor: Execu
     """
     loop = asyncio.get_running_loop()
 
-    def run(fn: Callable, *args) -> asyncio.Future:
+    def run(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         return loop.run_in_executor(executor, fn, *args)
 
     try:
@@ -100,7 +91,7 @@ async def receive_blob(request: web.Request, writer: BlobWriter, executor: Execu
 
 async def _pump(chunks: AsyncIterator[bytes], write: Callable[[bytearray], Awaitable[None]]) -> None:
     """Hand ``chunks`` to ``write`` in pieces of about WRITE_SIZE, receiving while the last is written."""
-    pending: asyncio.Future | None = None
+    pending: asyncio.Future[None] | None = None
     piece = bytearray()
     try:
         async for chunk in chunks:

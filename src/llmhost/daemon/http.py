@@ -1,21 +1,24 @@
-"""HTTP plumbing shared by the routes: JSON bodies in, JSON or NDJSON out, errors as Ollama shapes them."""
+"""HTTP plumbing shared by the routes: JSON bodies in, JSON or NDJSON out (errors in-band, as Ollama sends them)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from llmhost.api.types import JsonObject
 from llmhost.daemon.bodies import BodyLimits, read_body
+from llmhost.daemon.dialects import Dialect, in_band_error
 from llmhost.daemon.state import state_of
-from llmhost.errors import BadRequest, LlmhostError
+from llmhost.errors import BadRequest
 
 MAX_JSON_BODY = 64 * 1024**2  # the app's client_max_size: requests are JSON, blobs stream separately
+MAX_JSON_DEPTH = 100  # arrays and objects inside each other; real schemas and tool calls stay far below
 
 
 def json_limits(request: web.Request) -> BodyLimits:
@@ -23,13 +26,8 @@ def json_limits(request: web.Request) -> BodyLimits:
     idle = state_of(request).settings.body_idle_timeout
     return BodyLimits(MAX_JSON_BODY, idle, "the limit for JSON request bodies")
 
-log = logging.getLogger(__name__)
 
-
-MAX_JSON_DEPTH = 100  # arrays and objects inside each other; real schemas and tool calls stay far below
-
-
-async def read_json(request: web.Request) -> dict:
+async def read_json(request: web.Request) -> JsonObject:
     """The request body as a JSON object; 400 with a clear message otherwise.
 
     Strict JSON, as Go's decoder (and so Ollama) reads it: NaN, Infinity and numbers beyond a double
@@ -72,7 +70,7 @@ def _too_deep() -> BadRequest:
     return BadRequest(f"invalid JSON in request body: nested more than {MAX_JSON_DEPTH} levels deep")
 
 
-def _deeper_than(value: dict | list, limit: int) -> bool:
+def _deeper_than(value: JsonObject | list[Any], limit: int) -> bool:
     """Whether arrays and objects nest more than ``limit`` levels (without recursing ourselves)."""
     level, containers = 1, [value]
     while containers:
@@ -84,22 +82,6 @@ def _deeper_than(value: dict | list, limit: int) -> bool:
     return False
 
 
-def error_response(error: LlmhostError) -> web.Response:
-    return web.json_response({"error": error.message}, status=error.status)
-
-
-def internal_error_message(error: BaseException) -> str:
-    """What a client is told about a bug or an unexpected failure: never a file's path.
-
-    An OSError's text names the file (``[Errno 36] File name too long: '/home/…/manifests/…'``),
-    which would show a client where the store lives; the reason alone says what went wrong.
-    """
-    if isinstance(error, OSError):
-        reason = error.strerror or type(error).__name__
-        return f"internal error: {reason[:1].lower()}{reason[1:]}"
-    return f"internal error: {error}"
-
-
 def now_rfc3339() -> str:
     return format_time(time.time())
 
@@ -108,8 +90,8 @@ def format_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).astimezone().isoformat()
 
 
-async def stream_ndjson(request: web.Request, events: AsyncIterator[dict], stream: bool,
-                        merge=None) -> web.StreamResponse:
+async def stream_ndjson(request: web.Request, events: AsyncIterator[JsonObject], stream: bool,
+                        merge: Callable[[list[JsonObject]], JsonObject] | None = None) -> web.StreamResponse:
     """Send ``events`` as NDJSON, or (``stream`` false) as one JSON object built by ``merge``.
 
     An error before the first line becomes a normal error response with its status; an error after
@@ -133,13 +115,10 @@ async def stream_ndjson(request: web.Request, events: AsyncIterator[dict], strea
             await response.write(_line(first))
         async for event in iterator:
             await response.write(_line(event))
-    except LlmhostError as e:
-        await response.write(_line({"error": e.message}))
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         raise
-    except Exception as e:  # a bug must still end the stream with a readable line
-        log.exception("stream failed")
-        await response.write(_line({"error": internal_error_message(e)}))
+    except Exception as e:  # a bug too must end the stream with a readable line
+        await response.write(_line(in_band_error(e, Dialect.OLLAMA)))
     await response.write_eof()
     return response
 

@@ -6,20 +6,32 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Protocol
 
 from llmhost.api.options import split_options
-from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
+from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest, JsonObject
 from llmhost.daemon.metrics import CompletionMeter
-from llmhost.daemon.runner_request import effective_options, runner_body
-from llmhost.daemon.residency import Lease, Residency
+from llmhost.daemon.residency import Lease, ModelIdentity, Residency
 from llmhost.daemon.runner_client import LoadSpec
+from llmhost.daemon.runner_request import effective_options, runner_body
 from llmhost.daemon.state import DaemonState
 from llmhost.errors import BadRequest, LlmhostError, RunnerError
 from llmhost.registry.capabilities import capabilities
+from llmhost.registry.record import ModelRecord
 
 NS = 1_000_000_000
+
+
+class LeaseRequest(Protocol):
+    """What a request that holds a runner says about it: load options (among ``options``) and keep_alive."""
+
+    @property
+    def options(self) -> JsonObject: ...
+
+    @property
+    def keep_alive(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -27,23 +39,22 @@ class LeaseTerms:
     """What a request needs of a runner, settled (and so checked) before anything is held."""
 
     spec: LoadSpec
-    name: str
+    model: ModelIdentity  # name, digest and details for /api/ps
     keep_alive: float
-    info: dict  # digest, details, name for /api/ps
-    runtime: dict  # the request's sampling options, for the runner's body
+    runtime: JsonObject  # the request's sampling options, for the runner's body
 
     @classmethod
-    def of(cls, state: DaemonState, request: GenerateRequest | ChatRequest | EmbedRequest, record) -> "LeaseTerms":
+    def of(cls, state: DaemonState, request: LeaseRequest, record: ModelRecord) -> LeaseTerms:
         runtime, load = split_options(effective_options(record.parameters, request.options))
         keep_alive = state.settings.keep_alive if request.keep_alive is None else request.keep_alive
-        info = {"digest": record.digest, "details": record.details(), "model": str(record.name)}
-        return cls(state.load_spec(record, load), str(record.name), keep_alive, info, runtime)
+        model = ModelIdentity(str(record.name), record.digest, record.details())
+        return cls(state.load_spec(record, load), model, keep_alive, runtime)
 
     async def take(self, residency: Residency) -> Lease:
-        return await residency.acquire(self.spec, self.name, self.keep_alive, self.info)
+        return await residency.acquire(self.spec, self.model, self.keep_alive)
 
 
-async def lease_for(state: DaemonState, request: GenerateRequest | ChatRequest | EmbedRequest, record):
+async def lease_for(state: DaemonState, request: LeaseRequest, record: ModelRecord) -> tuple[Lease, JsonObject]:
     """Hold a runner for ``record`` with the request's load options; also return its runtime options."""
     terms = LeaseTerms.of(state, request, record)
     return await terms.take(state.residency), terms.runtime
@@ -62,7 +73,7 @@ class Completion:
     model: str
     started: float
     lease: Lease
-    lines: AsyncGenerator[dict, None]
+    lines: AsyncGenerator[JsonObject, None]
 
     async def aclose(self) -> None:
         """Stop the runner's stream (if it started) and release the lease; safe to call again."""
@@ -71,14 +82,15 @@ class Completion:
         finally:
             self.lease.release()
 
-    async def __aenter__(self) -> "Completion":
+    async def __aenter__(self) -> Completion:
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
-async def start_completion(state: DaemonState, request: GenerateRequest | ChatRequest, record=None) -> Completion:
+async def start_completion(state: DaemonState, request: GenerateRequest | ChatRequest,
+                           record: ModelRecord | None = None) -> Completion:
     """Load (or reuse) the model and start streaming; errors before the first line raise here.
 
     The request is checked and the runner's body built before the runner is taken, so nothing that
@@ -95,7 +107,7 @@ async def start_completion(state: DaemonState, request: GenerateRequest | ChatRe
     return Completion(str(record.name), started, lease, _runner_lines(lease, body, meter))
 
 
-def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str | None:
+def resolve_think(record: ModelRecord, request: GenerateRequest | ChatRequest) -> bool | str | None:
     """Check the model can serve the request (Ollama's 400s otherwise) and settle ``think``.
 
     As in Ollama, thinking is on by default for a model that can think; ``False`` switches it off
@@ -117,7 +129,7 @@ def resolve_think(record, request: GenerateRequest | ChatRequest) -> bool | str 
     return True if request.think is None else request.think
 
 
-async def _runner_lines(lease: Lease, body: dict, meter: CompletionMeter) -> AsyncGenerator[dict, None]:
+async def _runner_lines(lease: Lease, body: JsonObject, meter: CompletionMeter) -> AsyncGenerator[JsonObject, None]:
     """The runner's ``{"content"}`` lines, then its final line; an error line raises RunnerError.
 
     ``meter`` sees every line as the runner sent it (the final one before ``metrics`` adds the
@@ -145,11 +157,11 @@ class Delta:
 
     content: str = ""
     thinking: str = ""
-    tool_calls: tuple[dict, ...] = ()  # native shape, each with its ``id`` and ``function.index``
-    logprobs: tuple[dict, ...] = ()
+    tool_calls: tuple[JsonObject, ...] = ()  # native shape, each with its ``id`` and ``function.index``
+    logprobs: tuple[JsonObject, ...] = ()
 
 
-def deltas(completion: Completion) -> "Deltas":
+def deltas(completion: Completion) -> Deltas:
     """The runner's lines as Deltas, then its final line (a dict with ``done``); see ``Deltas``."""
     return Deltas(completion)
 
@@ -165,10 +177,10 @@ class Deltas:
         self._completion = completion
         self._items = _deltas(completion.lines)
 
-    def __aiter__(self) -> "Deltas":
+    def __aiter__(self) -> Deltas:
         return self
 
-    def __anext__(self) -> Awaitable[Delta | dict]:
+    def __anext__(self) -> Awaitable[Delta | JsonObject]:
         return self._items.__anext__()
 
     async def aclose(self) -> None:
@@ -178,8 +190,8 @@ class Deltas:
             await self._completion.aclose()
 
 
-async def _deltas(lines: AsyncIterator[dict]) -> AsyncGenerator[Delta | dict, None]:
-    pending: list[dict] = []
+async def _deltas(lines: AsyncIterator[JsonObject]) -> AsyncGenerator[Delta | JsonObject, None]:
+    pending: list[JsonObject] = []
     n_calls = 0
     async for line in lines:
         if line.get("done"):
@@ -196,7 +208,7 @@ async def _deltas(lines: AsyncIterator[dict]) -> AsyncGenerator[Delta | dict, No
         pending = []
 
 
-def _numbered_call(call: dict, index: int) -> dict:
+def _numbered_call(call: JsonObject, index: int) -> JsonObject:
     function = call.get("function") or {}
     return {"id": tool_call_id(), "function": {"index": index, "name": function.get("name", ""),
                                                "arguments": function.get("arguments") or {}}}
@@ -210,7 +222,21 @@ def tool_call_id() -> str:
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def metrics(final: dict, completion: Completion) -> dict:
+async def collect(completion: Completion) -> tuple[list[Delta], JsonObject]:
+    """A whole (non-streamed) answer: every delta of ``completion``, and the runner's final line ({}
+    if none came). The deltas are closed however the reading ends."""
+    collected: list[Delta] = []
+    final: JsonObject = {}
+    async with contextlib.aclosing(deltas(completion)) as items:
+        async for item in items:
+            if isinstance(item, Delta):
+                collected.append(item)
+            else:
+                final = item
+    return collected, final
+
+
+def metrics(final: JsonObject, completion: Completion) -> JsonObject:
     """Ollama's final-chunk metrics (ns), from the runner's final line.
 
     ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
@@ -228,7 +254,7 @@ def metrics(final: dict, completion: Completion) -> dict:
     }
 
 
-async def embed(state: DaemonState, request: EmbedRequest) -> tuple[str, dict, float]:
+async def embed(state: DaemonState, request: EmbedRequest) -> tuple[str, JsonObject, float]:
     """Vectors for the request's inputs: (model name, runner result, load seconds)."""
     record = await state.in_store(state.store.load, request.model)
     lease, _ = await lease_for(state, request, record)

@@ -1,7 +1,7 @@
 """Memory estimate of a runner before it is started, from GGUF metadata (no llama.cpp involved).
 
     total = weights + repacked weights + KV cache + compute scratch + batch + output logits + vocabulary
-            + runtime overhead
+            + runtime overhead (+ projector, for a vision model)
 
 - weights: the tensor bytes of the file (mmapped; on CPU every page is touched by the first decode);
 - repacked weights: with llama.cpp's repacked CPU kernels (``engine.cpu``) the Q4_0, Q4_K, IQ4_NL
@@ -17,7 +17,8 @@
 - output logits: one row of n_vocab floats per parallel sequence;
 - vocabulary: llama.cpp keeps every token's text and lookup entries (~160 bytes a token: 40 MiB for
   Gemma 3's 262k tokens);
-- runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools.
+- runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools;
+- projector (a vision model's ``--mmproj``): see ``projector_bytes``.
 
 Calibrated against the resident memory of real runners (SmolLM2 135M and Gemma 3 270M at 2k–8k
 context, 1–4 parallel; each KV type; repack on and off); `scripts/bench p7`, `kv` and `repack`
@@ -27,9 +28,13 @@ re-measure it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmhost.daemon.runner_client import LoadSpec, runner_batch
 from llmhost.engine.cpu import repack_enabled
+
+if TYPE_CHECKING:  # imported when needed: it brings numpy and gguf
+    from llmhost.registry.gguf_meta import GGUFInfo
 
 RUNTIME_OVERHEAD = 64 * 1024**2
 BYTES_PER_VOCAB_ENTRY = 160
@@ -41,16 +46,18 @@ REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "Q2_K"})
 UBATCH = 512
 F32 = 4
 BATCH_BYTES_PER_TOKEN = 25  # token, position, sequence id, its pointer, id count, logits flag
+PROJECTOR_COMPUTE_FALLBACK = 128 * 1024**2  # a projector's image scratch when its metadata lacks the sizes
 
 
-def _info(path: Path):
+def gguf_info(path: Path) -> GGUFInfo:
+    """The GGUF metadata the estimate and the GPU placement need (blocking: reads the file)."""
     # read_gguf_info keeps the few numbers needed per file (its own small cache): no second cache here.
     from llmhost.registry.gguf_meta import read_gguf_info
 
     return read_gguf_info(path)
 
 
-def kv_cache_bytes(info, n_ctx_total: int, kv_cache_type: str = "f16") -> int:
+def kv_cache_bytes(info: GGUFInfo, n_ctx_total: int, kv_cache_type: str = "f16") -> int:
     head_count = max(info.head_count or 1, 1)
     embedding = info.embedding_length or 0
     key_length = info.key_length or embedding // head_count
@@ -60,17 +67,17 @@ def kv_cache_bytes(info, n_ctx_total: int, kv_cache_type: str = "f16") -> int:
     return int(elements * KV_BYTES_PER_ELEMENT[kv_cache_type])
 
 
-def repacked_bytes(info) -> int:
+def repacked_bytes(info: GGUFInfo) -> int:
     """Weights llama.cpp copies into its repacked CPU layout at load."""
     by_type = getattr(info, "matrix_bytes_by_type", None) or {}
     return sum(n for name, n in by_type.items() if name in REPACKED_TYPES)
 
 
-def compute_bytes(info, n_batch: int) -> int:
+def compute_bytes(info: GGUFInfo, n_batch: int) -> int:
     return F32 * min(n_batch, UBATCH) * 4 * (info.embedding_length or 0)
 
 
-def estimate(info, num_ctx: int, parallel: int, num_batch: int, kv_cache_type: str = "f16",
+def estimate(info: GGUFInfo, num_ctx: int, parallel: int, num_batch: int, kv_cache_type: str = "f16",
              repack: bool = False) -> int:
     """``repack``: the weights are mmapped and llama.cpp repacks some of them (see above)."""
     vocab = info.vocab_size or 0
@@ -84,14 +91,44 @@ def estimate(info, num_ctx: int, parallel: int, num_batch: int, kv_cache_type: s
             + RUNTIME_OVERHEAD)
 
 
+def projector_bytes(info: GGUFInfo) -> int:
+    """A projector's share: its weights plus the compute buffer its encoder needs for one image.
+
+    Assumed, not yet measured (no small real vision model is on the package index to calibrate with):
+    llama.cpp's clip reads the weights into its own buffers (no mmap), so all of them are resident;
+    the compute buffer is sized for the largest image the encoder takes — one attention-score matrix
+    (heads × patches² f32, patches = (image_size / patch_size)²) and the widest activations per patch
+    (4 × width + feed-forward width, f32); ``PROJECTOR_COMPUTE_FALLBACK`` when the file lacks those
+    ``clip.vision.*`` sizes. For Gemma 3's encoder (896 px, 14 px patches, 16 heads) that is ~1.1 GiB.
+    """
+    meta = info.metadata
+
+    def vision(key: str) -> int:
+        value = meta.get(f"clip.vision.{key}")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    side = vision("image_size") // vision("patch_size") if vision("patch_size") else 0
+    patches, heads = side * side, vision("attention.head_count")
+    width = 4 * vision("embedding_length") + vision("feed_forward_length")
+    compute = F32 * (heads * patches * patches + patches * width) if patches and heads else 0
+    return info.total_tensor_bytes + (compute or PROJECTOR_COMPUTE_FALLBACK)
+
+
 def estimate_for_spec(spec: LoadSpec) -> int:
+    """``estimate`` for the model file of ``spec``, and its projector (blocking: residency runs it on a thread)."""
     repack = spec.use_mmap and repack_enabled(spec.cpu_repack)
-    return estimate(_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec),
-                    spec.kv_cache_type, repack)
+    total = estimate(gguf_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec),
+                     spec.kv_cache_type, repack)
+    total -= rpc_offloaded_bytes(spec)
+    return total + (projector_bytes(gguf_info(spec.projector)) if spec.projector is not None else 0)
 
 
-def auto_gpu_layers_for_spec(spec: LoadSpec) -> int:
-    from llmhost.daemon.gpu import auto_gpu_layers
+def rpc_offloaded_bytes(spec: LoadSpec) -> int:
+    """What RPC workers will hold instead of this machine: the weights and KV cache of the layers placed
+    on them by their free memory (``daemon/workers.py``; asks them, or takes their last answer)."""
+    if not spec.rpc_servers:
+        return 0
+    from llmhost.daemon.workers import freed_here, place_on_workers  # it imports this module
 
-    return auto_gpu_layers(_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec),
-                           spec.kv_cache_type)
+    return freed_here(gguf_info(spec.model_path), place_on_workers(spec, fresh=False))
+

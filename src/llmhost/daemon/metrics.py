@@ -24,14 +24,21 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from llmhost import __version__
-from llmhost.daemon.residency import Residency, ResidencyObserver, Resident
+from llmhost.api.types import JsonObject
+from llmhost.daemon.residency import Residency, ResidencyObserver, Resident, ResidentView
+from llmhost.daemon.runner_client import Runner
+
+if TYPE_CHECKING:
+    from llmhost.registry.download import Downloads
 
 # Seconds. Time to first token includes a cold load; inter-token gaps are milliseconds on a CPU.
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -62,7 +69,7 @@ _ENGINE_COUNTERS = {
 class Metrics(ResidencyObserver):
     """The daemon's registry and the instruments the request path feeds."""
 
-    def __init__(self, residency: Residency, downloads=None):
+    def __init__(self, residency: Residency, downloads: Downloads | None = None):
         from llmhost.registry.download import DOWNLOADS
 
         self.registry = CollectorRegistry()
@@ -117,22 +124,22 @@ class Metrics(ResidencyObserver):
 
     # ---- completions and requests ------------------------------------------------------------
 
-    def completion(self, model: str, started: float) -> "CompletionMeter":
+    def completion(self, model: str, started: float) -> CompletionMeter:
         """A meter for one completion of ``model`` that started at ``started`` (time.monotonic)."""
         return CompletionMeter(self, model, started)
 
-    def finished(self, model: str, final: dict) -> None:
+    def finished(self, model: str, final: JsonObject) -> None:
         """The runner's own final line: evaluated and cached prompt tokens are separate there."""
         self.prompt_evaluated.labels(model).inc(final.get("prompt_eval_count", 0))
         self.prompt_cached.labels(model).inc(final.get("prompt_cached_count", 0))
         self.generated.labels(model).inc(final.get("eval_count", 0))
         self.completions.labels(model, str(final.get("done_reason") or "stop")).inc()
 
-    def middleware(self):
+    def middleware(self) -> Middleware:
         """Counts every answered request by method, route template and status (499: client gone)."""
 
         @web.middleware
-        async def count_requests(request: web.Request, handler):
+        async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
             status = 500
             try:
                 response = await handler(request)
@@ -157,7 +164,7 @@ class CompletionMeter:
     Called for every line, so it does little: a clock read and one histogram observation per token.
     """
 
-    __slots__ = ("_metrics", "_model", "_started", "_ttft", "_itl", "_last")
+    __slots__ = ("_itl", "_last", "_metrics", "_model", "_started", "_ttft")
 
     def __init__(self, metrics: Metrics, model: str, started: float):
         self._metrics, self._model, self._started = metrics, model, started
@@ -165,7 +172,7 @@ class CompletionMeter:
         self._itl = metrics.itl.labels(model)
         self._last: float | None = None
 
-    def line(self, line: dict) -> None:
+    def line(self, line: JsonObject) -> None:
         if "content" in line or "thinking" in line or "tool_calls" in line:
             now = time.monotonic()
             if self._last is None:
@@ -185,29 +192,23 @@ async def refresh_health(residents: Iterable[Resident], timeout: float = HEALTH_
     """Ask every resident's runner for its ``/health`` now (a runner keeps its last answer as
     ``last_health``); one that does not answer within ``timeout`` keeps the previous answer."""
 
-    async def ask(runner) -> None:
+    async def ask(runner: Runner) -> None:
         with contextlib.suppress(Exception):  # busy, gone or dying: the watchdog deals with that
             await asyncio.wait_for(runner.health(), timeout)
 
     await asyncio.gather(*(ask(r.runner) for r in residents))
 
 
-def engine_stats(resident: Resident) -> dict:
-    """The runner's engine counters from its last ``/health`` (empty before the first answer)."""
-    return (getattr(resident.runner, "last_health", None) or {}).get("engine") or {}
-
-
-def usage(resident: Resident) -> dict:
+def usage(view: ResidentView) -> JsonObject:
     """How a loaded model is used (llmhost's fields in /api/ps), from its runner's last ``/health``:
     parallel slots, slots in use, queue depth, and the share of prompt tokens the KV cache supplied
     since the runner started (None before any prompt)."""
-    engine = engine_stats(resident)
-    parallel = resident.spec.parallel
+    engine, parallel = view.engine, view.parallel
     evaluated, cached = engine.get("prompt_tokens", 0), engine.get("cached_tokens", 0)
     return {
         "parallel": parallel,
-        "slots_in_use": engine.get("running", min(resident.refcount, parallel)),
-        "queue_depth": engine.get("waiting", max(0, resident.refcount - parallel)),
+        "slots_in_use": engine.get("running", min(view.leases, parallel)),
+        "queue_depth": engine.get("waiting", max(0, view.leases - parallel)),
         "cache_hit_rate": round(cached / (evaluated + cached), 4) if evaluated + cached else None,
     }
 
@@ -220,7 +221,7 @@ class _Scraped:
 
     def collect(self) -> Iterator[Metric]:
         residency = self._metrics._residency
-        residents = residency.residents()
+        residents = residency.views()
         info = GaugeMetricFamily("llmhost_build_info", "The running llmhost version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -238,14 +239,15 @@ class _Scraped:
                          ((a.name, a.waiting) for a in admissions))
         yield CounterMetricFamily("llmhost_pull_bytes", "Bytes received from model sources by pulls",
                                   value=self._metrics._downloads.received)
-        stats = [(r.name, engine_stats(r)) for r in residents]
+        stats = [(r.name, r.engine) for r in residents]
         for key, (name, help_text) in _ENGINE_GAUGES.items():
             yield _per_model(GaugeMetricFamily, name, help_text, ((m, s[key]) for m, s in stats if key in s))
         for key, (name, help_text) in _ENGINE_COUNTERS.items():
             yield _per_model(CounterMetricFamily, name, help_text, ((m, s[key]) for m, s in stats if key in s))
 
 
-def _per_model(kind, name: str, help_text: str, values: Iterable[tuple[str, float]]) -> Metric:
+def _per_model(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, help_text: str,
+               values: Iterable[tuple[str, float]]) -> Metric:
     """One family with a sample per model (summed: two runners of one model give one sample)."""
     totals: dict[str, float] = defaultdict(float)
     for model, value in values:

@@ -11,7 +11,9 @@ Rules (the bar is Ollama's scheduler, which evicts by keep_alive then name and i
   (503) at once, starting nothing; a request that leaves (its client went away) frees its place
   at once.
 
-Time comes from an injectable clock so keep_alive expiry is testable without sleeping.
+Time comes from an injectable clock so keep_alive expiry is testable without sleeping. The memory
+estimate reads GGUF metadata, so it runs on a thread; unloads and runner watches are background tasks
+owned here (``Tasks``) and cancelled by ``shutdown``.
 """
 
 from __future__ import annotations
@@ -20,21 +22,33 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
-from llmhost.daemon.runner_client import LoadSpec, Runner, RunnerFactory
+from llmhost.daemon.runner_client import LoadSpec, RpcShare, Runner, RunnerFactory
+from llmhost.daemon.tasks import Tasks
 from llmhost.errors import InsufficientMemory, ServerBusy
 from llmhost.units import format_size
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The installed model a request is for, as /api/ps shows it. Copies of a model share one
+    runner, which shows the one it was last used as."""
+
+    name: str
+    digest: str = ""  # sha256 hex of the manifest
+    details: Mapping[str, Any] = field(default_factory=dict)  # Ollama's ``details`` object
+
+
 @dataclass
 class Resident:
     """A loaded model and its books."""
 
-    name: str
+    model: ModelIdentity
     spec: LoadSpec
     runner: Runner
     size: int
@@ -44,12 +58,20 @@ class Resident:
     refcount: int = 0
     expires_at: float | None = None  # clock time; None while busy or pinned
     unloading: bool = False
-    info: dict = field(default_factory=dict)  # digest, details… for /api/ps
+
+    @property
+    def name(self) -> str:
+        return self.model.name
 
     @property
     def memory(self) -> int:
-        """Bytes held now: the runner's own report (refreshed by its watchdog), else the load-time size."""
+        """Host bytes held now: the runner's own report (refreshed by its watchdog), else the load-time size."""
         return getattr(self.runner, "memory_bytes", 0) or self.size
+
+    @property
+    def vram(self) -> int:
+        """GPU bytes its offloaded layers hold (0 on the CPU)."""
+        return getattr(self.runner, "vram_bytes", 0)
 
     @property
     def pinned(self) -> bool:
@@ -58,6 +80,30 @@ class Resident:
     @property
     def idle(self) -> bool:
         return self.refcount == 0
+
+
+@dataclass(frozen=True)
+class ResidentView:
+    """A loaded model as /api/ps and /metrics show it, read from residency's books at one moment."""
+
+    model: ModelIdentity
+    memory: int  # host bytes its runner holds (what LLMHOST_MAX_MEMORY budgets)
+    size_vram: int  # GPU bytes of its offloaded layers' weights and KV cache
+    context_length: int
+    parallel: int
+    leases: int  # requests holding it now (running or waiting in its runner)
+    expires_at: float | None  # wall clock; None when pinned
+    engine: Mapping[str, Any]  # the runner's engine counters from its last /health (empty before one)
+    rpc: tuple[RpcShare, ...] = ()  # what each RPC worker holds for it (/api/ps)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def size(self) -> int:
+        """Everything it holds, host and GPU (Ollama's ``size``; ``size_vram`` is the GPU's share)."""
+        return self.memory + self.size_vram
 
 
 @dataclass
@@ -98,7 +144,7 @@ class Lease:
     Releasing twice is harmless, so every path that may end a request can release.
     """
 
-    def __init__(self, residency: "Residency", resident: Resident, load_duration: float):
+    def __init__(self, residency: Residency, resident: Resident, load_duration: float):
         self.residency = residency
         self.resident = resident
         self.runner = resident.runner
@@ -110,10 +156,10 @@ class Lease:
             self._released = True
             self.residency._release(self.resident)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
@@ -144,13 +190,25 @@ class Residency:
         self._crashed: set[str] = set()  # keys whose runner crashed and has not been loaded again
         self.observer = ResidencyObserver()
         self._changed = asyncio.Event()
-        self._reaper: asyncio.Task | None = None
+        self._tasks = Tasks()
+        self._reaper: asyncio.Task[None] | None = None  # one of _tasks, restarted as keep_alives change
         self._closed = False
 
     # ---- queries -------------------------------------------------------------------------------
 
     def residents(self) -> list[Resident]:
         return list(self._residents.values())
+
+    def views(self) -> list[ResidentView]:
+        """Every loaded model as /api/ps and /metrics show it (runners' health as last answered)."""
+        return [self._view(r) for r in self._residents.values()]
+
+    def _view(self, resident: Resident) -> ResidentView:
+        health = getattr(resident.runner, "last_health", None) or {}
+        return ResidentView(model=resident.model, memory=resident.memory, size_vram=resident.vram,
+                            context_length=resident.spec.num_ctx, parallel=resident.spec.parallel,
+                            leases=resident.refcount, expires_at=self.expires_wall(resident),
+                            engine=health.get("engine") or {}, rpc=tuple(getattr(resident.runner, "rpc", ())))
 
     def expires_wall(self, resident: Resident) -> float | None:
         """Wall-clock expiry for display (busy models show now + keep_alive, pinned ones None)."""
@@ -177,15 +235,15 @@ class Residency:
 
     # ---- acquire / release ---------------------------------------------------------------------
 
-    async def acquire(self, spec: LoadSpec, name: str, keep_alive: float, info: dict | None = None) -> Lease:
+    async def acquire(self, spec: LoadSpec, model: ModelIdentity, keep_alive: float) -> Lease:
         """Hold a runner for ``spec``, loading it (and evicting others) if needed.
 
         ServerBusy at once, before anything starts, when the model already has ``parallel`` running
         and ``max_queue`` waiting requests, counting those waiting for its load.
         """
-        self._admit(spec, name)
+        self._admit(spec, model.name)
         try:
-            return await self._hold(spec, name, keep_alive, info)
+            return await self._hold(spec, model, keep_alive)
         except BaseException:  # refused, failed or cancelled (the client went away): its place is free
             self._leave(spec.key)
             raise
@@ -204,23 +262,22 @@ class Residency:
         if admission.count == 0:
             del self._admissions[key]
 
-    async def _hold(self, spec: LoadSpec, name: str, keep_alive: float, info: dict | None) -> Lease:
+    async def _hold(self, spec: LoadSpec, model: ModelIdentity, keep_alive: float) -> Lease:
         while True:
             resident = self._usable(spec)
             if resident is not None:
-                return self._take(resident, keep_alive, 0.0, info)
+                return self._take(resident, model, keep_alive, 0.0)
             async with self._load_lock:
                 if self._usable(spec) is not None:
                     continue
-                await self._make_room(spec)
-                resident = await self._load(spec, name, keep_alive, info or {})
-                return self._take(resident, keep_alive, resident.load_duration, info)
+                needed = await asyncio.to_thread(self._estimate, spec)  # reads GGUF metadata
+                await self._make_room(spec, needed)
+                resident = await self._load(spec, model, keep_alive, needed)
+                return self._take(resident, model, keep_alive, resident.load_duration)
 
-    def _take(self, resident: Resident, keep_alive: float, load_duration: float, info: dict | None) -> Lease:
+    def _take(self, resident: Resident, model: ModelIdentity, keep_alive: float, load_duration: float) -> Lease:
         resident.refcount += 1
-        if info:  # /api/ps shows the name the model was last used under (a copy may outlive the original)
-            resident.info = info
-            resident.name = info.get("model", resident.name)
+        resident.model = model  # /api/ps shows the name it was last used under (a copy may outlive the original)
         resident.keep_alive = keep_alive
         resident.expires_at = None
         return Lease(self, resident, load_duration)
@@ -231,7 +288,7 @@ class Residency:
         resident.last_used = self._clock()
         if resident.refcount == 0 and self._residents.get(resident.spec) is resident:
             if resident.keep_alive <= 0 or resident.unloading:
-                self._spawn(self._unload(resident))
+                self._tasks.spawn(self._unload(resident), f"unload {resident.name}")
             elif not resident.pinned:
                 resident.expires_at = self._clock() + resident.keep_alive
                 self._schedule_reaper()
@@ -239,24 +296,22 @@ class Residency:
 
     # ---- loading and eviction ------------------------------------------------------------------
 
-    async def _load(self, spec: LoadSpec, name: str, keep_alive: float, info: dict) -> Resident:
+    async def _load(self, spec: LoadSpec, model: ModelIdentity, keep_alive: float, estimate: int) -> Resident:
         started = self._clock()
         runner = await self._factory.start(spec)
         load_duration = self._clock() - started
-        estimate = self._estimate(spec)
         if estimate and runner.memory_bytes:
-            log.info("%s: estimated %s, runner reports %s (estimate error %+.0f%%)", name,
+            log.info("%s: estimated %s, runner reports %s (estimate error %+.0f%%)", model.name,
                      format_size(estimate), format_size(runner.memory_bytes),
                      100 * (estimate / runner.memory_bytes - 1))
-        resident = Resident(name=name, spec=spec, runner=runner, size=runner.memory_bytes or estimate,
-                            load_duration=load_duration, keep_alive=keep_alive,
-                            last_used=self._clock(), info=info)
+        resident = Resident(model=model, spec=spec, runner=runner, size=runner.memory_bytes or estimate,
+                            load_duration=load_duration, keep_alive=keep_alive, last_used=self._clock())
         self._residents[spec] = resident
-        self._spawn(self._watch(resident))
-        self.observer.loaded(name, load_duration)
+        self._tasks.spawn(self._watch(resident), f"watch the runner of {model.name}")
+        self.observer.loaded(model.name, load_duration)
         if spec.key in self._crashed:
             self._crashed.discard(spec.key)
-            self.observer.restarted(name)
+            self.observer.restarted(model.name)
         return resident
 
     async def _watch(self, resident: Resident) -> None:
@@ -272,9 +327,8 @@ class Residency:
     def _used(self) -> int:
         return sum(r.memory for r in self._residents.values())
 
-    async def _make_room(self, spec: LoadSpec) -> None:
-        """Evict idle models until ``spec`` fits in count and memory; wait for busy ones if needed."""
-        needed = self._estimate(spec)
+    async def _make_room(self, spec: LoadSpec, needed: int) -> None:
+        """Evict idle models until ``spec`` (``needed`` bytes) fits in count and memory; wait for busy ones if needed."""
         if needed > self.memory_budget:
             raise InsufficientMemory(
                 f"model requires {format_size(needed)} of memory but only {format_size(self.memory_budget)} "
@@ -347,7 +401,7 @@ class Residency:
         # Restarted on every release: a new, shorter keep_alive must not wait for an older, longer one.
         if self._reaper is not None:
             self._reaper.cancel()
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+        self._reaper = self._tasks.spawn(self._reap_loop(), "keep_alive reaper")
 
     async def _reap_loop(self) -> None:
         while not self._closed:
@@ -360,21 +414,14 @@ class Residency:
     # ---- shutdown ------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
+        """Stop every runner, then end the background work (watches, the reaper, pending unloads)."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
         await asyncio.gather(*(self._unload(r) for r in list(self._residents.values())),
                              return_exceptions=True)
+        await self._tasks.aclose()
 
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
-
-    @staticmethod
-    def _spawn(coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task] = set()

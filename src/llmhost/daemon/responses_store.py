@@ -19,9 +19,10 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llmhost.errors import BadRequest, LlmhostError, NotFound
 from llmhost.registry.store import TEMP_PREFIX
@@ -53,7 +54,7 @@ class StoredResponse:
 
     @property
     def model(self) -> str:
-        return self.response["model"]
+        return str(self.response["model"])
 
 
 class ResponseStore:

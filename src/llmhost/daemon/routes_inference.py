@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest
+from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest, JsonObject
 from llmhost.daemon.http import format_time, now_rfc3339, read_json, stream_ndjson
 from llmhost.daemon.inference import NS, Completion, Delta, deltas, embed, lease_for, metrics, start_completion
 from llmhost.daemon.metrics import refresh_health, usage
+from llmhost.daemon.residency import ResidentView
 from llmhost.daemon.state import DaemonState, state_of
+
+if TYPE_CHECKING:
+    from llmhost.registry.record import ModelRecord
+
+Fields = Callable[[Delta], JsonObject]  # a delta's own fields in a route's chunk (generate's or chat's)
 
 routes = web.RouteTableDef()
 
@@ -31,15 +39,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _infer(request, req, not req.messages, _chat_fields)
 
 
-def _generate_fields(delta: Delta) -> dict:
-    out: dict = {"response": delta.content}
+def _generate_fields(delta: Delta) -> JsonObject:
+    out: JsonObject = {"response": delta.content}
     if delta.thinking:
         out["thinking"] = delta.thinking
     return out
 
 
-def _chat_fields(delta: Delta) -> dict:
-    message: dict = {"role": "assistant", "content": delta.content}
+def _chat_fields(delta: Delta) -> JsonObject:
+    message: JsonObject = {"role": "assistant", "content": delta.content}
     if delta.thinking:
         message["thinking"] = delta.thinking
     if delta.tool_calls:
@@ -47,21 +55,24 @@ def _chat_fields(delta: Delta) -> dict:
     return {"message": message}
 
 
-async def _infer(request: web.Request, req, empty: bool, fields) -> web.StreamResponse:
+async def _infer(request: web.Request, req: GenerateRequest | ChatRequest, empty: bool,
+                 fields: Fields) -> web.StreamResponse:
     state = state_of(request)
     record = await state.in_store(state.store.load, req.model)
     if empty:
         return web.json_response(await _load_or_unload(state, req, record, fields))
-    async with await start_completion(state, req, record) as completion:
-        return await stream_ndjson(request, _chunks(completion, fields), req.stream, merge=_merge_chunks)
+    async with (await start_completion(state, req, record) as completion,
+                contextlib.aclosing(_chunks(completion, fields)) as chunks):  # closed even if the client left
+        return await stream_ndjson(request, chunks, req.stream, merge=_merge_chunks)
 
 
-async def _load_or_unload(state: DaemonState, req, record, fields) -> dict:
+async def _load_or_unload(state: DaemonState, req: GenerateRequest | ChatRequest, record: ModelRecord,
+                          fields: Fields) -> JsonObject:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (``llm stop``)."""
     started = time.monotonic()
     if req.keep_alive == 0:
         await state.residency.expire(record.runner_key)
-        extra = {"done_reason": "unload"}
+        extra: JsonObject = {"done_reason": "unload"}
     else:
         lease, _ = await lease_for(state, req, record)
         lease.release()
@@ -70,22 +81,23 @@ async def _load_or_unload(state: DaemonState, req, record, fields) -> dict:
     return {"model": str(record.name), "created_at": now_rfc3339(), **fields(Delta()), "done": True, **extra}
 
 
-async def _chunks(completion: Completion, fields) -> AsyncIterator[dict]:
-    async for item in deltas(completion):
-        head = {"model": completion.model, "created_at": now_rfc3339()}
-        if isinstance(item, Delta):
-            chunk = {**head, **fields(item), "done": False}
-            if item.logprobs:
-                chunk["logprobs"] = list(item.logprobs)
-            yield chunk
-            continue
-        final = {**head, **fields(Delta()), "done": True, "done_reason": item.get("done_reason", "stop")}
-        if "context" in item:
-            final["context"] = item["context"]
-        yield {**final, **metrics(item, completion)}
+async def _chunks(completion: Completion, fields: Fields) -> AsyncGenerator[JsonObject, None]:
+    async with contextlib.aclosing(deltas(completion)) as items:
+        async for item in items:
+            head = {"model": completion.model, "created_at": now_rfc3339()}
+            if isinstance(item, Delta):
+                chunk = {**head, **fields(item), "done": False}
+                if item.logprobs:
+                    chunk["logprobs"] = list(item.logprobs)
+                yield chunk
+                continue
+            final = {**head, **fields(Delta()), "done": True, "done_reason": item.get("done_reason", "stop")}
+            if "context" in item:
+                final["context"] = item["context"]
+            yield {**final, **metrics(item, completion)}
 
 
-def _merge_chunks(chunks: list[dict]) -> dict:
+def _merge_chunks(chunks: list[JsonObject]) -> JsonObject:
     """``stream: false``: the final chunk carrying the whole answer (text, thinking, calls, logprobs)."""
     final = dict(chunks[-1])
     parts = [c.get("message", c) for c in chunks]
@@ -135,19 +147,20 @@ def cut_dimensions(vector: list[float], dimensions: int | None) -> list[float]:
 @routes.get("/api/ps")
 async def ps(request: web.Request) -> web.Response:
     residency = state_of(request).residency
-    models = []
     await refresh_health(residency.residents())  # slots and queue as they are now (briefly)
-    for resident in residency.residents():
-        expires = residency.expires_wall(resident)
-        models.append({
-            "name": resident.info.get("model", resident.name),
-            "model": resident.info.get("model", resident.name),
-            "size": resident.memory,
-            "size_vram": 0,
-            "digest": resident.info.get("digest", ""),
-            "details": resident.info.get("details", {}),
-            "expires_at": format_time(expires) if expires is not None else FOREVER,
-            "context_length": resident.spec.num_ctx,
-            **usage(resident),  # llmhost's: parallel, slots_in_use, queue_depth, cache_hit_rate
-        })
-    return web.json_response({"models": models})
+    return web.json_response({"models": [_ps_entry(view) for view in residency.views()]})
+
+
+def _ps_entry(view: ResidentView) -> JsonObject:
+    return {
+        "name": view.name,
+        "model": view.name,
+        "size": view.size,
+        "size_vram": view.size_vram,
+        "digest": view.model.digest,
+        "details": dict(view.model.details),
+        "expires_at": format_time(view.expires_at) if view.expires_at is not None else FOREVER,
+        "context_length": view.context_length,
+        **usage(view),  # llmhost's: parallel, slots_in_use, queue_depth, cache_hit_rate
+        **({"rpc": [{"server": s.server, "layers": s.layers, "bytes": s.bytes} for s in view.rpc]} if view.rpc else {}),
+    }

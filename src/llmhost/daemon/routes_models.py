@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from llmhost import OLLAMA_API_VERSION, __version__
-from llmhost.api.types import field_of, model_field
+from llmhost.api.types import JsonObject, field_of, model_field
 from llmhost.daemon.bodies import BodyLimits, receive_blob
 from llmhost.daemon.http import read_json, stream_ndjson
 from llmhost.daemon.state import state_of
 from llmhost.engine.gotemplate.values import format_float
 from llmhost.errors import BadRequest, NotFound
 from llmhost.registry.capabilities import capabilities, go_quote
+from llmhost.registry.gguf_meta import read_gguf_info
 from llmhost.registry.names import ModelName
 
 routes = web.RouteTableDef()
@@ -57,7 +61,8 @@ async def show(request: web.Request) -> web.Response:
     state = state_of(request)
     record = await state.in_store(state.store.load, model_field(body))
     model_info = await state.in_store(record.info.model_info, verbose)  # verbose re-reads the vocabulary
-    shown = {
+    projector_info = await state.in_store(_projector_info, record.projector_path, verbose)
+    shown: JsonObject = {
         "modelfile": render_modelfile(record),
         "parameters": _parameters_text(record.parameters),
         "template": record.chat_template or "",  # as stored: the template layer, else the GGUF's
@@ -68,12 +73,18 @@ async def show(request: web.Request) -> web.Response:
         "capabilities": capabilities(record),
         "modified_at": record.modified_at.isoformat(),
     }
+    if projector_info is not None:  # Ollama's field: the projector's GGUF metadata, as model_info
+        shown["projector_info"] = projector_info
     if record.messages:
         shown["messages"] = [{"role": m["role"], "content": m["content"]} for m in record.messages]
     return web.json_response(shown)
 
 
-def _parameters_text(parameters: dict) -> str:
+def _projector_info(path: Path | None, verbose: bool) -> JsonObject | None:
+    return read_gguf_info(path).model_info(verbose) if path is not None else None
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
     """Ollama's ``parameters`` text: ``name`` padded to 30, then the value as Go's ``%#v`` prints it."""
     lines = []
     for name, value in parameters.items():
@@ -82,7 +93,7 @@ def _parameters_text(parameters: dict) -> str:
     return "\n".join(lines)
 
 
-def _go_sharp_v(value) -> str:
+def _go_sharp_v(value: object) -> str:
     if isinstance(value, str):
         return go_quote(value)
     if isinstance(value, bool):
@@ -140,18 +151,18 @@ async def blob_upload(request: web.Request) -> web.Response:
     return web.Response(status=201)
 
 
-async def _progress_events(work, executor) -> AsyncIterator[dict]:
+async def _progress_events(work: Callable[[Callable[[JsonObject], None]], object],
+                           executor: Executor) -> AsyncIterator[JsonObject]:
     """Run ``work(progress)`` on ``executor`` and yield the progress events it reports."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
+    queue: asyncio.Queue[JsonObject | None] = asyncio.Queue()  # None: the work has ended
 
-    def progress(event: dict) -> None:
+    def progress(event: JsonObject) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
     task = loop.run_in_executor(executor, work, progress)
-    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, done))
-    while (event := await queue.get()) is not done:
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+    while (event := await queue.get()) is not None:
         yield event
     task.result()  # re-raise the work's error, after its progress has been sent
 
@@ -185,7 +196,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await stream_ndjson(request, events, stream)
 
 
-def _license(value) -> list[str] | None:
+def _license(value: object) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -195,7 +206,7 @@ def _license(value) -> list[str] | None:
     raise BadRequest('invalid value for "license": expected a string or an array of strings')
 
 
-def _create_parameters(value) -> dict | None:
+def _create_parameters(value: object) -> JsonObject | None:
     from llmhost.api.options import validate_options
 
     if value is None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
 from llmhost import __version__
-from llmhost.api.types import DetokenizeRequest, TokenizeRequest
+from llmhost.api.types import DetokenizeRequest, JsonObject, TokenizeRequest
 from llmhost.daemon.http import read_json
 from llmhost.daemon.inference import lease_for
 from llmhost.daemon.metrics import refresh_health
@@ -51,7 +51,7 @@ async def tokenize(request: web.Request) -> web.Response:
     """``{model, content[, pieces]}`` → ``{model, tokens[, pieces]}``, loading the model as generate does."""
     req = TokenizeRequest.from_json(await read_json(request))
 
-    async def work(runner) -> dict:
+    async def work(runner: Runner) -> JsonObject:
         tokens = (await runner.tokenize({"content": req.content}))["tokens"]
         if not req.pieces:
             return {"tokens": tokens}
@@ -65,14 +65,14 @@ async def detokenize(request: web.Request) -> web.Response:
     """``{model, tokens}`` → ``{model, content}``."""
     req = DetokenizeRequest.from_json(await read_json(request))
 
-    async def work(runner) -> dict:
+    async def work(runner: Runner) -> JsonObject:
         return {"content": (await runner.detokenize({"tokens": list(req.tokens)}))["content"]}
 
     return web.json_response(await _through_runner(request, req, work))
 
 
 async def _through_runner(request: web.Request, req: TokenizeRequest | DetokenizeRequest,
-                          work: Callable[[Runner], Awaitable[dict]]) -> dict:
+                          work: Callable[[Runner], Awaitable[JsonObject]]) -> JsonObject:
     """``{model, **work(runner)}`` with the model's runner held (loaded first if need be)."""
     state = state_of(request)
     record = await state.in_store(state.store.load, req.model)

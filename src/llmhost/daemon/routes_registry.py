@@ -16,27 +16,26 @@ import hashlib
 
 from aiohttp import web
 
+from llmhost.daemon.dialects import DOCKER_HEADERS, Dialect, error_response
 from llmhost.daemon.state import state_of
-from llmhost.errors import BadRequest, NotFound
-from llmhost.registry.manifest import MANIFEST_V2, InvalidManifest, Manifest, is_digest
+from llmhost.errors import BadRequest, InvalidManifest, LlmhostError, MethodNotAllowed, NotFound
+from llmhost.registry.manifest import MANIFEST_V2, Manifest, is_digest
 from llmhost.registry.names import DEFAULT_HOST, ModelName
-from llmhost.registry.store import Store
+from llmhost.registry.store import ModelEntry, Store
 
 routes = web.RouteTableDef()
-_API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _REPO = "/v2/{namespace}/{model}"
 
 
-def docker_error(status: int, code: str, message: str, detail: object = None) -> web.Response:
+def docker_error(error: LlmhostError, code: str, detail: object = None) -> web.Response:
     """``{"errors":[{"code","message","detail"}]}``, as a distribution registry answers."""
-    error = {"code": code, "message": message, "detail": detail if detail is not None else {}}
-    return web.json_response({"errors": [error]}, status=status, headers=_API_VERSION)
+    return error_response(error, Dialect.DOCKER, code=code, detail=detail)
 
 
 @routes.get("/v2/")
 @routes.get("/v2")
 async def api_base(request: web.Request) -> web.Response:
-    return web.json_response({}, headers=_API_VERSION)
+    return web.json_response({}, headers=DOCKER_HEADERS)
 
 
 @routes.get(_REPO + "/manifests/{reference}")
@@ -46,11 +45,11 @@ async def get_manifest(request: web.Request) -> web.Response:
     try:
         data = await state_of(request).in_store(_find_manifest, store, namespace, model, reference)
     except BadRequest as e:
-        return docker_error(400, "NAME_INVALID", "invalid repository name or tag", e.message)
+        return docker_error(BadRequest("invalid repository name or tag"), "NAME_INVALID", e.message)
     if data is None:
-        return docker_error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"Tag": reference})
+        return docker_error(NotFound("manifest unknown"), "MANIFEST_UNKNOWN", {"Tag": reference})
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    headers = {**_API_VERSION, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
+    headers = {**DOCKER_HEADERS, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
     return web.Response(body=data, content_type=MANIFEST_V2, headers=headers)
 
 
@@ -59,13 +58,13 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     store = _store(request)
     namespace, model, digest = (request.match_info[k] for k in ("namespace", "model", "digest"))
     if not is_digest(digest):
-        return docker_error(400, "DIGEST_INVALID", "provided digest did not match uploaded content",
+        return docker_error(BadRequest("provided digest did not match uploaded content"), "DIGEST_INVALID",
                             "expected sha256:<64 lowercase hex>")
     known = await state_of(request).in_store(_repository_digests, store, namespace, model)
     path = store.blob_path(digest)
     if digest not in known or not path.is_file():
-        return docker_error(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})
-    headers = {**_API_VERSION, "Docker-Content-Digest": digest, "Content-Type": "application/octet-stream",
+        return docker_error(NotFound("blob unknown to registry"), "BLOB_UNKNOWN", {"digest": digest})
+    headers = {**DOCKER_HEADERS, "Docker-Content-Digest": digest, "Content-Type": "application/octet-stream",
                "ETag": f'"{digest}"', "Cache-Control": "max-age=31536000"}
     return web.FileResponse(path, headers=headers)  # Range, If-Range and HEAD handled by aiohttp
 
@@ -73,12 +72,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 @routes.route("*", "/v2/{tail:.*}")
 async def read_only(request: web.Request) -> web.Response:
     if request.method in ("GET", "HEAD"):
-        return docker_error(404, "NAME_UNKNOWN", "repository name not known to registry", {"path": request.path})
-    return docker_error(405, "UNSUPPORTED", "this llmhost registry is read-only")
+        return docker_error(NotFound("repository name not known to registry"), "NAME_UNKNOWN", {"path": request.path})
+    return docker_error(MethodNotAllowed("this llmhost registry is read-only"), "UNSUPPORTED")
 
 
 def _store(request: web.Request) -> Store:
-    return state_of(request).store  # type: ignore[return-value]
+    return state_of(request).store
 
 
 def _find_manifest(store: Store, namespace: str, model: str, reference: str) -> bytes | None:
@@ -119,7 +118,7 @@ def _by_digest(store: Store, namespace: str, model: str, reference: str) -> byte
     return None
 
 
-def _repository_entries(store: Store, namespace: str, model: str) -> list:
+def _repository_entries(store: Store, namespace: str, model: str) -> list[ModelEntry]:
     wanted = (namespace.lower(), model.lower())
     return [e for e in store.list_models() if (e.name.namespace.lower(), e.name.model.lower()) == wanted]
 

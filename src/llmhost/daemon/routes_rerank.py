@@ -4,7 +4,7 @@
 ``relevance_score``, best first, each with the document's ``index`` (and ``document: {"text"}`` when
 asked). The runner scores every (query, document) pair with the model's classifier head, all pairs
 packed into as few decodes as fit; ordering and ``top_n`` happen here, where the documents are.
-Errors on ``/v1/rerank`` come in OpenAI's shape (``routes_openai.openai_errors``).
+Errors on ``/v1/rerank`` come in OpenAI's shape (``dialects``: the path picks it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from llmhost.api.types import RerankRequest
+from llmhost.api.types import JsonObject, RerankRequest
 from llmhost.daemon.http import read_json
 from llmhost.daemon.inference import NS, lease_for
 from llmhost.daemon.state import DaemonState, state_of
@@ -29,7 +29,7 @@ class Ranking:
     """The documents of one request, ranked."""
 
     model: str  # the model's name as stored
-    results: list[dict]  # best first: index, relevance_score (and document)
+    results: list[JsonObject]  # best first: index, relevance_score (and document)
     prompt_eval_count: int  # tokens of all the pairs the runner evaluated
     load_duration: float  # seconds spent loading the model for this request
 
@@ -72,12 +72,12 @@ async def rerank(state: DaemonState, req: RerankRequest) -> Ranking:
                    lease.load_duration)
 
 
-def ranked(req: RerankRequest, scores: list[float]) -> list[dict]:
+def ranked(req: RerankRequest, scores: list[float]) -> list[JsonObject]:
     """Results by score, best first (equal scores keep the documents' order), the best ``top_n``."""
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[:req.top_n]
     results = []
     for i in order:
-        result: dict = {"index": i, "relevance_score": scores[i]}
+        result: JsonObject = {"index": i, "relevance_score": scores[i]}
         if req.return_documents:
             result["document"] = {"text": req.documents[i]}
         results.append(result)

@@ -2,12 +2,13 @@
 
 The daemon sees a loaded model only through ``Runner`` (and starts one through ``RunnerFactory``),
 so tests plug in a fake runner with canned answers. ``ProcessRunner`` is the real one: a
-``python -m llmhost.engine.runner --spare`` child that imports everything, is handed its model on
-stdin and says ``ready`` on stdout (docs/runner-protocol.md, "Start"); the daemon then notices when
-the process dies (a llama.cpp abort or segfault must never take the daemon down).
+``python -m llmhost.engine.spare`` child that imports everything, is handed its model on stdin and
+says ``ready`` on stdout (docs/runner-protocol.md, "Start"); the daemon then notices when the
+process dies (a llama.cpp abort or segfault must never take the daemon down).
 
 ``ProcessRunnerFactory`` can keep one such process waiting (``keep_spare``), so a cold start skips
-Python's start-up and imports (~0.3 s of the ~0.7 s it took).
+Python's start-up and imports (~0.3 s of the ~0.7 s it took). It chooses the runner's GPU
+``Placement`` on a thread (GGUF metadata, nvidia-smi), never on the event loop.
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from llmhost.errors import BadRequest, LlmhostError, RunnerError
+from llmhost.api.types import JsonObject
+from llmhost.daemon.tasks import Tasks
+from llmhost.errors import LlmhostError, RunnerError, from_status
+
+if TYPE_CHECKING:  # imported where first used, as before
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -42,47 +48,83 @@ class LoadSpec:
     num_batch: int
     num_gpu: int
     threads: int
+    main_gpu: int = 0  # llama.cpp's main_gpu (the main_gpu option)
     use_mmap: bool = True
     kv_cache_type: str = "f16"  # api.options.KV_CACHE_TYPES
     cpu_repack: str = "auto"  # engine.cpu.REPACK_MODES (LLMHOST_CPU_REPACK)
+    projector: Path | None = None  # a vision model's projector GGUF (llama.cpp's --mmproj)
+    rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers, host:port (the rpc_servers option)
 
-    def covers(self, other: "LoadSpec") -> bool:
-        """True when a runner started with ``self`` can serve a request that asks for ``other``."""
+    def covers(self, other: LoadSpec) -> bool:
+        """True when a runner started with ``self`` can serve a request that asks for ``other``
+        (one with a projector also serves the text-only copies of its model)."""
         return (
             self.key == other.key
+            and other.projector in (None, self.projector)
             and self.num_ctx >= other.num_ctx
             and self.num_batch == other.num_batch
             and self.num_gpu == other.num_gpu
+            and self.main_gpu == other.main_gpu
             and self.use_mmap == other.use_mmap
             and self.threads == other.threads
             and self.kv_cache_type == other.kv_cache_type
             and self.cpu_repack == other.cpu_repack
+            and self.rpc_servers == other.rpc_servers
         )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a runner's layers go, chosen when it starts (``daemon/gpu.py``); not part of its spec,
+    so a different choice for ``num_gpu = -1`` never forces a reload."""
+
+    gpu_layers: int = 0  # llama.cpp's n_gpu_layers: the last blocks, then the output layer
+    vram_bytes: int = 0  # the weights and KV cache of those layers (0 on the CPU)
+    rpc_layers: tuple[int, ...] = ()  # with RPC workers: layers per worker device (the runner's --rpc-layers)
+    rpc: tuple[RpcShare, ...] = ()  # with RPC workers: what each holds (``daemon/workers.py``)
+
+
+@dataclass(frozen=True)
+class RpcShare:
+    """What one RPC worker holds for a runner: its layers and their weights and KV cache (/api/ps)."""
+
+    server: str  # host:port
+    layers: int
+    bytes: int
+
+
+def requested_placement(spec: LoadSpec) -> Placement:
+    """Without a GPU probe: the layers ``num_gpu`` asks for (none for -1), no GPU memory counted."""
+    return Placement(max(spec.num_gpu, 0))
+
+
 class Runner(Protocol):
-    """A loaded model, as the daemon sees it."""
+    """A loaded model, as the daemon sees it (the ``LoadSpec`` it was started with is kept beside
+    it, on its ``Resident``)."""
 
-    spec: LoadSpec
-    memory_bytes: int
+    memory_bytes: int  # host memory it holds (resident set)
+    vram_bytes: int  # GPU memory its offloaded layers hold (its Placement's)
 
-    def completion(self, body: dict) -> AsyncIterator[dict]:
-        """Stream runner-protocol lines (``{"content"}``…, then a final ``{"done": true, …}``)."""
+    def completion(self, body: JsonObject) -> AsyncGenerator[JsonObject, None]:
+        """Stream runner-protocol lines (``{"content"}``…, then a final ``{"done": true, …}``).
 
-    async def embed(self, body: dict) -> dict:
+        The caller closes it (``contextlib.aclosing``), so a client that leaves mid-stream ends the
+        runner's request at once rather than when the generator is collected."""
+
+    async def embed(self, body: JsonObject) -> JsonObject:
         """Embeddings for ``{"input": [...], "truncate": bool}``."""
 
-    async def rerank(self, body: dict) -> dict:
+    async def rerank(self, body: JsonObject) -> JsonObject:
         """``{"query", "documents": [...], "truncate"}`` → ``{"scores": [...], "prompt_eval_count"}``
         (one score per document, in their order)."""
 
-    async def tokenize(self, body: dict) -> dict:
+    async def tokenize(self, body: JsonObject) -> JsonObject:
         """``{"content": str}`` → ``{"tokens": [...]}``."""
 
-    async def detokenize(self, body: dict) -> dict:
+    async def detokenize(self, body: JsonObject) -> JsonObject:
         """``{"tokens": [...], "pieces": bool}`` → ``{"content": str}`` (and each token's piece)."""
 
-    async def health(self) -> dict:
+    async def health(self) -> JsonObject:
         """The runner's ``/health``: its engine's counters under ``engine``."""
 
     async def close(self) -> None:
@@ -97,18 +139,6 @@ class RunnerFactory(Protocol):
         """Start a runner and return once it is ready; RunnerError with the reason otherwise."""
 
 
-def _set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
-    """In the child: get ``sig`` if the daemon dies, so a killed daemon leaves no orphan runner."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-
-
-def _spare_death_signal() -> None:
-    # A spare may be stopped (see _Spares); a stopped process acts on SIGKILL only.
-    _set_parent_death_signal(signal.SIGKILL)
-
-
 class ProcessRunner:
     """A runner child process: a spare until ``hand_over`` gives it a model; then requests go over
     HTTP on its unix socket."""
@@ -116,18 +146,21 @@ class ProcessRunner:
     def __init__(self, proc: asyncio.subprocess.Process, on_request: Callable[[int], None] = lambda delta: None):
         self.spec: LoadSpec | None = None  # set by hand_over(); a spare has none
         self.memory_bytes = 0
-        self.last_health: dict = {}  # the latest /health answer (watchdog pings, metrics scrapes)
+        self.vram_bytes = 0  # set by the factory from the placement it chose
+        self.rpc: tuple[RpcShare, ...] = ()  # what its RPC workers hold (the placement's)
+        self.last_health: JsonObject = {}  # the latest /health answer (watchdog pings, metrics scrapes)
         self._proc = proc
         self._socket_path: Path | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self._tasks = Tasks()  # its pipe readers and watchdog, ended by close()
+        self._stderr_task = self._tasks.spawn(self._drain_stderr(), f"runner {proc.pid} stderr")
         loop = asyncio.get_running_loop()
         # Control lines from stdout (engine/control.py); None when stdout ends first.
-        self._announced: asyncio.Future[dict | None] = loop.create_future()
-        self._ready: asyncio.Future[dict | None] = loop.create_future()
-        self._stdout_task = asyncio.create_task(self._read_control())
-        self._session = None
-        self._watchdog: asyncio.Task | None = None
+        self._announced: asyncio.Future[JsonObject | None] = loop.create_future()
+        self._ready: asyncio.Future[JsonObject | None] = loop.create_future()
+        self._tasks.spawn(self._read_control(), f"runner {proc.pid} stdout")
+        self._session: aiohttp.ClientSession | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._on_request = on_request  # +1 when a request starts, -1 when it ends
         self._stopped_for: str | None = None  # why the daemon killed it, when it did
 
@@ -137,7 +170,7 @@ class ProcessRunner:
         A hung process (stopped, deadlocked in llama.cpp) never exits by itself; killing it lets
         supervision end its requests with an error and reload the model on the next one.
         """
-        self._watchdog = asyncio.create_task(self._watch_health(interval, misses))
+        self._watchdog = self._tasks.spawn(self._watch_health(interval, misses), f"runner {self.pid} watchdog")
 
     async def _watch_health(self, interval: float, misses: int) -> None:
         import aiohttp
@@ -168,7 +201,7 @@ class ProcessRunner:
         return self._proc.returncode is None
 
     @property
-    def announcement(self) -> dict | None:
+    def announcement(self) -> JsonObject | None:
         """The spare's ``spare`` line (what it loaded), once it has imported everything."""
         return self._announced.result() if self._announced.done() else None
 
@@ -201,9 +234,12 @@ class ProcessRunner:
                     future.set_result(None)
 
     async def stderr_drained(self) -> None:
-        """Wait (briefly) until everything the process wrote to stderr has been read."""
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._stderr_task), 2)
+        """Wait (up to 2 s) until everything the process wrote to stderr has been read.
+
+        The reader is neither cancelled nor re-raised here (``asyncio.wait``), while the caller's own
+        cancellation still propagates.
+        """
+        await asyncio.wait({self._stderr_task}, timeout=2)
 
     def failure_reason(self) -> str:
         """Why it ended: stopped by the watchdog, its own ``error:`` line, or its exit status."""
@@ -229,7 +265,7 @@ class ProcessRunner:
                 stdin.write(b"load " + json.dumps({"args": args}).encode() + b"\n")
                 stdin.close()  # it reads one line; EOF tells a runner nothing more is coming
 
-    async def wait_ready(self) -> dict:
+    async def wait_ready(self) -> JsonObject:
         """Wait for ``ready``; the health it reports. RunnerError with the reason if it exits."""
         health = await self._ready
         if health is None:
@@ -240,7 +276,7 @@ class ProcessRunner:
         self.memory_bytes = int(health.get("memory_bytes") or 0)
         return health
 
-    def _http(self):
+    def _http(self) -> aiohttp.ClientSession:
         import aiohttp
 
         if self._session is None or self._session.closed:
@@ -250,13 +286,13 @@ class ProcessRunner:
             )
         return self._session
 
-    async def health(self) -> dict:
+    async def health(self) -> JsonObject:
         async with self._http().get("http://runner/health") as resp:
             resp.raise_for_status()
             self.last_health = await resp.json()
             return self.last_health
 
-    async def completion(self, body: dict) -> AsyncIterator[dict]:
+    async def completion(self, body: JsonObject) -> AsyncGenerator[JsonObject, None]:
         import aiohttp
 
         self._on_request(+1)
@@ -278,39 +314,39 @@ class ProcessRunner:
         finally:
             self._on_request(-1)
 
-    async def embed(self, body: dict) -> dict:
+    async def embed(self, body: JsonObject) -> JsonObject:
         self._on_request(+1)
         try:
             return await self._post("/embed", body)
         finally:
             self._on_request(-1)
 
-    async def rerank(self, body: dict) -> dict:
+    async def rerank(self, body: JsonObject) -> JsonObject:
         self._on_request(+1)  # a long list keeps the CPUs busy like a prompt: the spare pauses
         try:
             return await self._post("/rerank", body)
         finally:
             self._on_request(-1)
 
-    async def tokenize(self, body: dict) -> dict:
+    async def tokenize(self, body: JsonObject) -> JsonObject:
         return await self._post("/tokenize", body)
 
-    async def detokenize(self, body: dict) -> dict:
+    async def detokenize(self, body: JsonObject) -> JsonObject:
         return await self._post("/detokenize", body)
 
-    async def _post(self, path: str, body: dict) -> dict:
+    async def _post(self, path: str, body: JsonObject) -> JsonObject:
         """One JSON request answered by one JSON object; the runner's ``{"error"}`` raises."""
         import aiohttp
 
         try:
             async with self._http().post("http://runner" + path, json=body) as resp:
-                data = await resp.json()
+                data: JsonObject = await resp.json()  # the runner answers every request with an object
                 if resp.status >= 400:
                     raise _error_from(resp.status, data.get("error", "runner error"))
                 return data
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
-            raise AssertionError("unreachable")
+            raise AssertionError("unreachable") from e
 
     def pause(self) -> None:
         """Stop the process (SIGSTOP): a spare must not import while requests are served."""
@@ -350,8 +386,7 @@ class ProcessRunner:
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.kill()
                 await self._proc.wait()
-        self._stderr_task.cancel()
-        self._stdout_task.cancel()
+        await self._tasks.aclose()
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
@@ -373,7 +408,7 @@ def _runner_env() -> dict[str, str]:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 
 
-def _json_object(text: str) -> dict:
+def _json_object(text: str) -> JsonObject:
     try:
         value = json.loads(text)
     except ValueError:
@@ -382,10 +417,11 @@ def _json_object(text: str) -> dict:
 
 
 def _error_from(status: int, message: str) -> LlmhostError:
-    return BadRequest(message) if status == 400 else RunnerError(message)
+    """The runner's error answer through the one status table; a status it lacks is a RunnerError."""
+    return from_status(status, message, fallback=RunnerError)
 
 
-def _unchanged(announcement: dict) -> bool:
+def _unchanged(announcement: JsonObject) -> bool:
     """Whether every file a spare loaded is still the one on disk (same mtime and size).
 
     A spare started before an upgrade of llmhost or llama-cpp-python would otherwise serve the
@@ -410,14 +446,15 @@ class ProcessRunnerFactory:
 
     def __init__(self, socket_dir: Path, load_timeout: float, debug: bool = False,
                  health_interval: float = 5.0, health_misses: int = 3,
-                 auto_gpu_layers: Callable[[LoadSpec], int] = lambda spec: 0):
+                 place: Callable[[LoadSpec], Placement] = requested_placement):
         self._socket_dir = socket_dir
         self._load_timeout = load_timeout
         self._debug = debug
         self._health_interval = health_interval
         self._health_misses = health_misses
-        # num_gpu = -1 (auto) stays -1 in the spec, so the chosen layer count never forces a reload.
-        self._auto_gpu_layers = auto_gpu_layers
+        # Blocking (GGUF metadata, nvidia-smi): called on a thread. num_gpu = -1 (auto) stays -1 in
+        # the spec, so the chosen layer count never forces a reload.
+        self._place = place
         self._counter = 0
         self._in_flight = 0  # requests being served by this factory's runners
         self._spares = _Spares(self._spawn)
@@ -444,43 +481,61 @@ class ProcessRunnerFactory:
             self._spares.resume()
 
     async def _spawn(self, args: list[str] | None = None) -> ProcessRunner:
-        """A runner process: with ``args`` it loads that model at once, without it is a spare."""
-        command = ["-m", "llmhost.engine.runner", *args] if args is not None else ["-m", "llmhost.engine.spare"]
+        """A runner process: with ``args`` it loads that model at once, without it is a spare.
+
+        Both set their own parent-death signal (engine/control.py ``die_with_parent``) from the
+        ``--parent-pid`` they are given: no ``preexec_fn``, which is unsafe beside threads.
+        """
+        command = (["-m", "llmhost.engine.runner", *args] if args is not None
+                   else ["-m", "llmhost.engine.spare", "--parent-pid", str(os.getpid())])
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *command,
             stdin=asyncio.subprocess.DEVNULL if args is not None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,  # control lines (engine/control.py)
             stderr=asyncio.subprocess.PIPE,
             env=_runner_env(),
-            preexec_fn=(_set_parent_death_signal if args is not None else _spare_death_signal)
-            if sys.platform.startswith("linux") else None,
         )
         return ProcessRunner(proc, self._on_request)
 
-    def _args(self, spec: LoadSpec, socket_path: Path) -> list[str]:
+    def _args(self, spec: LoadSpec, socket_path: Path, placement: Placement) -> list[str]:
         args = [
+            "--parent-pid", str(os.getpid()),
             "--model", str(spec.model_path),
             "--socket", str(socket_path),
             "--ctx-size", str(spec.num_ctx),
             "--parallel", str(spec.parallel),
             "--batch", str(runner_batch(spec)),
             "--threads", str(spec.threads),
-            "--gpu-layers", str(spec.num_gpu if spec.num_gpu >= 0 else self._auto_gpu_layers(spec)),
+            "--gpu-layers", str(placement.gpu_layers),
+            "--main-gpu", str(spec.main_gpu),
             "--kv-cache-type", spec.kv_cache_type,
             "--cpu-repack", spec.cpu_repack,
         ]
         if not spec.use_mmap:
             args.append("--no-mmap")
+        if spec.projector is not None:
+            args += ["--mmproj", str(spec.projector)]
+        if spec.rpc_servers:
+            args += ["--rpc", ",".join(spec.rpc_servers), "--rpc-layers", ",".join(map(str, placement.rpc_layers))]
         if self._debug:
             args.append("--verbose")  # llama.cpp's own log, into the daemon's log
         return args
+
+    def _placement(self, spec: LoadSpec) -> Placement:
+        """Layers on RPC workers as their memory allows, else on the GPU (blocking: asks them)."""
+        if spec.rpc_servers:
+            from llmhost.daemon.workers import place_on_workers
+
+            return place_on_workers(spec)
+        return self._place(spec)
 
     async def start(self, spec: LoadSpec) -> ProcessRunner:
         self._socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._counter += 1
         socket_path = self._socket_dir / f"runner-{os.getpid()}-{self._counter}.sock"
         started = time.monotonic()
-        args = self._args(spec, socket_path)
+        placement = await asyncio.to_thread(self._placement, spec)
+        args = self._args(spec, socket_path, placement)
         runner = await self._spares.take()
         warm = runner is not None
         if runner is None:
@@ -497,6 +552,7 @@ class ProcessRunnerFactory:
             raise
         log.debug("runner %d ready in %.3fs (%s; phases %s)", runner.pid, time.monotonic() - started,
                   "warm spare" if warm else "new process", health.get("load_seconds"))
+        runner.vram_bytes, runner.rpc = placement.vram_bytes, placement.rpc
         runner.watch(self._health_interval, self._health_misses)
         return runner
 
@@ -520,9 +576,9 @@ class _Spares:
         self._enabled = False
         self._paused = False
         self._spare: ProcessRunner | None = None
-        self._starting: asyncio.Task | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._failures = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Tasks()
         self._closed = False
 
     @property
@@ -536,7 +592,7 @@ class _Spares:
     def replenish(self) -> None:
         """Start a spare unless there is one (or one is starting)."""
         if self._enabled and not self._closed and self._spare is None and self._starting is None:
-            self._starting = self._background(self._start())
+            self._starting = self._tasks.spawn(self._start(), "start a spare runner")
 
     async def _start(self) -> None:
         try:
@@ -552,7 +608,7 @@ class _Spares:
         self._spare = spare
         if self._paused:
             spare.pause()
-        self._background(self._watch(spare))
+        self._tasks.spawn(self._watch(spare), f"watch spare runner {spare.pid}")
 
     async def _watch(self, spare: ProcessRunner) -> None:
         status = await spare.wait_exited()
@@ -601,19 +657,12 @@ class _Spares:
         if spare.alive and _unchanged(spare.announcement):
             return spare
         log.info("spare runner %d is gone or runs code that changed on disk; not using it", spare.pid)
-        self._background(spare.close())
+        self._tasks.spawn(spare.close(), f"close spare runner {spare.pid}")
         return None
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.aclose()
         spare, self._spare = self._spare, None
         if spare is not None:
             await spare.close()
-
-    def _background(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task

@@ -10,11 +10,14 @@ lines follow it (on generate, only without ``context``, as in Ollama).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmhost.api.types import ChatRequest, GenerateRequest, Message
+from llmhost.api.types import ChatRequest, GenerateRequest, JsonObject, Message
 from llmhost.engine.templates import MAX_TEMPLATE_CHARS, compile_template, is_go_template
 from llmhost.errors import BadRequest
+
+if TYPE_CHECKING:
+    from llmhost.registry.record import ModelRecord
 
 
 def effective_options(model_parameters: dict[str, Any], request_options: dict[str, Any]) -> dict[str, Any]:
@@ -24,8 +27,8 @@ def effective_options(model_parameters: dict[str, Any], request_options: dict[st
     return merged
 
 
-def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options: dict,
-                think: bool | str | None = None) -> dict:
+def runner_body(record: ModelRecord, request: GenerateRequest | ChatRequest, runtime_options: dict[str, Any],
+                think: bool | str | None = None) -> JsonObject:
     """The ``/completion`` body for the runner (see docs/runner-protocol.md).
 
     ``think`` is the request's thinking switch resolved against the model (None: the model has none).
@@ -39,7 +42,7 @@ def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options:
     if own_template:
         check_request_template(own_template)
     template = own_template or record.template
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "options": runtime_options,
         "format": request.format,
         "priority": request.priority,
@@ -54,6 +57,8 @@ def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options:
             # Raw text as is; with a suffix, the template renders it if it reads .Suffix (a Go
             # template, as Ollama's), else the prefix and suffix go around the model's FIM tokens.
             body["prompt"] = request.prompt
+            if request.images:  # the runner puts them where the prompt says [img], else before it
+                body["images"] = list(request.images)
             if request.suffix:
                 body["suffix"] = request.suffix
                 if template:
@@ -78,11 +83,11 @@ def runner_body(record, request: GenerateRequest | ChatRequest, runtime_options:
     return body
 
 
-def conversation(record, request: GenerateRequest | ChatRequest) -> list[Message]:
+def conversation(record: ModelRecord, request: GenerateRequest | ChatRequest) -> list[Message]:
     """The full message list: Modelfile system and messages, then the request's own (Ollama's order)."""
     model_messages = [Message(m["role"], m["content"]) for m in (record.messages or [])]
     if isinstance(request, GenerateRequest):
-        own = [Message("user", request.prompt)]
+        own = [Message("user", request.prompt, images=request.images)]
         system = request.system or record.system
         if request.context:  # a continued generation already holds the model's messages
             model_messages = []

@@ -11,6 +11,7 @@ socket (mode 0600, so only its owner connects) needs none.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import re
@@ -18,9 +19,11 @@ import socket
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from llmhost.config import ApiKeys
-from llmhost.errors import ConfigError, Unauthorized
+from llmhost.daemon.dialects import Dialect, error_response
+from llmhost.errors import AccessDenied, ConfigError, Unauthorized
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 # Ollama's defaults (envconfig.AllowedOrigins), with IPv6 loopback added.
@@ -72,7 +75,7 @@ class OriginPattern:
     port: str | None  # None: no port; "*": any port
 
     @classmethod
-    def parse(cls, text: str) -> "OriginPattern":
+    def parse(cls, text: str) -> OriginPattern:
         """ValueError for a pattern that is not ``scheme://host[:port]`` with wildcards in those places."""
         lowered = text.strip().lower()
         if lowered.endswith("://*"):
@@ -109,7 +112,7 @@ def origin_allowed(origin: str, extra: tuple[str, ...] = ()) -> bool:
     if not match or "*" in origin or (match["port"] is not None and not match["port"].isdigit()):
         return False
     parts = (match["scheme"], match["host"], match["port"])
-    return any(pattern.matches(*parts) for pattern in patterns)
+    return any(pattern is not None and pattern.matches(*parts) for pattern in patterns)
 
 
 def check_origins(extra: tuple[str, ...]) -> None:
@@ -120,7 +123,7 @@ def check_origins(extra: tuple[str, ...]) -> None:
         raise ConfigError(f"LLMHOST_ORIGINS: {e}") from None
 
 
-def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = ()):
+def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = ()) -> Middleware:
     """Refuse foreign Host headers (on loopback) and foreign browser origins, on every method.
 
     A browser sends a "simple" cross-site POST without a preflight, so refusing only OPTIONS would
@@ -130,15 +133,15 @@ def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = 
     check_origins(extra_origins)
 
     @web.middleware
-    async def security(request: web.Request, handler):
-        if check_host and request.transport is not None and _is_tcp(request) and not host_allowed(request.host):
-            return web.json_response({"error": "forbidden host"}, status=403)
+    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        if check_host and transport is not None and _is_tcp(transport) and not host_allowed(request.host):
+            return _refuse(request, "forbidden host")
         origin = request.headers.get("Origin")
         if origin is None:
             return await handler(request)
         if not origin_allowed(origin, extra_origins):
-            return web.json_response({"error": f"origin {origin} is not allowed (see LLMHOST_ORIGINS)"},
-                                     status=403)
+            return _refuse(request, f"origin {origin} is not allowed (see LLMHOST_ORIGINS)")
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_cors_headers(origin, preflight=True))
         request[_ALLOWED_ORIGIN] = origin
@@ -147,22 +150,28 @@ def make_security_middleware(check_host: bool, extra_origins: tuple[str, ...] = 
     return security
 
 
-def make_api_key_middleware(keys: ApiKeys):
+def make_api_key_middleware(keys: ApiKeys) -> Middleware:
     """Refuse (401) a TCP request without one of ``keys``, as ``Authorization: Bearer KEY`` or
     Anthropic's ``x-api-key: KEY``.
 
-    It raises ``Unauthorized``, so it must sit inside the error middlewares: each protocol then
+    It raises ``Unauthorized``, so it must sit inside the error middleware: each protocol then
     answers in its own error shape. Keys are compared in constant time and never logged.
     """
 
     @web.middleware
-    async def api_key(request: web.Request, handler):
-        if (request.transport is None or _is_tcp(request)) and not keys.accepts(_presented_key(request)):
+    async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        if (transport is None or _is_tcp(transport)) and not keys.accepts(_presented_key(request)):
             raise Unauthorized("unauthorized: this server needs an API key "
                                "(send Authorization: Bearer <key>; see LLMHOST_API_KEY)")
         return await handler(request)
 
     return api_key
+
+
+def _refuse(request: web.Request, message: str) -> web.Response:
+    # Outside the error middleware (nothing behind it may run), so it renders the refusal itself.
+    return error_response(AccessDenied(message), Dialect.of(request.path))
 
 
 def _presented_key(request: web.Request) -> str:
@@ -179,11 +188,11 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.update(_cors_headers(origin))
 
 
-def _is_tcp(request: web.Request) -> bool:
-    return request.transport.get_extra_info("peername") not in (None, "", b"")  # unix sockets have no peer
+def _is_tcp(transport: asyncio.BaseTransport) -> bool:
+    return transport.get_extra_info("peername") not in (None, "", b"")  # unix sockets have no peer
 
 
-def _cors_headers(origin: str, preflight: bool = False) -> dict:
+def _cors_headers(origin: str, preflight: bool = False) -> dict[str, str]:
     headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     if preflight:
         headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from llmhost.config import Settings
 from llmhost.errors import ConfigError
+
+if TYPE_CHECKING:  # build_state imports them when it is called
+    from llmhost.daemon.runner_client import ProcessRunnerFactory
+    from llmhost.daemon.state import DaemonState
 
 log = logging.getLogger("llmhost")
 
@@ -60,9 +66,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def build_state(settings: Settings):
+def build_state(settings: Settings) -> tuple[DaemonState, Path, ProcessRunnerFactory]:
     """The daemon's state (store, residency), its runner folder and its runner factory."""
-    from llmhost.daemon.memory import auto_gpu_layers_for_spec, estimate_for_spec
+    from llmhost.daemon.gpu import GpuProbe, place_for_spec
+    from llmhost.daemon.memory import estimate_for_spec
     from llmhost.daemon.residency import Residency
     from llmhost.daemon.runner_client import ProcessRunnerFactory
     from llmhost.daemon.state import DaemonState
@@ -71,7 +78,7 @@ def build_state(settings: Settings):
     runner_base = settings.socket.parent / "runners"
     clean_stale_runner_dirs(runner_base)
     factory = ProcessRunnerFactory(runner_base / str(os.getpid()), settings.load_timeout, settings.debug,
-                                   auto_gpu_layers=auto_gpu_layers_for_spec)
+                                   place=functools.partial(place_for_spec, probe=GpuProbe()))
     residency = Residency(
         factory,
         max_loaded=settings.max_loaded_models,
@@ -131,6 +138,10 @@ def _is_loopback(host: str) -> bool:
 
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    if settings.rpc_servers:
+        from llmhost.daemon.workers import check_rpc_build
+
+        check_rpc_build()  # now, not at the first load: a rebuild is needed
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -92,9 +92,15 @@ def set_process_name(name: str) -> None:
     _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
-def die_with_parent(sig: int) -> None:
-    """Linux: get ``sig`` when the parent (the daemon) exits, so no runner outlives it."""
+def die_with_parent(sig: int, parent_pid: int | None) -> None:
+    """Linux: get ``sig`` when the parent (the daemon, ``parent_pid``) exits, so no runner outlives it.
+
+    A parent that died before this call never signals: then we are no longer its child, and
+    ``sig`` comes at once. None: no parent to check (started by hand).
+    """
     _prctl(_PR_SET_PDEATHSIG, sig)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
 
 
 def _prctl(option: int, value) -> None:

@@ -13,7 +13,7 @@ The held-back text is bounded by the longest stop string, so each push is O(len(
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class Detokenizer:

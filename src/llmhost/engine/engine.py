@@ -6,6 +6,12 @@ emitting the token's log-probabilities for a sequence that asked for them), and 
 turns sampled tokens into streamed text, shifts the context of sequences that filled their window,
 and finishes sequences.
 
+With a projector (``engine.vision``), a step whose plan holds image positions runs more than one
+decode: first each image decoded non-causally (alone, causal attention off), then one batch of
+every other image's embedding rows (several sequences' together), then the token batch, which
+holds the generating sequences as always. An image's rows come from the encoder's cache or are
+encoded just before (``ImageEncoder``); a failed encode ends only its own sequence.
+
 Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
 (which the runner wires to the event loop through ``server.Mailbox``). The thread blocks on the inbox only when
 there is nothing to do, and ctypes releases the GIL during ``llama_decode``, so the event loop keeps
@@ -18,15 +24,21 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from llmhost.engine.kv_cache import KVCacheManager
 from llmhost.engine.llamacpp import Batch, Context, DecodeError, Model
 from llmhost.engine.logprobs import LogprobsProcessor
 from llmhost.engine.outputs import OutputProcessor
-from llmhost.engine.scheduler import Chunk, Scheduler, StepPlan
+from llmhost.engine.scheduler import Chunk, Scheduler
 from llmhost.engine.sequence import Failed, FinishReason, Sequence
+
+if TYPE_CHECKING:
+    from llmhost.engine.vision import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +71,22 @@ class Engine:
         slot_capacity: int,
         reuse_prefixes: bool = True,
         context_shift: bool = True,
+        images: ImageEncoder | None = None,
     ):
+        """``images``: the encoder of a runner with a projector (None: prompts have no images)."""
         self.model = model
         self.ctx = ctx
+        self.images = images
         # The pool is the context's real size (llama.cpp rounds n_ctx up); each slot is capped at
         # the per-sequence context, and at the pool.
         self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx)
-        self.scheduler = Scheduler(self.kv, ctx.n_batch)
+        self.scheduler = Scheduler(self.kv, ctx.n_batch, ctx.n_ubatch)
         self.outputs = OutputProcessor(model)
         self.logprobs = LogprobsProcessor(model)
         self.context_shift = context_shift
         self.stats = EngineStats()
         self._batch = Batch(ctx.n_batch)
+        self._embd_batch = Batch(ctx.n_batch, model.n_embd_inp) if images is not None else None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="llmhost-engine", daemon=True)
         self._closed = False  # no more submissions: they are failed on the spot
@@ -107,6 +123,8 @@ class Engine:
             "kv_cells": self.kv.n_cells,
             "kv_cells_used": self.kv.used_cells(),
             "evicted_total": self.kv.evictions,
+            "images_encoded": self.images.encoded if self.images else 0,  # by the projector
+            "images_cached": self.images.cache_hits if self.images else 0,  # rows reused from its cache
             **sched.stats.__dict__,
             **self.stats.__dict__,
         }
@@ -151,36 +169,78 @@ class Engine:
         plan = self.scheduler.schedule()
         for seq in plan.cancelled:
             self._finish(seq, FinishReason.CANCELLED)
-        if not plan.chunks:
+        chunks = self._with_image_rows(plan.chunks)
+        if not chunks:
             return
         self.stats.steps += 1
-        try:
-            sampled = self._execute(plan)
-        except DecodeError as e:
-            if e.code == 1 and self._relieve(plan):
-                return
-            self._on_decode_error(plan, e)
-            return
-        self._update(plan, sampled)
-
-    def _execute(self, plan: StepPlan) -> dict[Sequence, int]:
-        batch = self._batch
-        batch.clear()
-        rows: list[tuple[Chunk, int]] = []
-        for chunk in plan.chunks:
-            row = batch.add(chunk.tokens, chunk.start, chunk.seq.slot, logits="last" if chunk.sample else "none")
-            rows.append((chunk, row))
         now = time.perf_counter_ns()
-        for chunk in plan.chunks:
+        for chunk in chunks:
             if chunk.seq.prefilling and not chunk.seq.t_prefill:
                 chunk.seq.t_prefill = now
-        self.ctx.decode(batch)
-        for chunk in plan.chunks:
-            self.kv.commit(chunk.seq.slot, chunk.start, chunk.tokens)
+        sampled: dict[Sequence, int] = {}
+        for decode in _decodes(chunks) if self.images is not None else [chunks]:
+            try:
+                sampled.update(self._execute(decode))
+            except DecodeError as e:
+                self._update(sampled)  # what the step's earlier decodes produced stands
+                if not (e.code == 1 and self._relieve(decode)):
+                    self._on_decode_error(decode, e)
+                return
+        self._update(sampled)
+
+    def _execute(self, chunks: list[Chunk]) -> dict[Sequence, int]:
+        """One llama_decode of ``chunks`` (all token ids, or all image rows); the samples it gives."""
+        images = chunks[0].image is not None
+        batch = self._embd_batch if images else self._batch
+        assert batch is not None, "image positions without a projector"
+        batch.clear()
+        rows: list[tuple[Chunk, int]] = []
+        for chunk in chunks:
+            data = self._image_rows(chunk) if images else chunk.tokens
+            row = batch.add(data, chunk.start, chunk.seq.held_slot, logits="last" if chunk.sample else "none")
+            rows.append((chunk, row))
+        non_causal = images and _non_causal(chunks[0])
+        if non_causal:
+            self.ctx.set_causal(False)
+        try:
+            self.ctx.decode(batch)
+        finally:
+            if non_causal:
+                self.ctx.set_causal(True)
+        for chunk in chunks:
+            self.kv.commit(chunk.seq.held_slot, chunk.start, chunk.tokens)
             if chunk.seq.prefilling:
                 self.stats.prompt_tokens += len(chunk.tokens)
             chunk.seq.n_past = chunk.start + len(chunk.tokens)
+            if images:
+                chunk.seq.release_images(chunk.seq.n_past)
         return {chunk.seq: self._sample(chunk.seq, row) for chunk, row in rows if chunk.sample}
+
+    def _with_image_rows(self, chunks: list[Chunk]) -> list[Chunk]:
+        """``chunks``, once every image chunk's rows are at hand (cached or encoded now); a sequence
+        whose image fails to encode ends with an error, and its chunks leave the step."""
+        if self.images is None:
+            return chunks
+        failed: dict[Sequence, str] = {}
+        for chunk in chunks:
+            if chunk.image is None or chunk.seq in failed:
+                continue
+            try:
+                self.images.rows(chunk.image.media)
+            except RuntimeError as e:
+                log.error("sequence %d: %s", chunk.seq.id, e)
+                failed[chunk.seq] = str(e)
+        for seq, message in failed.items():
+            self.scheduler.remove(seq)
+            seq.emit(Failed(message))
+            self._release(seq, keep=True)
+        return [chunk for chunk in chunks if chunk.seq not in failed]
+
+    def _image_rows(self, chunk: Chunk) -> np.ndarray:
+        span = chunk.image
+        assert span is not None and span.media.rows is not None  # fetched by _with_image_rows
+        offset = chunk.start - span.start
+        return span.media.rows[offset:offset + len(chunk.tokens)]
 
     def _sample(self, seq: Sequence, row: int) -> int:
         """The sequence's next token; its log-probabilities go out first when the sequence asked
@@ -193,15 +253,15 @@ class Engine:
             seq.emit(self.logprobs.describe(logits, token, seq.logprobs))
         return token
 
-    def _relieve(self, plan: StepPlan) -> bool:
+    def _relieve(self, chunks: list[Chunk]) -> bool:
         """llama_decode found no room for the step (status 1: nothing was stored): free cells by
         evicting or swapping out, and let the next step re-plan. False when nothing can give way."""
-        for chunk in plan.chunks:  # defensive: a failed decode should have stored nothing
-            self.kv.rollback(chunk.seq.slot, chunk.start)
+        for chunk in chunks:  # defensive: a failed decode should have stored nothing
+            self.kv.rollback(chunk.seq.held_slot, chunk.start)
         self.stats.kv_full_retries += 1
         return self.scheduler.relieve()
 
-    def _update(self, plan: StepPlan, sampled: dict[Sequence, int]) -> None:
+    def _update(self, sampled: dict[Sequence, int]) -> None:
         for seq, token in sampled.items():
             reason = self.outputs.on_token(seq, token)
             if reason is None and seq.n_past >= self.kv.slot_capacity and not self._shift(seq):
@@ -214,7 +274,7 @@ class Engine:
         """Context shift: drop the oldest half of what follows the kept prefix."""
         if not self.context_shift:
             return False
-        dropped = self.kv.shift(seq.slot, seq.n_keep)
+        dropped = self.kv.shift(seq.held_slot, seq.n_keep)
         if dropped <= 0:
             return False
         seq.n_past -= dropped
@@ -222,15 +282,15 @@ class Engine:
         log.debug("sequence %d: context shift dropped %d tokens", seq.id, dropped)
         return True
 
-    def _on_decode_error(self, plan: StepPlan, error: DecodeError) -> None:
+    def _on_decode_error(self, chunks: list[Chunk], error: DecodeError) -> None:
         """A failed decode may have stored part of the batch: roll every sequence in it back to
         what was committed (which stays cached) and end them with an error line; the engine itself
         keeps serving."""
-        log.error("%s for %d sequences", error, len(plan.chunks))
+        log.error("%s for %d sequences", error, len(chunks))
         self.stats.decode_failures += 1
-        for chunk in plan.chunks:
+        for chunk in chunks:
             seq = chunk.seq
-            self.kv.rollback(seq.slot, chunk.start)
+            self.kv.rollback(seq.held_slot, chunk.start)
             self.scheduler.remove(seq)
             seq.emit(Failed(f"decoding failed (llama_decode status {error.code})"))
             self._release(seq, keep=True)
@@ -262,3 +322,17 @@ class Engine:
             self.scheduler.remove(seq)
             seq.emit(Failed(message))
             self._release(seq, keep=False)
+
+
+def _decodes(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """A step's llama_decode calls in order: each non-causal image alone, the other images' rows
+    together, then the tokens (a sequence's image chunk always precedes its text chunk)."""
+    images = [c for c in chunks if c.image is not None]
+    alone = [[c] for c in images if _non_causal(c)]
+    together = [c for c in images if not _non_causal(c)]
+    tokens = [c for c in chunks if c.image is None]
+    return [*alone, *([together] if together else []), *([tokens] if tokens else [])]
+
+
+def _non_causal(chunk: Chunk) -> bool:
+    return chunk.image is not None and chunk.image.media.non_causal

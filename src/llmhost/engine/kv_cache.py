@@ -17,6 +17,10 @@ slot; idle slots are overwritten, or evicted when cells are needed, least recent
 Only the first ``Slot.exact`` tokens of a slot are offered for reuse: after a context shift the
 cells past the kept prefix were computed with a different history than their token prefix implies.
 
+Images: the positions of an image hold ids derived from its content (``engine.images``, all < -1),
+so a request that sends the same image again matches it like any token prefix. A context shift
+never drops part of an image.
+
 Cell accounting: a cell tagged with several sequence ids is counted once. A slot that got its first
 ``borrowed`` positions from a ``lender`` by ``seq_cp`` does not count them while the lender still
 holds them; when the lender drops them the borrower counts them again. The count can only be too
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmhost.engine.images import image_run_bounds
 from llmhost.engine.llamacpp import Context
 
 log = logging.getLogger(__name__)
@@ -209,8 +214,9 @@ class KVCacheManager:
         rest and move the newer half down. Returns the positions dropped (0: not possible here)."""
         slot = self.slots[seq_id]
         n = slot.n
-        keep = max(0, min(n_keep, n - 2))
-        discard = (n - keep) // 2
+        # Neither end of the dropped range may split an image (its positions are ids < -1).
+        keep = image_run_bounds(slot.held, max(0, min(n_keep, n - 2)))[0]
+        discard = image_run_bounds(slot.held, keep + (n - keep) // 2)[1] - keep
         if discard <= 0 or not self.ctx.can_shift():
             return 0
         # Moving a cell moves it for every sequence tagged on it: give this slot cells of its own first.

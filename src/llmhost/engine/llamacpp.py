@@ -1,9 +1,11 @@
-"""Thin typed wrapper over llama-cpp-python's low-level ctypes API: the only module importing llama_cpp.
+"""Thin typed wrapper over llama-cpp-python's low-level ctypes API: the only module importing llama_cpp
+(but for ``engine.vision``, the multimodal projector's).
 
 Everything above this module works with plain Python/numpy values: ``Model`` (weights, vocabulary,
 tokenizer, metadata), ``Context`` (the KV cache and ``llama_decode``), ``Batch`` (a ``llama_batch``
 whose arrays are numpy buffers, so a 2,000-token prefill is a few slice assignments instead of
-thousands of ctypes element writes) and ``SamplerChain`` (a native ``llama_sampler`` chain).
+thousands of ctypes element writes; of token ids, or of embedding rows for images) and
+``SamplerChain`` (a native ``llama_sampler`` chain).
 
 Not thread-safe by itself: the engine thread owns the Context; the Model's read-only calls
 (tokenize, pieces, sampler construction) are safe from other threads.
@@ -15,31 +17,32 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 import llama_cpp.llama_cpp as L
+import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from llmhost.api.options import KV_CACHE_TYPES
 from llmhost.engine.cpu import repack_enabled
 
 __all__ = [
+    "JSON_GBNF",
+    "KV_TYPES",
+    "POOLING_MEAN",
+    "POOLING_RANK",
+    "POOLING_UNSPECIFIED",
     "Batch",
     "Context",
+    "DecodeError",
     "LoadError",
     "Model",
     "Sampler",
     "SamplerChain",
-    "DecodeError",
-    "JSON_GBNF",
-    "json_schema_to_gbnf",
     "init_backend",
-    "POOLING_MEAN",
-    "POOLING_RANK",
-    "POOLING_UNSPECIFIED",
-    "KV_TYPES",
+    "json_schema_to_gbnf",
 ]
 
 log = logging.getLogger("llmhost.llama")
@@ -54,6 +57,10 @@ POOLING_RANK = L.LLAMA_POOLING_TYPE_RANK  # a classifier head: one relevance sco
 # KV cache element types by option name (api.options.KV_CACHE_TYPES); the same type for K and V.
 KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
 assert set(KV_TYPES) == set(KV_CACHE_TYPES), "KV_TYPES must mirror api.options.KV_CACHE_TYPES"
+# A llama.cpp struct we fill ourselves (llama_batch, llama_token_data_array). llama_cpp types its
+# pointer fields as ctypes arrays, but we store pointers into numpy buffers there (or None), and ctypes
+# reads its int fields back as Python ints: the declared field types would only mislead.
+_CStruct = Any
 
 
 class LoadError(Exception):
@@ -99,6 +106,21 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
+def native_log_callback():
+    """The callback that routes llama.cpp's log to Python logging (libmtmd takes it too)."""
+    return _router.callback
+
+
+def reset_native_error() -> None:
+    """Forget the last error line, before a call whose failure ``native_error`` should explain."""
+    _router.first_error = ""
+
+
+def native_error() -> str:
+    """The first error line llama.cpp (or libmtmd) logged since ``reset_native_error``, on one line."""
+    return " ".join(_router.first_error.split())
+
+
 def init_backend() -> None:
     """Initialise llama.cpp once per process and take over its logging."""
     global _backend_ready
@@ -112,19 +134,30 @@ def init_backend() -> None:
 class Model:
     """Loaded weights plus vocabulary; tokenize/detokenize helpers with a piece cache."""
 
-    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, use_mmap: bool = True,
-                 cpu_repack: bool | None = None):
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, main_gpu: int = 0,
+                 use_mmap: bool = True, cpu_repack: bool | None = None, devices: Sequence[int] = (),
+                 tensor_split: Sequence[float] | None = None):
         """``cpu_repack``: let llama.cpp repack weights for its faster CPU kernels (extra buffer
-        types); None decides by the CPU (``engine.cpu``: off where AMX would crash)."""
+        types); None decides by the CPU (``engine.cpu``: off where AMX would crash).
+        ``devices`` (``ggml_backend_dev_t`` addresses, e.g. RPC workers' from ``engine.rpc``) replace
+        the local GPUs as the devices layers are offloaded to, ``tensor_split`` giving each one's share."""
         init_backend()
         self.path = str(path)
         if not Path(self.path).is_file():
             raise LoadError(f"model file not found: {self.path}")
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.main_gpu = main_gpu  # used by llama.cpp's single-GPU and row split modes; CPU builds ignore it
         params.use_mmap = use_mmap
         self.cpu_repack = repack_enabled("auto") if cpu_repack is None else cpu_repack
         params.use_extra_bufts = self.cpu_repack
+        # Both are read during the load only (llama.cpp copies them): they need to live until it returns.
+        device_list = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+        split = (ctypes.c_float * L.llama_max_devices())(*(tensor_split or ()))
+        if devices:
+            params.devices = ctypes.cast(device_list, ctypes.c_void_p).value
+            if tensor_split:
+                params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         _router.first_error = ""
         self._ptr = L.llama_model_load_from_file(self.path.encode(), params)
         if not self._ptr:
@@ -134,6 +167,7 @@ class Model:
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
         self.n_embd = L.llama_model_n_embd(self._ptr)
+        self.n_embd_inp = L.llama_model_n_embd_inp(self._ptr)  # the width of input embedding rows (images)
         self.head_size_k = self._key_length()
         self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
         self.bos = L.llama_vocab_bos(self._vocab)
@@ -280,7 +314,7 @@ class Context:
         params.n_ctx = n_ctx
         params.n_seq_max = n_seq_max
         params.n_batch = n_batch
-        params.n_ubatch = n_ubatch or min(n_batch, 512)
+        params.n_ubatch = self.n_ubatch = n_ubatch or min(n_batch, 512)
         params.kv_unified = kv_unified
         params.embeddings = embeddings
         if pooling is not None:
@@ -321,11 +355,16 @@ class Context:
             L.llama_free(self._ptr)
             self._ptr = None
 
-    def decode(self, batch: "Batch") -> None:
+    def decode(self, batch: Batch) -> None:
         """Run the model over the batch; raises DecodeError on a non-zero status."""
         rc = L.llama_decode(self._ptr, batch.struct)
         if rc != 0:
             raise DecodeError(rc)
+
+    def set_causal(self, causal: bool) -> None:
+        """Causal attention on (the default) or off (for an image a projector decodes non-causally;
+        llama.cpp then needs the whole batch in one ubatch)."""
+        L.llama_set_causal_attn(self._ptr, causal)
 
     def logits(self, row: int) -> np.ndarray:
         """A zero-copy float32 view of one output row's logits (n_vocab), valid until the next
@@ -385,25 +424,31 @@ class Context:
 
 
 class Batch:
-    """A ``llama_batch`` backed by numpy arrays (one sequence id per row).
+    """A ``llama_batch`` backed by numpy arrays (one sequence id per row): of token ids, or with
+    ``n_embd`` of embedding rows (an image's; llama.cpp takes one kind per decode).
 
     The struct's pointers point into arrays this object owns, so it must never be passed to
     ``llama_batch_free``; it lives as long as this object.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, n_embd: int = 0):
         self.capacity = capacity
-        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.tokens = np.zeros(0 if n_embd else capacity, dtype=np.int32)
+        self.embd = np.zeros((capacity, n_embd), dtype=np.float32) if n_embd else None
         self.pos = np.zeros(capacity, dtype=np.int32)
         self.seq = np.zeros(capacity, dtype=np.int32)
         self.logits = np.zeros(capacity, dtype=np.int8)
         self._n_seq_id = np.ones(capacity, dtype=np.int32)
         # seq_id is an array of pointers to per-row id arrays: point row i at self.seq[i].
         self._seq_ptrs = (self.seq.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(np.uint64)
-        s = L.llama_batch()
+        s: _CStruct = L.llama_batch()
         s.n_tokens = 0
-        s.token = self.tokens.ctypes.data_as(ctypes.POINTER(L.llama_token))
-        s.embd = None
+        if self.embd is None:
+            s.token = self.tokens.ctypes.data_as(ctypes.POINTER(L.llama_token))
+            s.embd = None
+        else:
+            s.token = None
+            s.embd = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         s.pos = self.pos.ctypes.data_as(ctypes.POINTER(L.llama_pos))
         s.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         s.seq_id = ctypes.cast(self._seq_ptrs.ctypes.data, ctypes.POINTER(ctypes.POINTER(L.llama_seq_id)))
@@ -416,7 +461,8 @@ class Batch:
         self.struct.n_tokens = 0
 
     def add(self, tokens: np.ndarray, start_pos: int, seq_id: int, *, logits: str = "last") -> int:
-        """Append ``tokens`` of one sequence at positions ``start_pos…``; returns the last row index.
+        """Append ``tokens`` (ids, or embedding rows) of one sequence at positions ``start_pos…``;
+        returns the last row index.
 
         ``logits``: "last" (only the final row is an output), "all" or "none".
         """
@@ -424,7 +470,10 @@ class Batch:
         i, j = self.n_tokens, self.n_tokens + n
         if j > self.capacity:
             raise ValueError(f"batch overflow: {j} > {self.capacity}")
-        self.tokens[i:j] = tokens
+        if self.embd is None:
+            self.tokens[i:j] = tokens
+        else:
+            self.embd[i:j] = tokens
         self.pos[i:j] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self.seq[i:j] = seq_id
         self.logits[i:j] = 1 if logits == "all" else 0
@@ -452,17 +501,17 @@ class _Candidates:
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._logits_type = ctypes.c_float * n_vocab
-        self.array = L.llama_token_data_array(
+        self.array: _CStruct = L.llama_token_data_array(
             self._data.ctypes.data_as(L.llama_token_data_p), n_vocab, -1, False
         )
         self.ref = ctypes.byref(self.array)
         # One-token array for asking the grammar about a single candidate.
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
-        self.one = L.llama_token_data_array(self._one.ctypes.data_as(L.llama_token_data_p), 1, -1, False)
+        self.one: _CStruct = L.llama_token_data_array(self._one.ctypes.data_as(L.llama_token_data_p), 1, -1, False)
         self.one_ref = ctypes.byref(self.one)
 
     def load(self, logits_addr: int) -> None:
-        logits = np.frombuffer(self._logits_type.from_address(logits_addr), dtype=np.float32)
+        logits = np.frombuffer(self._logits_type.from_address(logits_addr), dtype=np.float32)  # type: ignore[call-overload]  # numpy's pre-3.12 stubs omit ctypes arrays (buffers)
         self._data["id"] = self._ids
         self._data["logit"] = logits
         self._data["p"] = 0.0
@@ -493,7 +542,7 @@ class SamplerChain:
         params.no_perf = True
         self._ptr = L.llama_sampler_chain_init(params)
 
-    def _add(self, sampler) -> "SamplerChain":
+    def _add(self, sampler) -> SamplerChain:
         if not sampler:
             raise ValueError("llama.cpp refused the sampler")
         L.llama_sampler_chain_add(self._ptr, sampler)  # the chain now owns it
@@ -592,10 +641,11 @@ class Sampler:
             if self.penalties is not None:
                 self.penalties.apply(logits)
             if self._argmax:  # the first of equal maxima, as llama.cpp's greedy sampler picks
-                return int(np.frombuffer(logits, dtype=np.float32).argmax())
+                return int(np.frombuffer(logits, dtype=np.float32).argmax())  # type: ignore[call-overload]  # numpy's pre-3.12 stubs omit ctypes arrays (buffers)
         if self.grammar is None:
             return L.llama_sampler_sample(self.chain.ptr, ctx.ptr, row)
         cand, chain, grammar = self._candidates, self.chain.ptr, self.grammar.ptr
+        assert cand is not None  # made with the grammar
         logits = _logits_ith(ctx.ptr, row)
         cand.load(logits)
         L.llama_sampler_apply(chain, cand.ref)

@@ -6,7 +6,7 @@ import time
 
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.parsing import Parsed
-from llmhost.engine.sequence import FinishReason, Finished, Sequence, TextChunk, ThinkingChunk, ToolCallsChunk
+from llmhost.engine.sequence import Finished, FinishReason, Sequence, TextChunk, ThinkingChunk, ToolCallsChunk
 
 
 class OutputProcessor:

@@ -14,6 +14,13 @@ when the request has leading system messages, else nothing — and a leading BOS
 Bounded work: a request's template renders share one ``RenderBudget`` (``engine.sandbox``), which
 its handler can cancel; and a prompt text far longer than the context could hold is not tokenized
 whole — only its head (for the kept tokens) and the tail a cut keeps are (see ``CHARS_PER_TOKEN``).
+
+Images (a runner with a projector, ``engine.vision``): each becomes a marker in its message's text
+(``images.place_markers``, Ollama's rule), so templates, Jinja or Go, see the text with them; the
+rendered prompt is split at the markers, its text tokenized and each image turned into the
+projector's pieces, its positions standing in the token array as ids derived from its content
+(``images.image_token_ids``). Truncation cuts only between images, and refuses (400) a prompt that
+could fit only without its last image.
 """
 
 from __future__ import annotations
@@ -21,24 +28,43 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmhost.engine.detokenizer import Detokenizer
+from llmhost.engine.gotemplate import Values
+from llmhost.engine.images import (
+    MEDIA_MARKER,
+    NO_VISION,
+    ImageData,
+    ImageSpan,
+    decode_images,
+    image_list,
+    image_run_bounds,
+    image_token_ids,
+    place_markers,
+)
+from llmhost.engine.kv_cache import common_prefix_len
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.parsing import OutputParser, make_parser
 from llmhost.engine.parsing.tool_calls import detect_tool_format
 from llmhost.engine.parsing.tool_grammar import tool_call_grammar
 from llmhost.engine.sampling import SamplingParams, build_sampler, grammar_for_format
-from llmhost.engine.sequence import Sequence, Sink
-from llmhost.engine.kv_cache import common_prefix_len
 from llmhost.engine.sandbox import RenderBudget, RenderLimits
-from llmhost.engine.gotemplate import Values
+from llmhost.engine.sequence import Sequence, Sink
 from llmhost.engine.templates import (
-    CHATML, MAX_TEMPLATE_CHARS, ChatTemplate, GoChatTemplate, TemplateError, compile_template, validate_messages,
+    CHATML,
+    MAX_TEMPLATE_CHARS,
+    ChatTemplate,
+    GoChatTemplate,
+    compile_template,
+    validate_messages,
 )
-from llmhost.errors import BadRequest
+from llmhost.errors import BadRequest, TemplateError
+
+if TYPE_CHECKING:  # the projector is loaded only with --mmproj
+    from llmhost.engine.vision import MediaChunk, Projector
 
 
 # A text of CHARS_PER_TOKEN × the context in characters nearly always holds more tokens than the
@@ -50,6 +76,7 @@ from llmhost.errors import BadRequest
 CHARS_PER_TOKEN = 8
 MAX_CHARS_PER_TOKEN = 64
 _CUT_MARGIN = 64
+_IMAGE_UNCUT = "and an image cannot be cut: send fewer or smaller images, or a larger num_ctx"
 
 
 @dataclass(frozen=True)
@@ -72,9 +99,10 @@ class CompletionRequest:
     logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     return_context: bool = False
+    images: list[str] = field(default_factory=list)  # base64, in order; the text holds a marker for each
 
     @classmethod
-    def from_json(cls, body: Any) -> "CompletionRequest":
+    def from_json(cls, body: Any) -> CompletionRequest:
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         messages, prompt = body.get("messages"), body.get("prompt")
@@ -86,8 +114,17 @@ class CompletionRequest:
         suffix = _typed(body, "suffix", str, None)
         if suffix is not None and prompt is None:
             raise BadRequest('"suffix" needs "prompt"')
+        images = image_list(body.get("images"), "")
+        if images and prompt is None:
+            raise BadRequest('top-level "images" go with "prompt"; a chat\'s images go on its messages')
+        if images and suffix is not None:
+            raise BadRequest('"suffix" (fill-in-the-middle) cannot be combined with images')
+        if messages is not None:
+            messages, images = _with_image_markers(validate_messages(messages))
+        elif images and prompt is not None:
+            prompt = place_markers(prompt, len(images))
         return cls(
-            messages=validate_messages(messages) if messages is not None else None,
+            messages=messages,
             prompt=prompt,
             template=template or None,
             params=SamplingParams.from_options(body.get("options")),
@@ -103,6 +140,7 @@ class CompletionRequest:
             logprobs=_logprobs(body.get("logprobs")),
             logit_bias=_logit_bias(_typed(body, "logit_bias", dict, {})),
             return_context=_typed(body, "return_context", bool, False),
+            images=images,
         )
 
     def template_variables(self) -> dict[str, Any]:
@@ -115,6 +153,22 @@ class CompletionRequest:
             if isinstance(self.think, str):
                 extra["reasoning_effort"] = self.think
         return extra
+
+
+def _with_image_markers(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Messages as templates see them (each image a marker in the text, no ``images``), and every
+    message's images in order."""
+    images: list[str] = []
+    out = []
+    for i, message in enumerate(messages):
+        own = image_list(message.get("images"), f"invalid message at index {i}: ")
+        if "images" in message:
+            message = {k: v for k, v in message.items() if k != "images"}
+        if own:
+            message["content"] = place_markers(message["content"], len(own))
+            images += own
+        out.append(message)
+    return out, images
 
 
 def _typed(body: dict, name: str, kind: type, default: Any) -> Any:
@@ -178,15 +232,22 @@ class Prepared:
     keep: int  # leading tokens that truncation and context shift never drop
     text: str  # the rendered prompt (before any cut), for output parsers
     template: str | None  # the chat template's source (None: a raw prompt)
+    images: tuple[ImageSpan, ...] = ()  # where images are in ``tokens``
+
+    def free_images(self) -> None:
+        for span in self.images:
+            span.media.free()
 
 
 class PromptBuilder:
     """Renders, tokenizes and fits prompts for one model and per-sequence context size."""
 
-    def __init__(self, model: Model, ctx_size: int, limits: RenderLimits = RenderLimits()):
+    def __init__(self, model: Model, ctx_size: int, limits: RenderLimits = RenderLimits(),
+                 projector: Projector | None = None):
         self.model = model
         self.ctx_size = ctx_size
         self.limits = limits
+        self.projector = projector  # None: requests with images are refused
         self.default_template = model.chat_template() or CHATML
         self._bos_text = model.token_text(model.bos)
         self._eos_text = model.token_text(model.eos)
@@ -215,26 +276,31 @@ class PromptBuilder:
     def prepare(self, req: CompletionRequest, cancel: threading.Event | None = None) -> Prepared:
         """Prompt tokens that fit the context, how many leading ones are kept (see above), the text;
         setting ``cancel`` stops a render under way."""
+        if req.images and self.projector is None:
+            raise BadRequest(NO_VISION)
+        images = decode_images(req.images)
         budget = self.budget(req, cancel)
         go_fim = self._go_fill_in_middle(req, budget)
         text = go_fim if go_fim is not None else self.render(req, budget)
-        if req.suffix is not None and go_fim is None:
+        spans: tuple[ImageSpan, ...] = ()
+        if images:
+            tokens, keep, spans = self._image_prompt(req, text, images, budget)
+        elif req.suffix is not None and go_fim is None:
             tokens = self._fill_in_middle(text, req.suffix, req.truncate)
             keep = self._leading_bos(tokens)
         else:
             tokens, keep = self._prompt_tokens(req, text, budget)
         if req.context:
+            before = len(tokens)
             tokens, keep = self._continue_from(req.context, tokens), 0
-        tokens = fit_context(
-            tokens,
-            self.ctx_size,
-            num_keep=keep,
-            num_predict=req.params.num_predict,
-            truncate=req.truncate,
-            bos=self._bos,
-        )
+            spans = tuple(span.moved(len(tokens) - before) for span in spans)
+        if spans:
+            tokens, keep, spans = self._fit_images(req, tokens, keep, spans)
+        else:
+            tokens = fit_context(tokens, self.ctx_size, num_keep=keep, num_predict=req.params.num_predict,
+                                 truncate=req.truncate, bos=self._bos)
         source = self.template(req.template).source if req.messages is not None else None
-        return Prepared(tokens, min(keep, len(tokens)), text, source)
+        return Prepared(tokens, min(keep, len(tokens)), text, source, spans)
 
     def _go_fill_in_middle(self, req: CompletionRequest, budget: RenderBudget) -> str | None:
         """A fill-in-the-middle prompt rendered by the request's Go template when it reads ``.Suffix``
@@ -268,8 +334,16 @@ class PromptBuilder:
         prepared = self.prepare(req, cancel)
         if len(prepared.tokens) == 0:
             return None
+        try:
+            return self._sequence(req, prepared, sink)
+        except BaseException:
+            prepared.free_images()
+            raise
+
+    def _sequence(self, req: CompletionRequest, prepared: Prepared, sink: Sink) -> Sequence:
         grammar, parser = self._output_shape(req, prepared)
-        sampler = build_sampler(self.model, req.params, grammar=grammar, n_ctx=self.ctx_size, prompt=prepared.tokens,
+        text_tokens = prepared.tokens[prepared.tokens >= 0] if prepared.images else prepared.tokens
+        sampler = build_sampler(self.model, req.params, grammar=grammar, n_ctx=self.ctx_size, prompt=text_tokens,
                                 logit_bias=req.logit_bias or None)
         num_predict = req.params.num_predict
         return Sequence(
@@ -283,6 +357,7 @@ class PromptBuilder:
             parser=parser,
             keep_tokens=req.return_context,
             logprobs=req.logprobs,
+            images=prepared.images,
         )
 
     def _output_shape(self, req: CompletionRequest, prepared: Prepared) -> tuple[str | None, OutputParser | None]:
@@ -326,6 +401,72 @@ class PromptBuilder:
         self._check_truncate(req.truncate, len(head))
         tail, _ = self._bounded_tokens(text, self._tokenize_part, tail=True)
         return np.concatenate([head[: max(keep, 0)], tail]), keep
+
+    def _image_prompt(self, req: CompletionRequest, text: str, images: list[ImageData],
+                      budget: RenderBudget) -> tuple[np.ndarray, int, tuple[ImageSpan, ...]]:
+        """Tokens of a prompt whose text has a marker per image, how many leading ones are kept, and
+        where its images are. Read from its end: what precedes a part longer than the context could
+        hold is not tokenized (nor its images decoded), but for the head's kept tokens."""
+        parts = text.split(MEDIA_MARKER)
+        if len(parts) != len(images) + 1:
+            raise BadRequest(f"the rendered prompt has {len(parts) - 1} image markers ({MEDIA_MARKER}) for "
+                             f"{len(images)} images (a template that drops a message's text, or the marker in it)")
+        assert self.projector is not None  # prepare() refuses images without one
+        items: list[np.ndarray | MediaChunk] = []  # from the end
+        total, cut = 0, False
+        for i in range(len(parts) - 1, -1, -1):
+            if i == 0 and len(parts[0]) <= self.ctx_size * CHARS_PER_TOKEN:
+                tokens, whole = self._tokenize(parts[0]), True
+            else:
+                tokens, n_chars = self._bounded_tokens(parts[i], self._tokenize_part, tail=True)
+                whole = n_chars == len(parts[i])
+                if whole and i == 0:  # it fitted a wider window after all: the head takes the BOS rule
+                    tokens = self._tokenize(parts[0])
+            items.append(tokens)
+            total += len(tokens)
+            if not whole or (i > 0 and total > self.ctx_size + _CUT_MARGIN):
+                cut = True
+                break
+            if i > 0:
+                pieces = self.projector.pieces(images[i - 1])
+                items += reversed(pieces)
+                total += sum(len(p) if isinstance(p, np.ndarray) else p.n_tokens for p in pieces)
+        tail, spans = _assemble(items[::-1])
+        if not cut:
+            return tail, self.keep_tokens(req, tail, budget), spans
+        self._check_truncate(req.truncate, total)
+        if not spans:  # the text after the last image alone is more than the context
+            raise BadRequest(f"the prompt is more than {total} tokens after its last image, which does not fit the "
+                             f"context of {self.ctx_size} tokens, {_IMAGE_UNCUT}")
+        head, _ = self._bounded_tokens(parts[0], self._tokenize, tail=False)
+        keep = self.keep_tokens(req, head, budget)
+        return np.concatenate([head[:keep], tail]), keep, tuple(span.moved(keep) for span in spans)
+
+    def _fit_images(self, req: CompletionRequest, tokens: np.ndarray, keep: int,
+                    spans: tuple[ImageSpan, ...]) -> tuple[np.ndarray, int, tuple[ImageSpan, ...]]:
+        """``fit_context`` for a prompt with images: never cut through one, nor drop the last one."""
+        if len(tokens) < self.ctx_size:
+            return tokens, keep, spans
+        n_image = sum(span.n for span in spans)
+        too_long = (f"the prompt is {len(tokens)} tokens, {n_image} of them for {len(spans)} images, which does "
+                    f"not fit the context of {self.ctx_size} tokens")
+        if not req.truncate:
+            raise BadRequest(f"{too_long} (and truncate is false)")
+        head, start = cut_points(tokens, self.ctx_size, num_keep=keep, num_predict=req.params.num_predict,
+                                 bos=self._bos)
+        head, start = image_run_bounds(tokens, head)[0], image_run_bounds(tokens, start)[1]
+        last = spans[-1]
+        if head <= last.start < start:
+            raise BadRequest(f"{too_long}, {_IMAGE_UNCUT}")
+        kept = []
+        for span in spans:
+            if span.end <= head:
+                kept.append(span)
+            elif span.start >= start:
+                kept.append(span.moved(head - start))
+            else:
+                span.media.free()
+        return np.concatenate([tokens[:head], tokens[start:]]), min(keep, head), tuple(kept)
 
     def _bounded_tokens(self, text: str, tokenize, *, tail: bool) -> tuple[np.ndarray, int]:
         """``tokenize(text)`` when the text is short enough to tokenize whole, else of the shortest
@@ -415,13 +556,34 @@ def fit_context(
             f"the prompt is {len(tokens)} tokens, which does not fit the context of {ctx_size} tokens"
             " (and truncate is false)"
         )
+    keep, start = cut_points(tokens, ctx_size, num_keep=num_keep, num_predict=num_predict, bos=bos)
+    return np.concatenate([tokens[:keep], tokens[start:]])
+
+
+def cut_points(tokens: np.ndarray, ctx_size: int, *, num_keep: int, num_predict: int,
+               bos: int | None = None) -> tuple[int, int]:
+    """Where ``fit_context`` cuts a prompt too long for the context: it keeps ``tokens[:keep]`` and
+    ``tokens[start:]``."""
     room = num_predict if num_predict > 0 else ctx_size // 4
     target = ctx_size - max(1, min(room, ctx_size // 2))
     keep = max(num_keep, 0)
     if bos is not None and len(tokens) and tokens[0] == bos:
         keep = max(keep, 1)
     keep = min(keep, target - 1)
-    return np.concatenate([tokens[:keep], tokens[len(tokens) - (target - keep) :]])
+    return keep, len(tokens) - (target - keep)
 
 
-__all__ = ["CompletionRequest", "PromptBuilder", "TemplateError", "fit_context"]
+def _assemble(items: list[np.ndarray | MediaChunk]) -> tuple[np.ndarray, tuple[ImageSpan, ...]]:
+    """One token array of text tokens and images' positions, and where the images are in it."""
+    arrays, spans, pos = [], [], 0
+    for item in items:
+        if isinstance(item, np.ndarray):
+            arrays.append(item)
+        else:
+            arrays.append(image_token_ids(item.key, item.n_tokens))
+            spans.append(ImageSpan(pos, item.n_tokens, item))
+        pos += len(arrays[-1])
+    return (np.concatenate(arrays) if arrays else np.zeros(0, np.int32)), tuple(spans)
+
+
+__all__ = ["CompletionRequest", "PromptBuilder", "fit_context"]

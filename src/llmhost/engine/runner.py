@@ -7,7 +7,7 @@ arguments on stdin (``engine/control.py``): the daemon keeps one such process re
 A load failure prints one line ``error: <message>`` to stderr and exits 1. SIGTERM/SIGINT end
 in-flight sequences with an error line, close the server, free the model and remove the socket.
 The runner also asks the kernel to send it SIGTERM when its parent dies, so a crashed daemon does
-not leave runners behind.
+not leave runners behind; with ``--parent-pid`` a daemon that died before that asking ends it too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -31,9 +31,14 @@ from llmhost.engine.cpu import REPACK_MODES, repack_enabled
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
 from llmhost.engine.llamacpp import Context, LoadError, Model, init_backend
-from llmhost.engine.prompt import PromptBuilder, TemplateError
-from llmhost.engine.sandbox import RenderLimits
+from llmhost.engine.prompt import PromptBuilder
 from llmhost.engine.runner_http import RunnerServer, resident_bytes
+from llmhost.engine.sandbox import RenderLimits
+from llmhost.errors import TemplateError
+
+if TYPE_CHECKING:
+    from llmhost.engine.rpc import RpcDevice
+    from llmhost.engine.vision import Projector
 
 log = logging.getLogger("llmhost.runner")
 
@@ -41,7 +46,10 @@ log = logging.getLogger("llmhost.runner")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llmhost.engine.runner", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="path of the GGUF file")
+    p.add_argument("--mmproj", default=None, help="path of a multimodal projector GGUF: the model then takes images")
     p.add_argument("--socket", required=True, help="unix socket path to serve on")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="the daemon's pid: the runner exits with it (already gone: at once)")
     p.add_argument("--ctx-size", type=int, default=4096, help="tokens of context per sequence (num_ctx)")
     p.add_argument("--parallel", type=int, default=4, help="sequences decoded together")
     p.add_argument("--batch", type=int, default=512, help="n_batch: tokens per llama_decode")
@@ -65,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads for steps that decode one token (default: --threads)",
     )
     p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU")
+    p.add_argument("--main-gpu", type=int, default=0, help="llama.cpp's main_gpu (the main_gpu option)")
+    p.add_argument("--rpc", default="", help="llama.cpp RPC workers (`llm worker`), host:port,...: their devices "
+                   "replace local GPUs, and --gpu-layers layers go to them")
+    p.add_argument("--rpc-layers", default="",
+                   help="layers per worker device, in order (the daemon's split); default: as llama.cpp splits "
+                   "by their free memory, every layer offloaded")
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
     p.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f16",
                    help="KV cache element type; q8_0 and q4_0 turn flash attention on")
@@ -88,7 +102,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.template_timeout > 0:
         p.error("--template-timeout must be greater than 0")
+    _parse_rpc(p, args)
     return args
+
+
+def _parse_rpc(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from llmhost.engine.rpc import parse_servers
+
+    try:
+        args.rpc = parse_servers(args.rpc)
+        args.rpc_layers = tuple(int(n) for n in args.rpc_layers.split(",") if n.strip())
+    except ValueError as e:
+        p.error(f"--rpc/--rpc-layers: {e}")
+    if any(n < 0 for n in args.rpc_layers) or (args.rpc_layers and not args.rpc):
+        p.error("--rpc-layers needs --rpc and counts of 0 or more")
 
 
 def _render_limits(args: argparse.Namespace) -> RenderLimits:
@@ -106,6 +133,9 @@ class Runtime:
     embedder: Embedder
     args: argparse.Namespace
     load_seconds: dict[str, float]  # how long each loading phase took (for the ready line)
+    projector: Projector | None = None
+    rpc: list[dict[str, Any]] | None = None  # the RPC worker devices and the layers each holds
+
 
     def info(self) -> dict[str, Any]:
         return {
@@ -116,12 +146,16 @@ class Runtime:
             "kv_cells": self.engine.kv.n_cells,
             "kv_cache_type": self.ctx.kv_cache_type,
             "cpu_repack": self.model.cpu_repack,
+            "vision": self.projector is not None,
+            **({"rpc": self.rpc} if self.rpc else {}),
             "engine": self.engine.snapshot(),
         }
 
     def close(self) -> None:
         self.engine.stop()
         self.embedder.close()
+        if self.projector is not None:
+            self.projector.close()
         self.ctx.close()
         self.model.close()
 
@@ -137,9 +171,16 @@ def load(args: argparse.Namespace) -> Runtime:
     threads = args.threads or len(os.sched_getaffinity(0))
     decode_threads = args.decode_threads or threads
     clock = _Stopwatch()
-    model = Model(args.model, n_gpu_layers=args.gpu_layers, use_mmap=not args.no_mmap,
-                  cpu_repack=repack_enabled(args.cpu_repack))
+    workers, layers = _attach_workers(args)
+    if workers:
+        clock.lap("rpc")
+    model = Model(args.model, n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, use_mmap=not args.no_mmap,
+                  cpu_repack=repack_enabled(args.cpu_repack), devices=[d.handle for d in workers],
+                  tensor_split=layers)
     clock.lap("model")
+    projector = _load_projector(args.mmproj, model, threads) if args.mmproj else None
+    if projector is not None:
+        clock.lap("projector")
     compiling = _compile_template_meanwhile(model, args.ctx_size)
     failure = None
     try:
@@ -157,6 +198,8 @@ def load(args: argparse.Namespace) -> Runtime:
         failure = e
     compiling.join()  # it reads the model, so it must be done before the model can be closed
     if failure is not None:
+        if projector is not None:
+            projector.close()
         model.close()
         raise failure
     clock.lap("context")
@@ -167,12 +210,56 @@ def load(args: argparse.Namespace) -> Runtime:
         slot_capacity=args.ctx_size,
         reuse_prefixes=not args.no_prefix_cache,
         context_shift=not args.no_context_shift,
+        images=_image_encoder(projector),
     )
     embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
     # A sequence can never hold more than the whole pool, so prompts are fitted to the smaller.
-    builder = PromptBuilder(model, engine.kv.slot_capacity, _render_limits(args))
+    builder = PromptBuilder(model, engine.kv.slot_capacity, _render_limits(args), projector=projector)
     clock.lap("engine")
-    return Runtime(model, ctx, engine, builder, embedder, args, clock.laps)
+    counts: list[float | None] = list(layers) if layers else [None] * len(workers)  # None: llama.cpp's own split
+    rpc = [{"server": d.server, "device": d.index, "layers": None if n is None else int(n), "free": d.free,
+            "total": d.total} for d, n in zip(workers, counts)]
+    return Runtime(model, ctx, engine, builder, embedder, args, clock.laps, projector, rpc)
+
+
+def _attach_workers(args: argparse.Namespace) -> tuple[list[RpcDevice], list[float] | None]:
+    """The RPC workers' devices and the layers each gets (None: llama.cpp's split by free memory,
+    every layer offloaded); LoadError naming a worker that is not there."""
+    if not args.rpc:
+        return [], None
+    from llmhost.engine.rpc import RpcError, attach
+
+    try:
+        devices = attach(args.rpc)
+    except RpcError as e:
+        raise LoadError(str(e)) from None
+    if not args.rpc_layers:
+        args.gpu_layers = 999
+        return devices, None
+    if len(args.rpc_layers) != len(devices):
+        raise LoadError(f"--rpc-layers gives {len(args.rpc_layers)} counts for {len(devices)} worker devices")
+    args.gpu_layers = sum(args.rpc_layers)
+    return devices, [float(n) for n in args.rpc_layers]
+
+
+def _load_projector(path: str, model: Model, threads: int) -> Projector:
+    """The projector for ``model`` (imported here: only a runner given one loads libmtmd);
+    LoadError (the model freed) when it cannot be loaded."""
+    from llmhost.engine.vision import Projector
+
+    try:
+        return Projector(path, model, n_threads=threads)
+    except LoadError:
+        model.close()
+        raise
+
+
+def _image_encoder(projector: Projector | None):
+    if projector is None:
+        return None
+    from llmhost.engine.vision import ImageEncoder
+
+    return ImageEncoder(projector)
 
 
 class _Stopwatch:
@@ -266,10 +353,7 @@ def _wait_as_spare() -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--spare"]:
-        # SIGKILL: the daemon stops (SIGSTOP) a spare that is still importing while requests run,
-        # and a stopped process would keep a SIGTERM pending forever. Nothing to clean up yet.
-        control.die_with_parent(signal.SIGKILL)
+    if argv == ["--spare"]:  # from engine/spare.py, which has set its parent-death signal
         try:
             argv = _wait_as_spare()
         except ValueError as e:  # a malformed load line (a daemon bug)
@@ -278,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None:  # the daemon closed our stdin: it no longer needs a spare
             return 0
     args = parse_args(argv)
+    control.die_with_parent(signal.SIGTERM, args.parent_pid)  # now SIGTERM: there is a model to free
     control.set_process_name("llmhost-runner")
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -285,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
         # Keep stderr to our own lines (a failed load must print exactly one "error:" line);
         # llama.cpp's first error still reaches the user through LoadError's message.
         logging.getLogger("llmhost.llama").setLevel(logging.CRITICAL)
-    control.die_with_parent(signal.SIGTERM)
     try:
         runtime = load(args)
     except LoadError as e:

@@ -22,8 +22,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -82,7 +83,7 @@ class Mailbox:
         self._items: collections.deque[tuple[OutputStream, Output]] = collections.deque()
         self._wake_pending = False
 
-    def post(self, stream: "OutputStream", output: Output) -> None:
+    def post(self, stream: OutputStream, output: Output) -> None:
         """Engine thread: queue an output for ``stream``'s reader."""
         self._items.append((stream, output))
         if not self._wake_pending:
@@ -359,7 +360,7 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
     except ConnectionError:
         raise
     except Exception as e:
-        if request.get(_STREAMING) or isinstance(e, web.HTTPException) and e.status < 400:
+        if request.get(_STREAMING) or (isinstance(e, web.HTTPException) and e.status < 400):
             raise
         if isinstance(e, web.HTTPException):
             return _error(e.reason, e.status)

@@ -56,7 +56,7 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_options(cls, options: Any) -> "SamplingParams":
+    def from_options(cls, options: Any) -> SamplingParams:
         """Validate a request's ``options`` (load-time keys are ignored here) and fill defaults."""
         checked = validate_options(options)
         runtime = {k: v for k, v in checked.items() if k in RUNTIME_OPTIONS}
@@ -76,7 +76,7 @@ class SamplingParams:
 
 
 RUNTIME_FIELDS = frozenset(f.name for f in fields(SamplingParams))
-assert RUNTIME_FIELDS == set(RUNTIME_OPTIONS), "SamplingParams must mirror api.options.RUNTIME_OPTIONS"
+assert set(RUNTIME_OPTIONS) == RUNTIME_FIELDS, "SamplingParams must mirror api.options.RUNTIME_OPTIONS"
 
 
 MAX_SCHEMA_REPETITION = 1000  # one minLength/maxLength/minItems/maxItems or {m,n} of a pattern
@@ -136,7 +136,8 @@ def _properties(node: dict, what: str) -> int:
     properties = node.get("properties")
     if not isinstance(properties, dict):
         return 0
-    required = node.get("required") if isinstance(node.get("required"), list) else []
+    required = node.get("required")
+    required = required if isinstance(required, list) else []
     optional = len(properties.keys() - {r for r in required if isinstance(r, str)})
     if optional > MAX_OPTIONAL_PROPERTIES:
         raise BadRequest(f"an object in the JSON schema in {what} has {optional} optional properties,"

@@ -27,9 +27,9 @@ import re
 import string
 import threading
 import time
-from collections.abc import ItemsView, KeysView, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, KeysView, ValuesView
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
@@ -37,7 +37,7 @@ from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, _PassArg
 
-from llmhost.errors import BadRequest
+from llmhost.errors import RenderLimitError
 
 WORK_FACTOR = 16  # characters a render may build in all, as a multiple of its size limit
 STEPS_PER_ITEM = 100  # more steps a render may take per message or tool it is given (real ones: ~5-20)
@@ -54,10 +54,6 @@ _CONTAINER_FILTERS = frozenset({
 })  # fmt: skip
 
 
-class RenderLimitError(BadRequest):
-    """A chat template went over a render limit (the message names it), or its request went away."""
-
-
 @dataclass(frozen=True)
 class RenderLimits:
     """What one request's renders may do, before they grow with the request (see above): ``chars``
@@ -68,7 +64,7 @@ class RenderLimits:
     chars: int = 1 << 20
     range_items: int = 100_000  # items of one range()
 
-    def budget(self, variables: Any = None, cancel: threading.Event | None = None) -> "RenderBudget":
+    def budget(self, variables: Any = None, cancel: threading.Event | None = None) -> RenderBudget:
         """A fresh budget for the renders of one request, given its template ``variables`` (the
         messages and tools, whose size the limits grow with); setting ``cancel`` stops them."""
         items = sum(len(v) for v in (variables or {}).values() if isinstance(v, list))
@@ -247,7 +243,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             loop.body.insert(0, nodes.ExprStmt(call).set_lineno(loop.lineno).set_environment(self))
         return tree
 
-    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's signature)
+    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.step()
         args = _check_method_call(budget, __obj, args, kwargs)
@@ -407,7 +403,8 @@ def _bounded_filter(name: str, func: Callable) -> Callable:
 
 
 def _check_filter_args(budget: RenderBudget, name: str, args: tuple, skip: int, kwargs: dict) -> tuple:
-    value, rest = (args[skip], args[skip + 1 :]) if len(args) > skip else (None, ())
+    value: Any = args[skip] if len(args) > skip else None  # the filtered value: anything a template holds
+    rest = args[skip + 1 :]
     if name not in _CONTAINER_FILTERS:  # it will turn its arguments into text
         for arg in (*args[skip:], *kwargs.values()):
             budget.weight(arg)

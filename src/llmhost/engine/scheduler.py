@@ -4,6 +4,12 @@ One step = every generating sequence's next token first (decode latency matters 
 chunks of prefilling sequences in priority order until the ``n_batch`` token budget or the free KV
 cells are spent.
 
+A prompt with images (``Sequence.images``) is evaluated in pieces of one kind: llama.cpp decodes a
+batch of token ids or of embedding rows, not both, and the engine runs a step's image rows before
+its tokens. So a sequence's chunks in one step are the rest of the image it is in (or the part of
+it the budget allows) and then the text up to its next image; or, at text, that text alone. An
+image a projector decodes non-causally goes whole (up to a ubatch) in a decode of its own.
+
 Sequences that are not running wait in one queue ordered by priority (higher first), then age: new
 arrivals, and sequences swapped out to host memory (which keep their age, so they come back before
 younger work of the same priority). The head of the queue is admitted when a slot is free and its
@@ -20,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
-from llmhost.engine.sequence import Sequence, SeqStatus
-
+from llmhost.engine.sequence import SeqStatus, Sequence
 
 MIN_SHARED_PREFILL = 32  # tokens: below this, evaluating twice is cheaper than waiting
 
@@ -32,9 +38,10 @@ class Chunk:
     """Tokens of one sequence in this step's batch, at positions ``start…``."""
 
     seq: Sequence
-    tokens: np.ndarray
+    tokens: np.ndarray  # for an image: the ids standing for its positions (the KV mirror keeps them)
     start: int
     sample: bool  # the last row's logits are sampled (a generated token or the prompt's end)
+    image: ImageSpan | None = None  # the image these positions belong to: decoded as embedding rows
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,12 @@ class SchedulerStats:
 class Scheduler:
     """Waiting queue, running set and the per-step plan."""
 
-    def __init__(self, kv: KVCacheManager, n_batch: int):
+    def __init__(self, kv: KVCacheManager, n_batch: int, n_ubatch: int | None = None):
         self.kv = kv
         self.n_batch = n_batch
+        # Rows of a non-causal image per decode: llama.cpp needs them in one ubatch, and the budget
+        # left beside the other slots' next tokens must be able to hold them.
+        self.whole_image_rows = max(1, min(n_ubatch or n_batch, n_batch - len(kv.slots) + 1))
         self._queue: list[tuple[int, int, Sequence]] = []  # heap of (-priority, seq id, seq)
         self.running: list[Sequence] = []
         self.stats = SchedulerStats()
@@ -99,10 +109,9 @@ class Scheduler:
         for seq in prefilling:
             if budget <= 0:
                 break
-            tokens = seq.pending_prompt(budget)
-            done = seq.n_past + len(tokens) == len(seq.prompt)
-            chunks.append(Chunk(seq, tokens, seq.n_past, done))
-            budget -= len(tokens)
+            for chunk in self._prefill(seq, budget):
+                chunks.append(chunk)
+                budget -= len(chunk.tokens)
         return StepPlan(chunks, cancelled)
 
     def remove(self, seq: Sequence) -> None:
@@ -120,6 +129,28 @@ class Scheduler:
         return True
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _prefill(self, seq: Sequence, budget: int) -> list[Chunk]:
+        """This step's prompt chunks of ``seq`` (see the module docstring)."""
+        if not seq.images:
+            tokens = seq.pending_prompt(budget)
+            return [Chunk(seq, tokens, seq.n_past, seq.n_past + len(tokens) == len(seq.prompt))]
+        chunks, pos = [], seq.n_past
+        span = seq.image_at(pos)
+        if span is not None:
+            n = min(span.end - pos, budget)
+            if span.media.non_causal:
+                n = min(span.end - pos, self.whole_image_rows)
+                if n > budget:
+                    return []  # a later step, with the room to decode it whole
+            chunks.append(Chunk(seq, seq.prompt[pos:pos + n], pos, pos + n == len(seq.prompt), span))
+            pos, budget = pos + n, budget - n
+            if pos < span.end:
+                return chunks
+        n = min(seq.next_image(pos) - pos, budget)
+        if n > 0:
+            chunks.append(Chunk(seq, seq.prompt[pos:pos + n], pos, pos + n == len(seq.prompt)))
+        return chunks
 
     def _fit_decode(self) -> list[Sequence]:
         """The generating sequences, after making room for one new cell each."""
@@ -182,7 +213,11 @@ class Scheduler:
         else:
             allocation = self.kv.allocate(seq.prompt)
             slot = allocation.seq_id
-            seq.n_cached = seq.n_past = allocation.n_reused
+            n_reused = seq.resumable(allocation.n_reused)
+            if n_reused < allocation.n_reused:
+                self.kv.rollback(slot, n_reused)
+            seq.n_cached = seq.n_past = n_reused
+            seq.release_images(n_reused)  # images found in the cache need no encoding
         seq.slot = slot
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
@@ -196,10 +231,10 @@ class Scheduler:
     def _swap_out(self, seq: Sequence) -> None:
         self.running.remove(seq)
         if seq.n_past == 0:  # nothing in the KV yet: simply wait again
-            self.kv.release(seq.slot, keep=False)
+            self.kv.release(seq.held_slot, keep=False)
             seq.status = SeqStatus.WAITING
         else:
-            seq.swap = self.kv.swap_out(seq.slot)
+            seq.swap = self.kv.swap_out(seq.held_slot)
             seq.status = SeqStatus.SWAPPED
             self.stats.swapped_out_total += 1
             self.stats.swapped_bytes += seq.swap.data.nbytes

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Union
 
 import numpy as np
 
 from llmhost.engine.detokenizer import Detokenizer
-from llmhost.engine.parsing import OutputParser
+from llmhost.engine.images import ImageSpan
+from llmhost.engine.kv_cache import SwapRecord
 from llmhost.engine.llamacpp import Sampler
+from llmhost.engine.parsing import OutputParser
 
 
 class SeqStatus(Enum):
@@ -107,7 +109,7 @@ class TokenLogprobs:
         return entry
 
 
-Output = Union[TextChunk, ThinkingChunk, ToolCallsChunk, Finished, Failed, TokenLogprobs]
+Output = TextChunk | ThinkingChunk | ToolCallsChunk | Finished | Failed | TokenLogprobs
 Sink = Callable[[Output], None]
 _ids = itertools.count(1)
 
@@ -128,11 +130,13 @@ class Sequence:
         parser: OutputParser | None = None,
         keep_tokens: bool = False,
         logprobs: int | None = None,
+        images: tuple[ImageSpan, ...] = (),
     ):
         if len(prompt) == 0:
             raise ValueError("a sequence needs at least one prompt token")
         self.id = next(_ids)
         self.prompt = np.asarray(prompt, dtype=np.int32)
+        self.images = images  # where the prompt's image positions are (ordered); their ids are < -1
         self.sampler = sampler
         self.detokenizer = detokenizer
         self.max_tokens = max_tokens  # None: until end-of-generation or a full context
@@ -145,7 +149,7 @@ class Sequence:
         self.status = SeqStatus.WAITING
         self.cancelled = False
         self.slot: int | None = None  # KV sequence id while RUNNING
-        self.swap = None  # kv_cache.SwapRecord while SWAPPED
+        self.swap: SwapRecord | None = None  # the saved KV cells while SWAPPED
         self.n_cached = 0  # prompt tokens reused from the cache at admission
         self.n_past = 0  # tokens of this sequence present in the KV cache
         self.next_token: int | None = None  # last sampled token, to be decoded next step
@@ -156,12 +160,42 @@ class Sequence:
         self.t_end = 0
 
     @property
+    def held_slot(self) -> int:
+        """The KV sequence id of a RUNNING sequence (the scheduler gives it one on admission)."""
+        assert self.slot is not None, f"{self!r} holds no KV slot"
+        return self.slot
+
+    @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
 
     def pending_prompt(self, limit: int) -> np.ndarray:
         """Up to ``limit`` prompt tokens not evaluated yet."""
         return self.prompt[self.n_past : self.n_past + limit]
+
+    def image_at(self, pos: int) -> ImageSpan | None:
+        """The image span holding prompt position ``pos``, if any."""
+        for span in self.images:
+            if span.start <= pos < span.end:
+                return span
+        return None
+
+    def next_image(self, pos: int) -> int:
+        """Where the first image at or after ``pos`` starts (the prompt's end when none does)."""
+        return next((span.start for span in self.images if span.start >= pos), len(self.prompt))
+
+    def resumable(self, n: int) -> int:
+        """The most of ``n`` cached prompt positions that can be continued from: not inside an image
+        decoded non-causally (its rows attend to each other, so it is decoded whole)."""
+        span = self.image_at(n)
+        return span.start if span is not None and span.start < n and span.media.non_causal else n
+
+    def release_images(self, upto: int) -> None:
+        """Free what images ending at or before position ``upto`` held (their KV is in place)."""
+        for span in self.images:
+            if span.end <= upto:
+                span.media.free()
+                span.media.rows = None
 
     def emit(self, output: Output) -> None:
         self.sink(output)
@@ -178,13 +212,15 @@ class Sequence:
             prompt_eval_duration=first - start,
             eval_count=self.n_generated,
             eval_duration=end - first,
-            context=None if self.generated is None else (*self.prompt.tolist(), *self.generated),
+            # Image positions have no token ids to give back: the context is the text's tokens.
+            context=None if self.generated is None else (*self.prompt[self.prompt >= 0].tolist(), *self.generated),
         )
 
     def close(self) -> None:
-        """Free the native sampler chain (the sequence is done)."""
+        """Free the native sampler chain and what its images still hold (the sequence is done)."""
         self.status = SeqStatus.FINISHED
         self.sampler.close()
+        self.release_images(len(self.prompt))
 
     def __repr__(self) -> str:
         return f"Sequence(id={self.id}, status={self.status.value}, slot={self.slot}, n_past={self.n_past})"

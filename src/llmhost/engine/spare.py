@@ -14,7 +14,9 @@ process could not restore once it had given it up.
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
 import threading
 
@@ -32,7 +34,13 @@ def _import_runner() -> None:
     import llmhost.engine.runner  # noqa: F401  (the heavy part: llama_cpp, numpy, aiohttp, jinja2)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m llmhost.engine.spare", description=__doc__.splitlines()[0])
+    p.add_argument("--parent-pid", type=int, default=None, help="the daemon's pid: exit with it")
+    args = p.parse_args(argv)
+    # First, before the slow imports. SIGKILL: the daemon stops (SIGSTOP) a spare that is still
+    # importing while requests run, and a stopped process would keep a SIGTERM pending forever.
+    control.die_with_parent(signal.SIGKILL, args.parent_pid)
     control.set_process_name("llmhost-spare")  # from the start: the imports take a while
     importer = threading.Thread(target=_import_runner, name="llmhost-import")
     importer.start()

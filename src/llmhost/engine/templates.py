@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import jinja2
 from jinja2.ext import Extension
 
+from llmhost.api.types import validate_messages as validate_messages  # re-exported: the runner's checks
 from llmhost.engine.gotemplate import GoTemplateError, OllamaTemplate, Values
-from llmhost.engine.sandbox import BoundedEnvironment, RenderBudget, RenderLimitError, RenderLimits, joined, render
-from llmhost.errors import BadRequest
+from llmhost.engine.sandbox import BoundedEnvironment, RenderBudget, RenderLimits, joined, render
+from llmhost.errors import RenderLimitError, TemplateError
 
 # A template's size limit (a Modelfile's TEMPLATE, a request's "template"): compiling Jinja costs
 # ~10 ms per KiB of dense code, part of it in one call that holds the GIL; real chat templates are
@@ -50,10 +52,6 @@ _GO_ACTION = re.compile(
 def is_go_template(source: str) -> bool:
     """Whether ``source`` is a Go template (Ollama's format) rather than a Jinja one."""
     return _GO_ACTION.search(source) is not None
-
-
-class TemplateError(BadRequest):
-    """A chat template that does not compile or fails while rendering."""
 
 
 class GoChatTemplate:
@@ -97,7 +95,7 @@ class GoChatTemplate:
 
 
 def compile_template(source: str, *, bos_token: str = "", eos_token: str = "",
-                     name: str = '"template"') -> "ChatTemplate | GoChatTemplate":
+                     name: str = '"template"') -> ChatTemplate | GoChatTemplate:
     """A Go template (Ollama's format) or a Jinja one (the GGUF's format), whichever ``source`` is."""
     if is_go_template(source):
         return GoChatTemplate(source, name)
@@ -115,7 +113,7 @@ def check_template(source: str, name: str = "TEMPLATE") -> None:
 class _GenerationTag(Extension):
     """``{% generation %}…{% endgeneration %}`` (HF's assistant-mask marker): render the body as is."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012  (jinja2.ext.Extension declares it an instance attribute)
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
@@ -181,20 +179,3 @@ class ChatTemplate:
             raise TemplateError(f"chat template error: {e.message or e}") from None
         except Exception as e:  # a template can raise anything (TypeError on bad message shapes, …)
             raise TemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
-
-
-def validate_messages(messages: Any) -> list[dict[str, Any]]:
-    """``messages`` as a list of dicts with a string ``role`` and string ``content``."""
-    if not isinstance(messages, list):
-        raise BadRequest('"messages" must be a list')
-    checked = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string \"role\"")
-        content = message.get("content", "")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string")
-        checked.append({**message, "content": content})
-    return checked

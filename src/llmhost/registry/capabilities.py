@@ -18,8 +18,8 @@ from enum import Enum
 from functools import lru_cache
 
 from llmhost.engine.gotemplate import parsed as go_parsed
-from llmhost.engine.gotemplate.funcs import go_quote  # Go's %q, for Ollama's error texts
 from llmhost.engine.gotemplate import thinking_tags as go_thinking_tags
+from llmhost.engine.gotemplate.funcs import go_quote  # Go's %q, for Ollama's error texts
 from llmhost.engine.templates import is_go_template
 from llmhost.errors import BadRequest
 from llmhost.registry.gguf_meta import GGUFInfo
@@ -53,7 +53,9 @@ def capabilities(record: ModelRecord) -> list[str]:
     embedding = is_embedding_model(info)
     pooled = Capability.RERANK if is_reranker(info) else Capability.EMBEDDING
     found = [pooled if embedding else Capability.COMPLETION]
-    if record.projector_path is not None or f"{info.architecture}.vision.block_count" in info.metadata:
+    # Only with a projector layer: llama.cpp reads images through a separate mmproj file, so a GGUF
+    # with its vision encoder inside (Ollama's own engine reads ``<arch>.vision.*``) cannot see here.
+    if record.projector_path is not None:
         found.append(Capability.VISION)
     if not embedding:  # a template cannot make an embedding model chat
         found += _template_capabilities(record)

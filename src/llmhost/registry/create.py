@@ -54,7 +54,9 @@ def create_model(
 
     ``files`` maps relative file names to digests of blobs already uploaded (``POST /api/blobs``);
     ``from_`` names an installed model whose layers are reused (its parameters merged with the new
-    ones). Raises BadRequest (and subclasses) or ModelNotFound; nothing is written in those cases.
+    ones). A file that is a multimodal projector (``GGUFInfo.is_projector``) becomes the projector
+    layer, beside the model file or, with ``from_``, in place of the base model's projector.
+    Raises BadRequest (and subclasses) or ModelNotFound; nothing is written in those cases.
     """
     emit = progress or (lambda event: None)
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
@@ -63,11 +65,11 @@ def create_model(
     params = validate_options(dict(parameters)) if parameters else {}
     new_messages = _check_messages(messages)
     licenses = _check_licenses(license)
-    if from_ and files:
-        raise BadRequest('specify either "from" or "files", not both')
     # GGUF metadata is read before the store lock is taken, so a slow file never holds up copies and
     # deletes; write_manifest checks under the lock that every blob is still there.
-    if files:
+    if from_ and files:
+        base_layers, base_params, info = _layers_from_model(store, from_, _projector_only(store, files, emit))
+    elif files:
         base_layers, base_params, info = _layers_from_files(store, files, emit)
     elif from_:
         base_layers, base_params, info = _layers_from_model(store, from_)
@@ -124,7 +126,7 @@ def check_loadable(info: GGUFInfo) -> None:
 
     Projectors are not models; a split model's first part may hold no tensors, so they are not counted.
     """
-    if info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
+    if info.is_projector:
         return
     _check_hyperparameters(info.metadata, info.architecture)
     split = info.metadata.get("split.count")
@@ -155,37 +157,67 @@ def _finite(value: Any) -> bool:
 
 
 def _layers_from_files(store: Store, files: Mapping[str, str], emit: Progress) -> tuple[list[Layer], dict, GGUFInfo]:
-    checked = _checked_files(store, files)
-    emit({"status": "parsing GGUF"})
     model: tuple[Layer, GGUFInfo] | None = None
-    projectors = []
-    for file_name, digest in checked.items():
-        if not file_name.lower().endswith(".gguf"):
-            raise BadRequest(f'file "{file_name}" is not a GGUF file; only GGUF models are supported')
-        info = read_gguf_info(store.blob_path(digest))
-        # sizes from the parsed file: outside the store lock, a blob's stat could race a delete
-        if info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
-            projectors.append(Layer(media.PROJECTOR, digest, info.file_size))
+    projector: Layer | None = None
+    for file_name, layer, info in _gguf_layers(store, files, emit):
+        if layer.media_type == media.PROJECTOR:
+            projector = _one_projector(projector, layer, file_name)
         elif model is not None:
             raise BadRequest(f'more than one model file in "files" ("{file_name}"); give one GGUF model')
         else:
             check_loadable(info)
-            model = (Layer(media.MODEL, digest, info.file_size), info)
+            model = (layer, info)
     if model is None:
         raise BadRequest('"files" holds no GGUF model (only projectors)')
-    return [model[0], *projectors], {}, model[1]
+    return [model[0], *([projector] if projector else [])], {}, model[1]
 
 
-def _layers_from_model(store: Store, from_: str) -> tuple[list[Layer], dict, GGUFInfo]:
+def _projector_only(store: Store, files: Mapping[str, str], emit: Progress) -> Layer:
+    """The projector that ``files`` holds beside ``from`` (a Modelfile's second FROM): nothing else."""
+    projector: Layer | None = None
+    for file_name, layer, _ in _gguf_layers(store, files, emit):
+        if layer.media_type != media.PROJECTOR:
+            raise BadRequest(f'specify either "from" or "files", not both: "{file_name}" is a model, '
+                             "and only a projector may come beside an installed model")
+        projector = _one_projector(projector, layer, file_name)
+    assert projector is not None  # files is not empty
+    return projector
+
+
+def _gguf_layers(store: Store, files: Mapping[str, str], emit: Progress) -> list[tuple[str, Layer, GGUFInfo]]:
+    """Each file's layer (model or projector, told by its metadata) and GGUF metadata."""
+    checked = _checked_files(store, files)
+    emit({"status": "parsing GGUF"})
+    layers = []
+    for file_name, digest in checked.items():
+        if not file_name.lower().endswith(".gguf"):
+            raise BadRequest(f'file "{file_name}" is not a GGUF file; only GGUF models are supported')
+        info = read_gguf_info(store.blob_path(digest))
+        if info.is_projector and info.tensor_count == 0:
+            raise InvalidModelFile(f'invalid projector file "{file_name}": it holds no tensors (no weights)')
+        kind = media.PROJECTOR if info.is_projector else media.MODEL
+        # sizes from the parsed file: outside the store lock, a blob's stat could race a delete
+        layers.append((file_name, Layer(kind, digest, info.file_size), info))
+    return layers
+
+
+def _one_projector(found: Layer | None, layer: Layer, file_name: str) -> Layer:
+    if found is not None and found.digest != layer.digest:  # a runner takes one (llama.cpp's --mmproj)
+        raise BadRequest(f'more than one projector in "files" ("{file_name}"); give one projector GGUF')
+    return layer
+
+
+def _layers_from_model(store: Store, from_: str, projector: Layer | None = None) -> tuple[list[Layer], dict, GGUFInfo]:
     base: ModelRecord = store.load(from_)
     origin = base.name.display()
     layers = [
         Layer(layer.media_type, layer.digest, layer.size, layer.from_ or origin)
         if layer.media_type == media.MODEL else layer
         for layer in base.manifest.layers
-        if layer.media_type != media.PARAMS  # re-written merged with the new parameters
+        # params are re-written merged with the new parameters; a new projector replaces the base's
+        if layer.media_type != media.PARAMS and not (projector and layer.media_type == media.PROJECTOR)
     ]
-    return layers, base.parameters, base.info
+    return layers + ([projector] if projector else []), base.parameters, base.info
 
 
 def _checked_files(store: Store, files: Mapping[str, str]) -> dict[str, str]:

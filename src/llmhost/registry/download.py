@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from llmhost.errors import PullError
+from llmhost.errors import DownloadDiscarded, PullError
 from llmhost.registry.manifest import check_digest, size_mismatch
 from llmhost.registry.net import describe, redact
 from llmhost.registry.store import Store
@@ -223,7 +223,11 @@ class Downloads:
             del self._active[key]
 
 
-DOWNLOADS = Downloads()  # the daemon's: one per process, like the store lock
+# One per process, not per DaemonState: it guards files on disk (a blob's ``-partial`` file, keyed by
+# the store's directory), so every pull in the process, whichever app or caller started it, must go
+# through the same one, or two could write one partial file at once. Tests that want their own
+# books pass a ``Downloads`` to the sources that take one (and to ``Metrics``).
+DOWNLOADS = Downloads()
 
 
 @dataclass
@@ -243,10 +247,6 @@ class _Part:
 
 class _Retry(Exception):
     """A transient failure of one part: retried with backoff."""
-
-
-class DownloadDiscarded(PullError):
-    """A failure after which the partial file is worthless and was deleted (digest mismatch, disk full)."""
 
 
 class _Download:
@@ -299,8 +299,7 @@ class _Download:
     # ---- the download ------------------------------------------------------------------------
 
     async def run(self) -> tuple[str, int]:
-        tls = None if self.request.verify_tls else False
-        connector = aiohttp.TCPConnector(limit=self.options.concurrency + 2, ssl=tls)
+        connector = aiohttp.TCPConnector(limit=self.options.concurrency + 2, ssl=self.request.verify_tls)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          read_bufsize=READ_BUFFER) as session:
             self.session = session

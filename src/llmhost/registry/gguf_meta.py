@@ -124,6 +124,16 @@ class GGUFInfo:
         """Ollama's rendering of the parameter count: "134.52M", "1.2B", "8B"."""
         return human_number(self.parameter_count)
 
+    @property
+    def is_projector(self) -> bool:
+        """A multimodal projector (llama.cpp's ``mmproj``), not a model: Ollama's test
+        (server/create.go ``isProjectorGGUF``) — ``general.type`` projector or mmproj, or a vision
+        encoder without text layers — and any ``clip`` file, which is what llama.cpp writes them as."""
+        arch = self.architecture
+        vision_only = not self.metadata.get(f"{arch}.block_count") and bool(
+            self.metadata.get(f"{arch}.vision.block_count"))
+        return arch == "clip" or self.metadata.get("general.type") in ("projector", "mmproj") or vision_only
+
     def model_info(self, verbose: bool = False) -> dict[str, Any]:
         """``/api/show``'s ``model_info``: GGUF keys; long arrays (tokens, merges) null unless verbose.
 

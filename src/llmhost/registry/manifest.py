@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
-from llmhost.errors import BadRequest, InvalidDigest
+from llmhost.errors import InvalidDigest, InvalidManifest
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -36,15 +36,6 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a real one is ~1 KB; the cap stops a hos
 MAX_LAYER_SIZE = 1 << 48  # 256 TiB: 100 times the largest model file; above is a lie, not a model
 
 
-class InvalidManifest(BadRequest):
-    """A manifest that is not valid JSON, not schema 2, or has a bad media type, digest or size."""
-
-
-def size_mismatch(digest: str, listed: int, held: int) -> InvalidManifest:
-    """The error for a manifest whose size of a blob we hold (verified by its digest) is wrong."""
-    return InvalidManifest(f"invalid manifest: it lists blob {digest} with {listed} bytes, but that blob has {held} bytes")
-
-
 def size_mismatch(digest: str, listed: int, held: int) -> InvalidManifest:
     """The error for a manifest that gives a blob we hold (verified by its digest) another size."""
     return InvalidManifest(f"invalid manifest: it lists blob {digest} with {listed} bytes, "
@@ -63,7 +54,7 @@ def _quoted(value: Any) -> str:
     return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
 
 
-def is_digest(digest: Any) -> bool:
+def is_digest(digest: Any) -> TypeGuard[str]:
     return isinstance(digest, str) and _DIGEST.fullmatch(digest) is not None
 
 

@@ -4,8 +4,11 @@ Syntax (as Ollama's): one command per line, case-insensitive; ``#`` starts a com
 the rest of the line, a ``"quoted"`` string, or a ``\"\"\"`` string that may span lines.
 
     FROM <model name or GGUF path>        PARAMETER <name> <value>      (``stop`` may repeat)
+    FROM <projector GGUF path>            (a second FROM, as Ollama's: a vision model's ``mmproj``)
     TEMPLATE <text>    SYSTEM <text>      MESSAGE <system|user|assistant> <text>
     ADAPTER <path>     LICENSE <text>     (ADAPTER and LICENSE may repeat)
+
+PARAMETER names, types and bounds are the model options of ``api.option_table``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmhost.api.options import OPTION_TYPES, STRINGS, merge_parameters, parse_parameter
+from llmhost.api.options import is_list_option, merge_parameters, parse_parameter
 from llmhost.errors import InvalidOption, ModelfileError
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ class Modelfile:
     """The commands of a parsed Modelfile; ``parameters`` are typed, ``stop`` accumulated."""
 
     from_: str | None = None
+    extra_from: list[str] = field(default_factory=list)  # later FROM lines: a projector GGUF beside the model
     parameters: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
     system: str | None = None
@@ -70,7 +74,9 @@ def parse_modelfile(text: str) -> Modelfile:
 
 
 def _apply(result: Modelfile, command: str, key: str, value: str, quoted: bool, number: int) -> None:
-    if command == "from":
+    if command == "from" and result.from_ is not None:
+        result.extra_from.append(value)
+    elif command == "from":
         result.from_ = value
     elif command == "template":
         result.template = value
@@ -89,7 +95,7 @@ def _apply(result: Modelfile, command: str, key: str, value: str, quoted: bool, 
             typed = parse_parameter(key.lower(), value)
         except InvalidOption as e:
             raise _error(number, str(e)) from None
-        if quoted and OPTION_TYPES.get(key.lower()) == STRINGS:
+        if quoted and is_list_option(key.lower()):
             typed = [value]  # a quoted stop string is exact: keep its spaces and inner quotes
         result.parameters = merge_parameters(result.parameters, {key.lower(): typed})
 
@@ -149,6 +155,8 @@ def render_modelfile(record: ModelRecord) -> str:
         f"FROM {record.model_path}",
     ]
     out += [f"ADAPTER {path}" for path in record.adapters]
+    if record.projector_path is not None:  # Ollama's place for it: a FROM after the adapters
+        out.append(f"FROM {record.projector_path}")
     if record.chat_template is not None:
         out.append(f'TEMPLATE """{record.chat_template}"""')
     if record.system is not None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmhost.api.options import validate_options
-from llmhost.errors import InvalidOption
+from llmhost.errors import InvalidManifest, InvalidOption
 from llmhost.registry import manifest as media
 from llmhost.registry.gguf_meta import GGUFInfo, read_gguf_info
-from llmhost.registry.manifest import InvalidManifest, Layer, Manifest
+from llmhost.registry.manifest import Layer, Manifest
 from llmhost.registry.names import ModelName
 
 if TYPE_CHECKING:

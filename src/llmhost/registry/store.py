@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, Protocol, runtime_checkable
 
-from llmhost.errors import BadRequest, DigestMismatch, InvalidName, LlmhostError, ModelNotFound
-from llmhost.registry.manifest import MODEL, InvalidManifest, Layer, Manifest, check_digest
+from llmhost.errors import DigestMismatch, InvalidManifest, InvalidName, MissingBlob, ModelNotFound, NoSpace
+from llmhost.registry.manifest import MODEL, Layer, Manifest, check_digest
 from llmhost.registry.names import ModelName
 from llmhost.registry.record import ModelRecord, load_record, model_details, read_config
 from llmhost.units import format_size
@@ -41,14 +41,11 @@ TEMP_PREFIX = ".tmp-"  # never a valid blob or name part, so listings skip these
 _DIGEST_IN_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 
 
-class MissingBlob(BadRequest):
-    """A manifest names a blob that is not in the store."""
+@runtime_checkable
+class Readable(Protocol):
+    """A binary file, or anything that reads like one (a wheel member counted as it is read)."""
 
-
-class NoSpace(LlmhostError):
-    """The store's disk (or the user's quota) is full: HTTP's 507 Insufficient Storage."""
-
-    status = 507
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ class Store:
     def blob_size(self, digest: str) -> int:
         return self.blob_path(digest).stat().st_size
 
-    def write_blob(self, source: Iterable[bytes] | BinaryIO, expected_digest: str | None = None) -> tuple[str, int]:
+    def write_blob(self, source: Iterable[bytes] | Readable, expected_digest: str | None = None) -> tuple[str, int]:
         """Store bytes from an iterable of chunks or a binary file; returns (digest, size).
 
         With ``expected_digest`` the bytes must hash to it, else DigestMismatch and nothing is kept.
@@ -444,13 +441,12 @@ def _disk_full_is_no_space(what: str) -> Iterator[None]:
         raise
 
 
-def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
-    read = getattr(source, "read", None)
-    if read is None:
-        yield from (bytes(c) for c in source if c)  # type: ignore[union-attr]
+def _chunks(source: Iterable[bytes] | Readable) -> Iterator[bytes]:
+    if isinstance(source, Readable):  # before Iterable: a binary file iterates by lines
+        while chunk := source.read(CHUNK):
+            yield chunk
         return
-    while chunk := read(CHUNK):
-        yield chunk
+    yield from (bytes(c) for c in source if c)
 
 
 def _digests_in(data: bytes) -> set[str]:

@@ -56,11 +56,21 @@ def request_body(client: Client, modelfile: Any, base: Path) -> dict[str, Any]:
         "parameters": dict(modelfile.parameters) or None,
         "messages": list(modelfile.messages) or None,
     }
-    weights = local_file(modelfile.from_, base)
-    if weights is None:
-        body["from_"] = modelfile.from_
-    else:
-        body["files"] = {weights.name: upload(client, weights)}
+    files: dict[str, str] = {}
+    # As Ollama's: every FROM that is a file is uploaded into ``files`` (a second one is a vision
+    # model's projector, told apart by the daemon from its GGUF metadata); one may name a model.
+    for reference in [modelfile.from_, *modelfile.extra_from]:
+        weights = local_file(reference, base)
+        if weights is None and "from_" in body:
+            raise BadRequest(f"FROM {reference}: only one FROM may name a model; the others must be GGUF files")
+        if weights is None:
+            body["from_"] = reference
+        elif weights.name in files:  # ``files`` is keyed by file name, as Ollama's
+            raise BadRequest(f"FROM {reference}: another FROM file is named {weights.name}; rename one")
+        else:
+            files[weights.name] = upload(client, weights)
+    if files:
+        body["files"] = files
     adapters = [_required_file(a, base) for a in modelfile.adapters or []]
     if adapters:
         body["adapters"] = {a.name: upload(client, a) for a in adapters}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
@@ -63,7 +66,7 @@ def bare_think(args: list[str]) -> list[str]:
 def command(
     ctx: typer.Context,
     model: str = typer.Argument(...),
-    prompt: Optional[list[str]] = typer.Argument(None, help="Prompt; without one (and no piped input) a chat starts."),
+    prompt: list[str] | None = typer.Argument(None, help="Prompt; without one (and no piped input) a chat starts."),
     format: str = typer.Option(None, "--format", help='Response format (e.g. "json").'),
     keepalive: str = typer.Option(None, "--keepalive", help='How long the model stays loaded (e.g. "5m").'),
     verbose: bool = typer.Option(False, "--verbose", help="Show timings for the response."),
@@ -94,6 +97,8 @@ def command(
         Repl(client, opts, info).run()
     elif _embedding_only(info):
         render.print_json(client.embed(model, " ".join(parts), keep_alive=opts.keep_alive)["embeddings"][0])
+    elif sees_images(info):
+        generate(client, opts, *extract_images(" ".join(parts)))
     else:
         generate(client, opts, " ".join(parts))
 
@@ -133,6 +138,60 @@ def _embedding_only(info: dict) -> bool:
     return "embedding" in capabilities and "completion" not in capabilities
 
 
+def sees_images(info: dict) -> bool:
+    """Whether image paths in a prompt are attached: the model has ``vision`` (as Ollama's CLI)."""
+    return "vision" in (info.get("capabilities") or [])
+
+
+# Ollama's CLI (cmd/interactive.go extractFileNames): a path that starts with /, ./ or \ (after an
+# optional drive letter), may hold spaces and backslash-escaped characters, and ends in an image's
+# extension. Text that only looks like one is left alone when no such file exists.
+_IMAGE_PATH = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp)\b")
+_ESCAPED = re.compile(r"\\([ ()\[\]{}$&;'\\*?~])")  # Ollama's normalizeFilePath: "\ " is " "...
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG; WebP: RIFF....WEBP
+
+
+def image_paths(text: str) -> list[str]:
+    """What looks like an image's path in ``text``, as written (escapes kept)."""
+    return _IMAGE_PATH.findall(text)
+
+
+def extract_images(prompt: str) -> tuple[str, list[str]]:
+    """Ollama's ``extractFileData``: every image path in ``prompt`` naming a file is read (base64 for
+    ``images``), said on stderr (``Added image '…'``) and taken out of the text."""
+    images = []
+    for found in image_paths(prompt):
+        path = _ESCAPED.sub(r"\1", found)
+        data = read_image(path)
+        if data is None:
+            continue
+        sys.stderr.write(f"Added image '{path}'\n")
+        prompt = prompt.replace(f"'{path}'", "").replace(f"'{found}'", "").replace(found, "")
+        images.append(base64.b64encode(data).decode("ascii"))
+    return prompt.strip(), images
+
+
+def read_image(path: str) -> bytes | None:
+    """The file's bytes; None when there is no such file. One that is not a JPEG, PNG or WebP image,
+    or is larger than the daemon takes, is an error (as in Ollama's CLI, before anything is sent)."""
+    from llmhost.api.types import MAX_IMAGE_BYTES
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BadRequest(f"couldn't process file '{path}': {e.strerror}") from None
+    webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    if not (data.startswith(_IMAGE_MAGIC) or webp):
+        raise BadRequest(f"couldn't process file '{path}': not a JPEG, PNG or WebP image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadRequest(f"couldn't process file '{path}': larger than {MAX_IMAGE_BYTES >> 20} MiB, "
+                         "the most an image may be")
+    return data
+
+
 def writer(opts: RunOptions) -> render.AnswerWriter:
     width = shutil.get_terminal_size().columns if opts.wordwrap else None
     return render.AnswerWriter(sys.stdout, width, show_thinking=not opts.hide_thinking, spinner=True)
@@ -149,11 +208,11 @@ def chat_parts(chunk: dict) -> tuple[str, str, list]:
     return message.get("thinking") or "", message.get("content") or "", message.get("tool_calls") or []
 
 
-def generate(client: Client, opts: RunOptions, prompt: str) -> None:
+def generate(client: Client, opts: RunOptions, prompt: str, images: list[str] | None = None) -> None:
     """One streamed completion straight to stdout."""
     chunks = client.generate(
         opts.model, prompt, format=opts.format, keep_alive=opts.keep_alive, system=opts.system,
-        options=opts.options, think=opts.think,
+        options=opts.options, think=opts.think, images=images or None,
     )
     answer = stream_answer(chunks, writer(opts), generate_parts)
     if opts.verbose and answer.final:
@@ -161,7 +220,7 @@ def generate(client: Client, opts: RunOptions, prompt: str) -> None:
 
 
 def stream_answer(
-    chunks: Generator[dict, None, None],
+    chunks: Iterator[dict] | dict,
     out: render.AnswerWriter,
     parts_of: Callable[[dict], tuple[str, str, list]],
     *,
@@ -171,6 +230,7 @@ def stream_answer(
 
     With ``interruptible``, Ctrl+C ends the answer early instead of the program.
     """
+    assert not isinstance(chunks, dict), "asked with stream=True"
     final, content, thinking = None, [], []
     try:
         for chunk in chunks:
@@ -186,6 +246,6 @@ def stream_answer(
         if not interruptible:
             raise
     finally:
-        chunks.close()  # on Ctrl+C this drops the connection, and the daemon cancels the request
+        getattr(chunks, "close", lambda: None)()  # a generator: on Ctrl+C this drops the connection, and the daemon cancels the request
         out.finish()
     return Answer(final, "".join(content), "".join(thinking))

@@ -20,7 +20,8 @@ from llmhost.engine.gotemplate.errors import GoTemplateExecError, Positions
 from llmhost.engine.gotemplate.funcs import BUILTINS, FuncError, sprintf
 from llmhost.engine.gotemplate.parser import Tree
 from llmhost.engine.gotemplate.values import NO_VALUE, Struct, format_value, is_true, stringer, type_name
-from llmhost.engine.sandbox import RenderBudget, RenderLimitError
+from llmhost.engine.sandbox import RenderBudget
+from llmhost.errors import RenderLimitError
 
 MAX_EXEC_DEPTH = 150  # nested structures, parentheses and template calls while executing
 _NO_FINAL = object()  # no value piped in from a previous command

@@ -13,13 +13,22 @@ executor reports ``error calling NAME: …``, as Go does).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote_plus
 
 from llmhost.engine.gotemplate.values import (
-    NO_VALUE, GoSlice, Struct, UnsupportedValue, format_value, go_json, is_true, stringer, type_name,
+    NO_VALUE,
+    GoSlice,
+    Struct,
+    UnsupportedValue,
+    format_value,
+    go_json,
+    is_true,
+    stringer,
+    type_name,
 )
 
 

@@ -8,7 +8,6 @@ errors give a line and column. Lists of nodes are tuples: a tree is never change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Chain:
     """``(pipeline).A.B`` or ``"x".A``: fields looked up on the value of another term."""
 
     pos: int
-    node: "Arg"
+    node: Arg
     names: tuple[str, ...]
 
 
@@ -88,7 +87,7 @@ class Command:
     """One stage of a pipeline: a function with its arguments, or a single operand."""
 
     pos: int
-    args: tuple["Arg", ...]
+    args: tuple[Arg, ...]
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class Action:
 @dataclass(frozen=True)
 class ListNode:
     pos: int
-    nodes: tuple["Node", ...]
+    nodes: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
@@ -159,5 +158,5 @@ class TemplateCall:
     pipe: Pipe | None
 
 
-Arg = Union[Dot, Nil, Bool, Number, String, Field, Variable, Identifier, Chain, Pipe]
-Node = Union[Text, Action, If, With, Range, Break, Continue, TemplateCall, ListNode]
+Arg = Dot | Nil | Bool | Number | String | Field | Variable | Identifier | Chain | Pipe
+Node = Text | Action | If | With | Range | Break | Continue | TemplateCall | ListNode

@@ -18,9 +18,10 @@ tools gives the JSON Ollama gives, and a misspelt field is an error, as it is th
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from llmhost.engine.gotemplate import nodes as n
 from llmhost.engine.gotemplate.errors import GoTemplateError
@@ -145,9 +146,7 @@ def walk(node: Any):
             children = list(item.nodes)
         elif isinstance(item, (n.If, n.With, n.Range)):
             children = [item.pipe, item.body, item.else_]
-        elif isinstance(item, n.Action):
-            children = [item.pipe]
-        elif isinstance(item, n.TemplateCall):
+        elif isinstance(item, (n.Action, n.TemplateCall)):
             children = [item.pipe]
         elif isinstance(item, n.Pipe):
             children = [arg for cmd in item.cmds for arg in cmd.args]
@@ -203,10 +202,9 @@ def tool_call_tag(template: OllamaTemplate) -> str:
 
 def _tool_calls_if(nodes: Sequence[Any]) -> n.If | None:
     for node in nodes:
-        if isinstance(node, n.If):
-            if any(isinstance(arg, n.Field) and "ToolCalls" in arg.names
-                   for cmd in node.pipe.cmds for arg in cmd.args):
-                return node
+        if isinstance(node, n.If) and any(isinstance(arg, n.Field) and "ToolCalls" in arg.names
+               for cmd in node.pipe.cmds for arg in cmd.args):
+            return node
         if isinstance(node, n.ListNode):
             found = _tool_calls_if(node.nodes)
         elif isinstance(node, (n.If, n.With, n.Range)):
@@ -311,6 +309,11 @@ def go_any(value: Any) -> Any:
     return value
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object from the request, or an empty one for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -330,7 +333,7 @@ def message_value(message: dict[str, Any]) -> Struct:
 
 
 def tool_call_value(call: dict[str, Any]) -> Struct:
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    function = _object(call.get("function"))
     arguments = function.get("arguments")
     index = function.get("index", 0)
     args = GoMap(go_any(arguments) if isinstance(arguments, dict) else {}, nil=not isinstance(arguments, dict),
@@ -361,9 +364,10 @@ def tools_value(tools: Sequence[dict[str, Any]]) -> GoSlice:
 
 
 def tool_value(tool: dict[str, Any]) -> Struct:
-    function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
-    params = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    properties = params.get("properties") if isinstance(params.get("properties"), dict) else None
+    function = _object(tool.get("function"))
+    params = _object(function.get("parameters"))
+    properties = params.get("properties")
+    properties = properties if isinstance(properties, dict) else None
     parameters = Struct("template.templateToolFunctionParameters", {
         "Type": _text(params.get("type")),
         "Defs": go_any(params.get("$defs")),

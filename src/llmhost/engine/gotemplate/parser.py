@@ -138,7 +138,7 @@ class _Parser:
         if old is None or not _nonempty(old):
             self.defines[name] = body
 
-    def item_list(self) -> tuple[n.ListNode, "_Marker"]:
+    def item_list(self) -> tuple[n.ListNode, _Marker]:
         """Nodes up to ``{{end}}`` or ``{{else…}}``, and which of the two ended them."""
         start = self.peek().pos
         nodes: list[n.Node] = []
@@ -169,11 +169,11 @@ class _Parser:
         self.i -= 1
         return n.Action(token.pos, self.pipeline("command", "right"))
 
-    def end_control(self, token: Token) -> "_Marker":
+    def end_control(self, token: Token) -> _Marker:
         self.expect("right", "end")
         return _Marker("end", token)
 
-    def else_control(self, token: Token) -> "_Marker":
+    def else_control(self, token: Token) -> _Marker:
         following = self.peek_non_space()
         if following.kind == "keyword" and following.value in ("if", "with"):
             return _Marker("else " + following.value, token)  # "else if": the if is read by the caller
@@ -391,10 +391,10 @@ def _unquote(parser: _Parser, token: Token) -> str:
 def _number(parser: _Parser, token: Token) -> int | float:
     text = token.value
     if token.kind == "char":
-        value = _unquote(parser, Token("string", '"' + text[1:-1].replace('"', '\\"') + '"', token.pos))
-        if len(value) != 1:
+        char = _unquote(parser, Token("string", '"' + text[1:-1].replace('"', '\\"') + '"', token.pos))
+        if len(char) != 1:
             raise parser.error(f"malformed character constant: {text}", token)
-        return ord(value)
+        return ord(char)
     if text.endswith("i"):
         raise parser.error(f"complex numbers are not supported: {text}", token)
     clean = text.replace("_", "")

@@ -18,16 +18,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 
 class _NoValue:
     """Go's invalid reflect.Value: printed ``<no value>``, false, and field lookups on it yield it."""
 
-    _instance: "_NoValue | None" = None
+    _instance: _NoValue | None = None
 
-    def __new__(cls) -> "_NoValue":
+    def __new__(cls) -> _NoValue:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -44,7 +45,7 @@ class Struct:
     (None: every field under its own name, as for a struct without tags); ``string``: its String
     method returns its JSON."""
 
-    __slots__ = ("type_name", "fields", "json_fields", "has_string")
+    __slots__ = ("fields", "has_string", "json_fields", "type_name")
 
     def __init__(self, type_name: str, fields: dict[str, Any],
                  json_fields: tuple[tuple[str, str, bool], ...] | None = None, string: bool = False):
@@ -69,8 +70,8 @@ class Struct:
 class GoSlice(list):
     """A slice of a named type: ``nil`` (JSON null, not []) and an optional String method."""
 
-    def __init__(self, items=(), *, nil: bool = False, string: Callable[["GoSlice"], str] | None = None,
-                 json_value: Callable[["GoSlice"], Any] | None = None):
+    def __init__(self, items=(), *, nil: bool = False, string: Callable[[GoSlice], str] | None = None,
+                 json_value: Callable[[GoSlice], Any] | None = None):
         super().__init__(items)
         self.nil = nil and not self
         self.string = string
@@ -85,7 +86,7 @@ class GoMap(dict):
     encodes null, and an optional String method."""
 
     def __init__(self, items=(), *, ordered: bool = False, nil: bool = False,
-                 string: Callable[["GoMap"], str] | None = None):
+                 string: Callable[[GoMap], str] | None = None):
         super().__init__(items)
         self.ordered = ordered
         self.nil = nil and not self

@@ -66,7 +66,7 @@ def _function(tool: Any) -> tuple[str, dict[str, Any]]:
     """(name, parameters schema) of one tool, checked on its own so an error can name it."""
     function = tool.get("function") if isinstance(tool, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str) or not name:
+    if not isinstance(function, dict) or not isinstance(name, str) or not name:
         raise BadRequest('each tool needs a "function" with a "name"')
     params = function.get("parameters") or {"type": "object"}
     if not isinstance(params, dict) or params.get("type", "object") != "object":

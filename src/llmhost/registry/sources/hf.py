@@ -3,10 +3,12 @@
     model_info(files_metadata=True)   the repo's files at its current commit, with sizes and LFS sha256
     → the GGUF the tag names          its quant in the file name, case-insensitively (``latest``: Q4_K_M,
                                       else the only GGUF); split files (-00001-of-0000N) are one model
+    → its projector, if the repo has  an ``mmproj*.gguf`` (a vision model's), chosen as llama-server's
+      one                             ``-hf`` does: the model's precision, else F16, else the first
     → hf_hub_download, file by file   pinned to that commit, into a work directory inside blobs/ (same disk)
     → sha256, reading each file once  checked against the LFS sha256, then renamed to blobs/sha256-<hex>
-    → manifest                        the GGUF layer(s) and a config blob; template and parameters stay inside
-                                      the GGUF, as for every pulled GGUF
+    → manifest                        the GGUF layer(s), the projector layer and a config blob; template and
+                                      parameters stay inside the GGUF, as for every pulled GGUF
 
 huggingface_hub does the HTTP (``HF_ENDPOINT``, ``HF_TOKEN``, Xet, CDN redirects). Its blocking calls run
 in threads; its progress bars are replaced by a bridge to Ollama's pull events, and a cancelled pull stops
@@ -34,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-import httpx2
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -46,16 +47,17 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from tqdm import tqdm
+from huggingface_hub.utils import httpx as hub_http  # its HTTP library (httpx2 in 2.x), for transport errors
+from huggingface_hub.utils import tqdm as hub_tqdm
 
-from llmhost.errors import AccessDenied, BadRequest, InvalidModelFile, NotFound, PullError
+from llmhost.errors import AccessDenied, BadRequest, InvalidModelFile, PullError, QuantNotFound, RepoNotFound
 from llmhost.registry import manifest as media
 from llmhost.registry.create import check_loadable, manifest_for_gguf, write_config
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, _fsync_dir, check_space, emit
 from llmhost.registry.gguf_meta import human_number, read_gguf_info
 from llmhost.registry.manifest import Layer, Manifest
-from llmhost.registry.net import describe, make_dir
 from llmhost.registry.names import ModelName
+from llmhost.registry.net import describe, make_dir
 from llmhost.registry.store import TEMP_PREFIX, Store
 
 HF_HOSTS = ("hf.co", "huggingface.co")
@@ -71,14 +73,6 @@ _CANCEL_WAIT = 10.0  # seconds a cancelled pull waits for its download thread to
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
-
-
-class RepoNotFound(NotFound):
-    """The Hub has no such repository (or hides a private one from us)."""
-
-
-class QuantNotFound(NotFound):
-    """The repository has no GGUF file for the tag."""
 
 
 # ---- choosing the file: shared with the wheel source ---------------------------------------------
@@ -154,7 +148,7 @@ def gguf_models(files: Sequence[RepoFile]) -> list[GGUFModel]:
     groups: dict[str, list[RepoFile]] = {}
     for file in files:
         name = PurePosixPath(file.path).name.lower()
-        if name.endswith(".gguf") and "mmproj" not in name and _safe_path(file.path):
+        if name.endswith(".gguf") and not _is_projector_file(file.path) and _safe_path(file.path):
             key = str(PurePosixPath(file.path).parent / file_stem(file.path))
             groups.setdefault(key.lower(), []).append(file)
     models = []
@@ -184,6 +178,32 @@ def choose_model(models: Sequence[GGUFModel], tag: str, display: str) -> GGUFMod
     raise QuantNotFound(f'no GGUF file for "{tag}" in {base} (available: {quants})')
 
 
+def choose_projector(files: Sequence[RepoFile], model: GGUFModel) -> RepoFile | None:
+    """The projector llama-server's ``-hf`` would load with ``model``: an ``mmproj*.gguf`` in the
+    model's folder (else anywhere in the repository) of the model's precision, else F16, else the
+    first by name; None when the repository has none (a text-only model)."""
+    candidates = sorted((f for f in files if _is_projector_file(f.path) and _safe_path(f.path)),
+                        key=lambda f: f.path)
+    folder = PurePosixPath(model.name).parent
+    near = [f for f in candidates if PurePosixPath(f.path).parent == folder] or candidates
+    for wanted in (_precision(model.name), "F16"):
+        found = next((f for f in near if _precision(f.path) == wanted), None)
+        if found is not None:
+            return found
+    return near[0] if near else None
+
+
+def _is_projector_file(path: str) -> bool:
+    name = PurePosixPath(path).name.lower()
+    return name.endswith(".gguf") and "mmproj" in name
+
+
+def _precision(filename: str) -> str:
+    """A file name's quant with ``fp16``/``fp32`` spelt as ``F16``/``F32``."""
+    quant = quant_of(filename)
+    return quant[1:] if quant in ("FP16", "FP32") else quant
+
+
 # ---- the pull ----------------------------------------------------------------------------------
 
 
@@ -211,13 +231,15 @@ async def pull_hf(store: Store, name: ModelName | str, progress: ProgressCallbac
     repo = await asyncio.to_thread(_read_repo, f"{name.namespace}/{name.model}")
     model = choose_model(gguf_models(repo.files), name.tag, name.display())
     model.check_complete(repo.id)
+    projector = choose_projector(repo.files, model)
+    files = (*model.parts, *([projector] if projector else []))
     source = {"type": "huggingface", "repo": repo.id, "revision": repo.revision,
-              "files": [part.path for part in model.parts]}
+              "files": [part.path for part in model.parts], **({"projector": projector.path} if projector else {})}
     installed: list[str] = []
     try:
-        with DOWNLOADS.claim(part.digest for part in model.parts if part.digest):
-            layers = await _fetch_model(store, repo, model, progress, installed)
-            manifest = await asyncio.to_thread(_manifest, store, layers, source, repo.parameters)
+        with DOWNLOADS.claim(part.digest for part in files if part.digest):
+            layers = await _fetch_files(store, repo, files, progress, installed)
+            manifest = await asyncio.to_thread(_manifest, store, layers, source, repo, projector)
             await emit(progress, {"status": "writing manifest"})
             removed = await asyncio.to_thread(store.write_manifest, name, manifest)
     except Exception as e:  # not on cancel: what arrived is kept, as other sources do
@@ -242,17 +264,17 @@ def _read_repo(repo_id: str) -> _Repo:
     return _Repo(repo_id, info.sha or "main", files, total if isinstance(total, int) and total > 0 else None)
 
 
-async def _fetch_model(store: Store, repo: _Repo, model: GGUFModel, progress: ProgressCallback | None,
+async def _fetch_files(store: Store, repo: _Repo, parts: Sequence[RepoFile], progress: ProgressCallback | None,
                        installed: list[str]) -> list[tuple[str, int]]:
-    """Download the parts not in the store yet, verify them and move them into place: (digest, size) each.
+    """Download the files not in the store yet, verify them and move them into place: (digest, size) each.
 
     Digests moved into the store are appended to ``installed`` as they arrive.
     """
     layers = {part: (part.digest, store.blob_size(part.digest))
-              for part in model.parts if part.digest and store.has_blob(part.digest)}
-    missing = [part for part in model.parts if part not in layers]
-    check_space(store, sum(part.size or 0 for part in missing), f"{repo.id}/{model.name}")
-    for part in model.parts:  # one bar per part, in order, before bytes flow (as Ollama)
+              for part in parts if part.digest and store.has_blob(part.digest)}
+    missing = [part for part in parts if part not in layers]
+    check_space(store, sum(part.size or 0 for part in missing), f"{repo.id}/{parts[0].path}")
+    for part in parts:  # one bar per file, in order, before bytes flow (as Ollama)
         size = layers[part][1] if part in layers else part.size or 0
         await emit(progress, {**_event(part), "total": size, "completed": size if part in layers else 0})
     await asyncio.to_thread(_remove_stale_work_dirs, store)
@@ -263,7 +285,7 @@ async def _fetch_model(store: Store, repo: _Repo, model: GGUFModel, progress: Pr
         for part, path in downloaded.items():
             layers[part] = await asyncio.to_thread(_install, store, path, part)
             installed.append(layers[part][0])
-        return [layers[part] for part in model.parts]
+        return [layers[part] for part in parts]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -315,7 +337,16 @@ def _install(store: Store, path: Path, part: RepoFile) -> tuple[str, int]:
     return digest, size
 
 
-def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, parameters: int | None) -> Manifest:
+def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, repo: _Repo,
+              projector: RepoFile | None) -> Manifest:
+    """The model's manifest; ``layers`` end with the projector's when there is one."""
+    if projector is None:
+        return _model_manifest(store, layers, source, repo.parameters)
+    manifest = _model_manifest(store, layers[:-1], source, repo.parameters)
+    return _with_projector(store, manifest, layers[-1], f"{repo.id}/{projector.path}")
+
+
+def _model_manifest(store: Store, layers: list[tuple[str, int]], source: dict, parameters: int | None) -> Manifest:
     if len(layers) == 1:
         return manifest_for_gguf(store, layers[0][0], extra_config={"source": source})
     info = read_gguf_info(store.blob_path(layers[0][0]))  # the first part holds the metadata and template
@@ -332,6 +363,19 @@ def _manifest(store: Store, layers: list[tuple[str, int]], source: dict, paramet
         extra["model_type"] = human_number(parameters)
     model_layers = tuple(Layer(media.MODEL, digest, size) for digest, size in layers)
     return Manifest(write_config(store, info, extra), model_layers)
+
+
+def _with_projector(store: Store, manifest: Manifest, layer: tuple[str, int], where: str) -> Manifest:
+    """``manifest`` with the projector's layer after the model's; a file that is no projector is refused."""
+    digest, size = layer
+    try:
+        is_projector = read_gguf_info(store.blob_path(digest)).is_projector
+    except InvalidModelFile as e:
+        raise PullError(f"{where} is not a usable projector GGUF: {e}") from None
+    if not is_projector:
+        raise PullError(f"{where} is named as a projector (mmproj) but its metadata is a model's; "
+                        "llama.cpp cannot load it as one")
+    return Manifest(manifest.config, (*manifest.layers, Layer(media.PROJECTOR, digest, size)))
 
 
 # ---- huggingface_hub in threads ----------------------------------------------------------------
@@ -354,8 +398,14 @@ class ThreadProgress:
         self.completed += n
 
 
-class _ProgressBridge(tqdm):
-    """Takes the place of huggingface_hub's progress bars: draws nothing, counts bytes into ``transfer``."""
+class _ProgressBridge(hub_tqdm):
+    """Takes the place of huggingface_hub's progress bars (its public ``tqdm_class`` argument): draws
+    nothing, counts bytes into ``transfer``.
+
+    huggingface_hub gives a bar that has ``update_transfer`` the network bytes of a download too (an
+    Xet one's, which differ from the bytes written) instead of making a second bar for them; so the
+    bridge has it, and ignores them: ``update`` counts what the pull's progress shows.
+    """
 
     transfer: ThreadProgress
 
@@ -367,13 +417,13 @@ class _ProgressBridge(tqdm):
         DOWNLOADS.count(int(n or 0))
 
     def update_transfer(self, n: int) -> None:
-        """Xet's network bytes; ``update`` already counts the bytes written, which is what the bar shows."""
+        """Network bytes: not counted (see the class)."""
 
     def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 
-def progress_bridge(transfer: ThreadProgress) -> type[tqdm]:
+def progress_bridge(transfer: ThreadProgress) -> type[hub_tqdm]:
     """A ``tqdm_class`` for huggingface_hub that counts into ``transfer`` (it instantiates the class itself)."""
     return type("ProgressBridge", (_ProgressBridge,), {"transfer": transfer})
 
@@ -422,7 +472,7 @@ def _hub_errors(repo_id: str, file: str | None = None) -> Iterator[None]:
         raise PullError(f"Hugging Face answered HTTP {status} for {what}") from None
     except OfflineModeIsEnabled:
         raise PullError(f"cannot pull {what}: HF_HUB_OFFLINE is set") from None
-    except (LocalEntryNotFoundError, httpx2.TransportError) as e:
+    except (LocalEntryNotFoundError, hub_http.TransportError) as e:
         cause = e.__cause__ or e
         raise PullError(f"cannot reach Hugging Face at {constants.ENDPOINT} for {what}: {describe(cause)}") from None
     except OSError as e:

