@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from llmhost.api.options import split_options
+from llmhost.api.responses import Metrics
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest, JsonObject
 from llmhost.daemon.metrics import CompletionMeter
 from llmhost.daemon.residency import Lease, ModelIdentity, Residency
@@ -236,10 +237,10 @@ async def collect(completion: Completion) -> tuple[list[Delta], JsonObject]:
     return collected, final
 
 
-def metrics(final: JsonObject, completion: Completion) -> JsonObject:
+def metrics(final: JsonObject, completion: Completion) -> Metrics:
     """Ollama's final-chunk metrics (ns), from the runner's final line.
 
-    ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
+    ``final`` is the runner's ``RunnerFinal`` line as parsed JSON. ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
     report it as prompt usage); ``prompt_cached_count`` (our extension) says how many of those the KV
     cache supplied, and ``prompt_eval_duration`` is the time spent on the rest.
     """

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from llmhost import __version__
+from llmhost.api.responses import ModelUsage
 from llmhost.api.types import JsonObject
 from llmhost.daemon.residency import Residency, ResidencyObserver, Resident, ResidentView
 from llmhost.daemon.runner_client import Runner
@@ -199,7 +200,7 @@ async def refresh_health(residents: Iterable[Resident], timeout: float = HEALTH_
     await asyncio.gather(*(ask(r.runner) for r in residents))
 
 
-def usage(view: ResidentView) -> JsonObject:
+def usage(view: ResidentView) -> ModelUsage:
     """How a loaded model is used (llmhost's fields in /api/ps), from its runner's last ``/health``:
     parallel slots, slots in use, queue depth, and the share of prompt tokens the KV cache supplied
     since the runner started (None before any prompt)."""

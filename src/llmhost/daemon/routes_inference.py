@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from llmhost.api.responses import ChatFields, ChatMessage, GenerateFields, ProcessModel
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest, JsonObject
 from llmhost.daemon.http import format_time, now_rfc3339, read_json, stream_ndjson
 from llmhost.daemon.inference import NS, Completion, Delta, deltas, embed, lease_for, metrics, start_completion
@@ -20,7 +21,7 @@ from llmhost.daemon.state import DaemonState, state_of
 if TYPE_CHECKING:
     from llmhost.registry.record import ModelRecord
 
-Fields = Callable[[Delta], JsonObject]  # a delta's own fields in a route's chunk (generate's or chat's)
+Fields = Callable[[Delta], GenerateFields | ChatFields]  # a delta's own fields in a route's chunk (generate's or chat's)
 
 routes = web.RouteTableDef()
 
@@ -39,15 +40,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _infer(request, req, not req.messages, _chat_fields)
 
 
-def _generate_fields(delta: Delta) -> JsonObject:
-    out: JsonObject = {"response": delta.content}
+def _generate_fields(delta: Delta) -> GenerateFields:
+    out: GenerateFields = {"response": delta.content}
     if delta.thinking:
         out["thinking"] = delta.thinking
     return out
 
 
-def _chat_fields(delta: Delta) -> JsonObject:
-    message: JsonObject = {"role": "assistant", "content": delta.content}
+def _chat_fields(delta: Delta) -> ChatFields:
+    message: ChatMessage = {"role": "assistant", "content": delta.content}
     if delta.thinking:
         message["thinking"] = delta.thinking
     if delta.tool_calls:
@@ -151,8 +152,9 @@ async def ps(request: web.Request) -> web.Response:
     return web.json_response({"models": [_ps_entry(view) for view in residency.views()]})
 
 
-def _ps_entry(view: ResidentView) -> JsonObject:
-    return {
+def _ps_entry(view: ResidentView) -> ProcessModel:
+    use = usage(view)
+    entry: ProcessModel = {
         "name": view.name,
         "model": view.name,
         "size": view.size,
@@ -161,6 +163,10 @@ def _ps_entry(view: ResidentView) -> JsonObject:
         "details": dict(view.model.details),
         "expires_at": format_time(view.expires_at) if view.expires_at is not None else FOREVER,
         "context_length": view.context_length,
-        **usage(view),  # llmhost's: parallel, slots_in_use, queue_depth, cache_hit_rate
-        **({"rpc": [{"server": s.server, "layers": s.layers, "bytes": s.bytes} for s in view.rpc]} if view.rpc else {}),
+        # llmhost's own:
+        "parallel": use["parallel"], "slots_in_use": use["slots_in_use"], "queue_depth": use["queue_depth"],
+        "cache_hit_rate": use["cache_hit_rate"],
     }
+    if view.rpc:
+        entry["rpc"] = [{"server": s.server, "layers": s.layers, "bytes": s.bytes} for s in view.rpc]
+    return entry

@@ -14,6 +14,7 @@ from enum import Enum
 
 import numpy as np
 
+from llmhost.api.responses import RunnerFinal
 from llmhost.engine.detokenizer import Detokenizer
 from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import SwapRecord
@@ -68,11 +69,14 @@ class Finished:
     eval_duration: int
     context: tuple[int, ...] | None = None  # prompt + generated token ids, when the request asked
 
-    def to_json(self) -> dict:
-        out = {"done": True, **self.__dict__, "done_reason": self.done_reason.value}
-        if self.context is None:
-            del out["context"]
-        else:
+    def to_json(self) -> RunnerFinal:
+        out: RunnerFinal = {
+            "done": True, "done_reason": self.done_reason.value,
+            "prompt_eval_count": self.prompt_eval_count, "prompt_cached_count": self.prompt_cached_count,
+            "prompt_eval_duration": self.prompt_eval_duration, "eval_count": self.eval_count,
+            "eval_duration": self.eval_duration,
+        }
+        if self.context is not None:
             out["context"] = list(self.context)
         return out
 
