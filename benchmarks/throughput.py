@@ -107,8 +107,9 @@ def p3(conversations: int = 8, turns: int = 6) -> dict:
                 results = await asyncio.gather(*(stream(s, url, "/api/chat", b) for b in bodies))
                 ttft_by_turn.append([r.ttft for r in results])
                 for c, (history, r) in enumerate(zip(histories, results)):
-                    total = r.final.get("prompt_eval_count", 0) + r.final.get("prompt_cached_count", 0)
-                    evaluated += r.final.get("prompt_eval_count", 0)
+                    # prompt_eval_count is the whole prompt (Ollama's meaning), the cached part included
+                    total = r.final.get("prompt_eval_count", 0)
+                    evaluated += total - r.final.get("prompt_cached_count", 0)
                     cached += r.final.get("prompt_cached_count", 0)
                     if previous[c] is None:  # only the first conversation's system prompt is new
                         new += total if c == 0 else total - shared
