@@ -1,5 +1,5 @@
-"""The native API's answers, typed (as Ollama's ``api/types.go`` holds responses beside requests), and
-the runner's final ``/completion`` line that the daemon turns into them.
+"""The native API's answers, typed (as Ollama's ``api/types.go`` holds responses beside requests); the
+runner's lines they are made from are typed in ``api/runner_protocol.py``.
 
 TypedDicts, not classes: these are the JSON objects themselves, built once and written out, so the
 type checker sees every field name and type where a route or the runner builds one.
@@ -8,22 +8,6 @@ type checker sees every field name and type where a route or the runner builds o
 from __future__ import annotations
 
 from typing import Any, TypedDict
-
-
-class _RunnerFinalBase(TypedDict):
-    done: bool
-    done_reason: str  # "stop" | "length" (docs/runner-protocol.md)
-    prompt_eval_count: int  # prompt tokens evaluated (not reused from the KV cache)
-    prompt_cached_count: int  # prompt tokens the KV cache supplied
-    prompt_eval_duration: int  # ns
-    eval_count: int
-    eval_duration: int  # ns
-
-
-class RunnerFinal(_RunnerFinalBase, total=False):
-    """The runner's last ``/completion`` line (written by the engine, read by the daemon)."""
-
-    context: list[int]  # prompt + generated token ids, when the request asked for them
 
 
 class Metrics(TypedDict):

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from llmhost.api.options import split_options
 from llmhost.api.responses import Metrics
+from llmhost.api.runner_protocol import CompletionBody
 from llmhost.api.types import ChatRequest, EmbedRequest, GenerateRequest, JsonObject
 from llmhost.daemon.metrics import CompletionMeter
 from llmhost.daemon.residency import Lease, ModelIdentity, Residency
@@ -130,7 +131,7 @@ def resolve_think(record: ModelRecord, request: GenerateRequest | ChatRequest) -
     return True if request.think is None else request.think
 
 
-async def _runner_lines(lease: Lease, body: JsonObject, meter: CompletionMeter) -> AsyncGenerator[JsonObject, None]:
+async def _runner_lines(lease: Lease, body: CompletionBody, meter: CompletionMeter) -> AsyncGenerator[JsonObject, None]:
     """The runner's ``{"content"}`` lines, then its final line; an error line raises RunnerError.
 
     ``meter`` sees every line as the runner sent it (the final one before ``metrics`` adds the
@@ -240,7 +241,7 @@ async def collect(completion: Completion) -> tuple[list[Delta], JsonObject]:
 def metrics(final: JsonObject, completion: Completion) -> Metrics:
     """Ollama's final-chunk metrics (ns), from the runner's final line.
 
-    ``final`` is the runner's ``RunnerFinal`` line as parsed JSON. ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
+    ``final`` is the runner's ``FinalLine`` as parsed JSON. ``prompt_eval_count`` is the whole prompt, as Ollama counts it, cached tokens included (clients
     report it as prompt usage); ``prompt_cached_count`` (our extension) says how many of those the KV
     cache supplied, and ``prompt_eval_duration`` is the time spent on the rest.
     """

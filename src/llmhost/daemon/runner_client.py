@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from llmhost.api.runner_protocol import CompletionBody
 from llmhost.api.types import JsonObject
 from llmhost.daemon.tasks import Tasks
 from llmhost.errors import LlmhostError, RunnerError, from_status
@@ -105,7 +106,7 @@ class Runner(Protocol):
     memory_bytes: int  # host memory it holds (resident set)
     vram_bytes: int  # GPU memory its offloaded layers hold (its Placement's)
 
-    def completion(self, body: JsonObject) -> AsyncGenerator[JsonObject, None]:
+    def completion(self, body: CompletionBody) -> AsyncGenerator[JsonObject, None]:
         """Stream runner-protocol lines (``{"content"}``…, then a final ``{"done": true, …}``).
 
         The caller closes it (``contextlib.aclosing``), so a client that leaves mid-stream ends the
@@ -292,7 +293,7 @@ class ProcessRunner:
             self.last_health = await resp.json()
             return self.last_health
 
-    async def completion(self, body: JsonObject) -> AsyncGenerator[JsonObject, None]:
+    async def completion(self, body: CompletionBody) -> AsyncGenerator[JsonObject, None]:
         import aiohttp
 
         self._on_request(+1)

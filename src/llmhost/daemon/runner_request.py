@@ -12,7 +12,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from llmhost.api.types import ChatRequest, GenerateRequest, JsonObject, Message
+from llmhost.api.runner_protocol import CompletionBody
+from llmhost.api.types import ChatRequest, GenerateRequest, Message
 from llmhost.engine.templates import MAX_TEMPLATE_CHARS, compile_template, is_go_template
 from llmhost.errors import BadRequest
 
@@ -28,7 +29,7 @@ def effective_options(model_parameters: dict[str, Any], request_options: dict[st
 
 
 def runner_body(record: ModelRecord, request: GenerateRequest | ChatRequest, runtime_options: dict[str, Any],
-                think: bool | str | None = None) -> JsonObject:
+                think: bool | str | None = None) -> CompletionBody:
     """The ``/completion`` body for the runner (see docs/runner-protocol.md).
 
     ``think`` is the request's thinking switch resolved against the model (None: the model has none).
@@ -42,7 +43,7 @@ def runner_body(record: ModelRecord, request: GenerateRequest | ChatRequest, run
     if own_template:
         check_request_template(own_template)
     template = own_template or record.template
-    body: JsonObject = {
+    body: CompletionBody = {
         "options": runtime_options,
         "format": request.format,
         "priority": request.priority,
@@ -72,8 +73,9 @@ def runner_body(record: ModelRecord, request: GenerateRequest | ChatRequest, run
     else:
         if request.offered_tools:
             body["tools"] = list(request.offered_tools)
-        if request.tool_choice.to_json() is not None:
-            body["tool_choice"] = request.tool_choice.to_json()
+        choice = request.tool_choice.to_json()
+        if choice is not None:
+            body["tool_choice"] = choice
             body["parallel_tool_calls"] = request.parallel_tool_calls
     if think is not None:
         body["think"] = think

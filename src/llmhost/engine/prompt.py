@@ -103,6 +103,8 @@ class CompletionRequest:
 
     @classmethod
     def from_json(cls, body: Any) -> CompletionRequest:
+        """A received body (``api.runner_protocol.CompletionBody`` when the daemon sent it; untrusted
+        JSON until checked here) → the request."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         messages, prompt = body.get("messages"), body.get("prompt")

@@ -14,7 +14,7 @@ from enum import Enum
 
 import numpy as np
 
-from llmhost.api.responses import RunnerFinal
+from llmhost.api.runner_protocol import FinalLine
 from llmhost.engine.detokenizer import Detokenizer
 from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import SwapRecord
@@ -69,8 +69,8 @@ class Finished:
     eval_duration: int
     context: tuple[int, ...] | None = None  # prompt + generated token ids, when the request asked
 
-    def to_json(self) -> RunnerFinal:
-        out: RunnerFinal = {
+    def to_json(self) -> FinalLine:
+        out: FinalLine = {
             "done": True, "done_reason": self.done_reason.value,
             "prompt_eval_count": self.prompt_eval_count, "prompt_cached_count": self.prompt_cached_count,
             "prompt_eval_duration": self.prompt_eval_duration, "eval_count": self.eval_count,
