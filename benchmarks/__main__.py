@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import kernels, peers, pull, residency, throughput
+from benchmarks import kernels, peers, pull, residency, rpc, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "kv": kernels.kv,
     "repack": kernels.repack,
     "peers": peers.peers,
+    "rpc": rpc.rpc,
 }
 
 
