@@ -9,7 +9,7 @@ import pytest
 
 from llmhost.api.client import Client
 from llmhost.cli import render
-from llmhost.cli.commands.run import RunOptions, generate_parts, stream_answer
+from llmhost.cli.answer import RunOptions, generate_parts, stream_answer
 from llmhost.cli.repl import Repl
 from llmhost.errors import BadRequest
 from tests.support.fake_daemon import MODEL, show_answer

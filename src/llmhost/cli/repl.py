@@ -13,16 +13,8 @@ from typing import Any
 
 from llmhost.api.client import Client
 from llmhost.cli import render
-from llmhost.cli.commands.run import (
-    RunOptions,
-    chat_parts,
-    extract_images,
-    image_paths,
-    parse_think,
-    sees_images,
-    stream_answer,
-    writer,
-)
+from llmhost.cli.answer import RunOptions, chat_parts, parse_think, stream_answer, writer
+from llmhost.cli.images import extract_images, image_paths, sees_images
 from llmhost.errors import LlmhostError
 
 QUOTES = '"""'
