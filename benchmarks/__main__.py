@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import kernels, peers, pull, residency, rpc, throughput
+from benchmarks import cli, kernels, peers, pull, residency, rpc, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "repack": kernels.repack,
     "peers": peers.peers,
     "rpc": rpc.rpc,
+    "cli": cli.cli,
 }
 
 

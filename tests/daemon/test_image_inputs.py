@@ -84,3 +84,21 @@ async def test_images_that_cannot_be_served_are_refused_before_anything_loads(ha
     error = answer["error"]
     assert status == 400 and message in (error if isinstance(error, str) else error["message"])
     assert harness.factory.started == []
+
+
+async def test_the_official_anthropic_client_sends_an_image_we_take(harness, seer, anthropic_client):
+    await anthropic_client.messages.create(model="seer", max_tokens=8, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "text", "text": "what is this?"}]}])
+    assert last_body(harness)["messages"][-1] == {"role": "user", "content": "what is this?", "images": [PNG]}
+
+
+async def test_the_official_openai_client_gets_ollamas_refusal_of_an_image_url(harness, seer, openai_client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_client.chat.completions.create(model="seer", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert refused.value.status_code == 400
+    assert "image URLs are not currently supported" in refused.value.message
+    assert harness.factory.started == []
