@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import cli, kernels, peers, pull, residency, rpc, throughput
+from benchmarks import cli, kernels, peers, pull, relay, residency, rpc, speculation, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -20,6 +20,8 @@ BENCHMARKS = {
     "peers": peers.peers,
     "rpc": rpc.rpc,
     "cli": cli.cli,
+    "spec": speculation.speculation,
+    "relay": relay.relay,
 }
 
 

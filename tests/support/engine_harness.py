@@ -62,7 +62,7 @@ class EngineHarness:
         so batch composition (and with it floating-point rounding) does not depend on timing."""
         self.model = model
         n_ctx = kv_cells or ctx_size * parallel
-        self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel, n_batch=batch, n_threads=1,
+        self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel + 1, n_batch=batch, n_threads=1,
                            kv_cache_type=kv_cache_type)
         self.engine = Engine(model, self.ctx, n_slots=parallel, slot_capacity=ctx_size, **kw)
         self.builder = PromptBuilder(model, self.engine.kv.slot_capacity)

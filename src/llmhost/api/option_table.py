@@ -25,6 +25,7 @@ MAX_NUM_THREAD = 512  # GGML_MAX_N_THREADS
 # KV cache element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them: f16 2 bytes an element, q8_0
 # 34 bytes per 32, q4_0 18 per 32 (quantized ones need flash attention; the runner switches it on).
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+MAX_DRAFT = 16  # speculative draft tokens per step that are tried, whatever draft_num_predict says
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("num_thread", INT, None, "load",
                "llama.cpp threads of the runner; 0: the default",
                bounds=(0, MAX_NUM_THREAD), setting="num_threads", zero_is_default=True),
-    OptionSpec("draft_num_predict", INT, 4, "load",
-               "draft tokens per step for speculative decoding; accepted for Ollama's clients, but "
-               "llmhost has no draft models, so it changes nothing"),
     OptionSpec("kv_cache_type", STRING, None, "load",
                "KV cache element type: f16, q8_0 (half the memory) or q4_0 (a quarter); a quantized "
                "cache turns flash attention on",
@@ -120,6 +118,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Mirostat's learning rate", origin="ollama < 0.6.9"),
     OptionSpec("stop", STRINGS, [], "request",
                "strings that end the answer (not included in it); a Modelfile may repeat the PARAMETER"),
+    # Ollama's is a load option that only a draft model uses (0 unless set, without one); llmhost
+    # drafts by prompt lookup instead, per request, so changing it needs no other runner.
+    OptionSpec("draft_num_predict", INT, 0, "request",
+               "speculative decoding: most draft tokens per step, looked up in the prompt and the reply "
+               f"so far and verified in one batch (the output is unchanged); 0 or less: off; at most {MAX_DRAFT} are tried"),
 )
 
 OPTION_SPECS: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}

@@ -64,6 +64,10 @@ _ENGINE_COUNTERS = {
     "context_shifts": ("llmhost_context_shifts", "Context shifts of full sequences (since the runner started)"),
     "evicted_total": ("llmhost_prefix_evictions",
                       "Idle cached prefixes dropped to make room (since the runner started)"),
+    "draft_tokens": ("llmhost_draft_tokens",
+                     "Speculative draft tokens verified (draft_num_predict; since the runner started)"),
+    "draft_accepted": ("llmhost_draft_tokens_accepted",
+                       "Speculative draft tokens accepted, each a token generated without a step of its own"),
 }
 
 

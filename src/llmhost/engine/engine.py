@@ -36,6 +36,7 @@ from llmhost.engine.logprobs import LogprobsProcessor
 from llmhost.engine.outputs import OutputProcessor
 from llmhost.engine.scheduler import Chunk, Scheduler
 from llmhost.engine.sequence import Failed, FinishReason, Sequence
+from llmhost.engine.speculation import PROBE_CELLS, rows_match_alone
 
 if TYPE_CHECKING:
     from llmhost.engine.vision import ImageEncoder
@@ -57,6 +58,9 @@ class EngineStats:
     decode_failures: int = 0
     context_shifts: int = 0
     kv_full_retries: int = 0  # steps re-planned because llama_decode found no KV room
+    draft_tokens: int = 0  # speculative draft tokens verified (engine.speculation)
+    draft_accepted: int = 0  # of those, the ones kept
+    draft_exact: int = -1  # whether drafts keep the output exact on this model: 1, 0, or -1 not probed yet
 
 
 class Engine:
@@ -80,7 +84,12 @@ class Engine:
         # The pool is the context's real size (llama.cpp rounds n_ctx up); each slot is capped at
         # the per-sequence context, and at the pool.
         self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx)
-        self.scheduler = Scheduler(self.kv, ctx.n_batch, ctx.n_ubatch)
+        # A sequence id no slot uses, for the engine's own short-lived decodes (a context made with
+        # more ids than slots; else a free slot is borrowed).
+        self.probe_seq = n_slots if ctx.n_seq_max > n_slots else None
+        # Drafts need a cache that can drop rejected ones, and a model whose batched rows are exact
+        # (probed when a sequence first wants to draft: ``_probe_drafts``).
+        self.scheduler = Scheduler(self.kv, ctx.n_batch, ctx.n_ubatch, drafts_allowed=None if ctx.can_trim else False)
         self.outputs = OutputProcessor(model)
         self.logprobs = LogprobsProcessor(model)
         self.context_shift = context_shift
@@ -166,6 +175,8 @@ class Engine:
 
     def step(self) -> None:
         """One schedule → execute → update round."""
+        if self.scheduler.drafts_allowed is None and self.scheduler.wants_drafts():
+            self._probe_drafts()
         plan = self.scheduler.schedule()
         for seq in plan.cancelled:
             self._finish(seq, FinishReason.CANCELLED)
@@ -177,7 +188,7 @@ class Engine:
         for chunk in chunks:
             if chunk.seq.prefilling and not chunk.seq.t_prefill:
                 chunk.seq.t_prefill = now
-        sampled: dict[Sequence, int] = {}
+        sampled: dict[Sequence, list[int]] = {}
         for decode in _decodes(chunks) if self.images is not None else [chunks]:
             try:
                 sampled.update(self._execute(decode))
@@ -188,7 +199,7 @@ class Engine:
                 return
         self._update(sampled)
 
-    def _execute(self, chunks: list[Chunk]) -> dict[Sequence, int]:
+    def _execute(self, chunks: list[Chunk]) -> dict[Sequence, list[int]]:
         """One llama_decode of ``chunks`` (all token ids, or all image rows); the samples it gives."""
         images = chunks[0].image is not None
         batch = self._embd_batch if images else self._batch
@@ -197,7 +208,8 @@ class Engine:
         rows: list[tuple[Chunk, int]] = []
         for chunk in chunks:
             data = self._image_rows(chunk) if images else chunk.tokens
-            row = batch.add(data, chunk.start, chunk.seq.held_slot, logits="last" if chunk.sample else "none")
+            logits = "all" if chunk.draft else "last" if chunk.sample else "none"
+            row = batch.add(data, chunk.start, chunk.seq.held_slot, logits=logits)
             rows.append((chunk, row))
         non_causal = images and _non_causal(chunks[0])
         if non_causal:
@@ -214,7 +226,30 @@ class Engine:
             chunk.seq.n_past = chunk.start + len(chunk.tokens)
             if images:
                 chunk.seq.release_images(chunk.seq.n_past)
-        return {chunk.seq: self._sample(chunk.seq, row) for chunk, row in rows if chunk.sample}
+        return {chunk.seq: self._verify(chunk, row) if chunk.draft else [self._sample(chunk.seq, row)]
+                for chunk, row in rows if chunk.sample}
+
+    def _verify(self, chunk: Chunk, last_row: int) -> list[int]:
+        """The tokens a drafted chunk yields: its rows sampled in order while each sample equals the
+        draft token after it (so each is what one-token steps would have sampled), then the first
+        sample that differs, or the one after the last draft. The rejected drafts' cells are dropped."""
+        seq, n_draft = chunk.seq, chunk.draft
+        first_row = last_row - n_draft
+        kept: list[int] = []
+        for i in range(n_draft + 1):
+            token = self._sample(seq, first_row + i)
+            kept.append(token)
+            if i == n_draft or token != chunk.tokens[i + 1]:
+                break
+        accepted = len(kept) - 1
+        if accepted < n_draft:
+            seq.n_past = chunk.start + 1 + accepted
+            self.kv.rollback(seq.held_slot, seq.n_past)
+        assert seq.drafting is not None  # only drafting sequences get drafts
+        seq.drafting.record(n_draft, accepted)
+        self.stats.draft_tokens += n_draft
+        self.stats.draft_accepted += accepted
+        return kept
 
     def _with_image_rows(self, chunks: list[Chunk]) -> list[Chunk]:
         """``chunks``, once every image chunk's rows are at hand (cached or encoded now); a sequence
@@ -253,6 +288,23 @@ class Engine:
             seq.emit(self.logprobs.describe(logits, token, seq.logprobs))
         return token
 
+    def _probe_drafts(self) -> None:
+        """Find out once whether drafts keep the output exact here (``speculation.rows_match_alone``),
+        under ``probe_seq`` or in a free slot; without the cells or a slot now, the next step tries again."""
+        if self.probe_seq is not None:
+            seq_id = self.probe_seq if self.kv.make_room(PROBE_CELLS) else None
+        else:
+            seq_id = self.kv.scratch_slot(PROBE_CELLS)
+        if seq_id is None:
+            return
+        try:
+            exact = rows_match_alone(self.ctx, self.model, seq_id)
+        except DecodeError as e:
+            log.warning("speculative decoding is off: its probe failed (%s)", e)
+            exact = False
+        self.scheduler.drafts_allowed = exact
+        self.stats.draft_exact = int(exact)
+
     def _relieve(self, chunks: list[Chunk]) -> bool:
         """llama_decode found no room for the step (status 1: nothing was stored): free cells by
         evicting or swapping out, and let the next step re-plan. False when nothing can give way."""
@@ -261,9 +313,12 @@ class Engine:
         self.stats.kv_full_retries += 1
         return self.scheduler.relieve()
 
-    def _update(self, sampled: dict[Sequence, int]) -> None:
-        for seq, token in sampled.items():
-            reason = self.outputs.on_token(seq, token)
+    def _update(self, sampled: dict[Sequence, list[int]]) -> None:
+        for seq, tokens in sampled.items():
+            for token in tokens:  # more than one when drafts were accepted
+                reason = self.outputs.on_token(seq, token)
+                if reason is not None:
+                    break  # what follows was never generated (its cells stay: they match the tokens)
             if reason is None and seq.n_past >= self.kv.slot_capacity and not self._shift(seq):
                 reason = FinishReason.LENGTH  # no position left for the token just sampled
             if reason is not None:

@@ -156,6 +156,16 @@ class KVCacheManager:
         if not keep:
             self._clear(slot)
 
+    def scratch_slot(self, n: int) -> int | None:
+        """A free slot, emptied, for a moment's private use of ``n`` cells (the caller leaves it
+        empty again); None when every slot is busy or the cells cannot be found."""
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        slot = min(free, key=lambda s: (s.n > 0, s.last_used))  # an empty one, else the stalest
+        self._clear(slot)
+        return slot.seq_id if self.make_room(n) else None
+
     def rollback(self, seq_id: int, n: int) -> None:
         """Forget everything from position ``n`` on (a failed decode may have left part of it)."""
         slot = self.slots[seq_id]

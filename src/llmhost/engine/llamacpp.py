@@ -341,6 +341,9 @@ class Context:
         # (tests/engine/test_kv_types.py): such a cache counts as one that cannot shift.
         self._shiftable = kv_cache_type == "f16" or model.head_size_k % 64 == 0
         self._mem = L.llama_get_memory(self._ptr)
+        # A recurrent (or hybrid) model's state cannot lose its last positions alone, which rejected
+        # speculative drafts need (engine.speculation).
+        self.can_trim = not (L.llama_model_is_recurrent(model.ptr) or L.llama_model_is_hybrid(model.ptr))
         self.n_ctx = L.llama_n_ctx(self._ptr)
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max

@@ -37,6 +37,8 @@ class OutputProcessor:
         if seq.max_tokens is not None and seq.n_generated >= seq.max_tokens:
             return FinishReason.LENGTH
         seq.next_token = token
+        if seq.history is not None:
+            seq.history.append(token)
         return None
 
     def finish(self, seq: Sequence, reason: FinishReason) -> Finished:

@@ -360,6 +360,7 @@ class PromptBuilder:
             keep_tokens=req.return_context,
             logprobs=req.logprobs,
             images=prepared.images,
+            draft=req.params.draft_num_predict,
         )
 
     def _output_shape(self, req: CompletionRequest, prepared: Prepared) -> tuple[str | None, OutputParser | None]:

@@ -187,7 +187,9 @@ def load(args: argparse.Namespace) -> Runtime:
         ctx = Context(
             model,
             n_ctx=args.kv_cells,
-            n_seq_max=args.parallel,
+            # One id more than the slots, for the engine's own decodes (Engine.probe_seq), where the
+            # batch allows it (llama.cpp wants n_batch ≥ n_seq_max).
+            n_seq_max=args.parallel + (args.batch > args.parallel),
             n_batch=args.batch,
             n_threads=threads,
             n_threads_decode=decode_threads,

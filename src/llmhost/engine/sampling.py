@@ -54,6 +54,7 @@ class SamplingParams:
     mirostat_tau: float = DEFAULTS["mirostat_tau"]
     mirostat_eta: float = DEFAULTS["mirostat_eta"]
     stop: tuple[str, ...] = field(default_factory=tuple)
+    draft_num_predict: int = DEFAULTS["draft_num_predict"]  # not sampling: speculation's draft length
 
     @classmethod
     def from_options(cls, options: Any) -> SamplingParams:

@@ -2,7 +2,8 @@
 
 One step = every generating sequence's next token first (decode latency matters most), then prompt
 chunks of prefilling sequences in priority order until the ``n_batch`` token budget or the free KV
-cells are spent.
+cells are spent. A step with no prompt to evaluate may also carry speculative drafts after the next
+tokens of the sequences that asked for them (``engine.speculation``), in cells that are free anyway.
 
 A prompt with images (``Sequence.images``) is evaluated in pieces of one kind: llama.cpp decodes a
 batch of token ids or of embedding rows, not both, and the engine runs a step's image rows before
@@ -29,6 +30,7 @@ import numpy as np
 from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
 from llmhost.engine.sequence import SeqStatus, Sequence
+from llmhost.engine.speculation import lookup_draft
 
 MIN_SHARED_PREFILL = 32  # tokens: below this, evaluating twice is cheaper than waiting
 
@@ -42,6 +44,7 @@ class Chunk:
     start: int
     sample: bool  # the last row's logits are sampled (a generated token or the prompt's end)
     image: ImageSpan | None = None  # the image these positions belong to: decoded as embedding rows
+    draft: int = 0  # of ``tokens``, the last ``draft`` are drafts to verify (every row is sampled)
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,13 @@ class SchedulerStats:
 class Scheduler:
     """Waiting queue, running set and the per-step plan."""
 
-    def __init__(self, kv: KVCacheManager, n_batch: int, n_ubatch: int | None = None):
+    def __init__(self, kv: KVCacheManager, n_batch: int, n_ubatch: int | None = None, *,
+                 drafts_allowed: bool | None = True):
+        """``drafts_allowed``: whether sequences may draft (``engine.speculation``); None: not
+        known yet (no drafts until the engine has found out, see ``wants_drafts``)."""
         self.kv = kv
         self.n_batch = n_batch
+        self.drafts_allowed = drafts_allowed
         # Rows of a non-causal image per decode: llama.cpp needs them in one ubatch, and the budget
         # left beside the other slots' next tokens must be able to hold them.
         self.whole_image_rows = max(1, min(n_ubatch or n_batch, n_batch - len(kv.slots) + 1))
@@ -85,6 +92,10 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         heapq.heappush(self._queue, (-seq.priority, seq.id, seq))
 
+    def wants_drafts(self) -> bool:
+        """Whether a generating sequence would draft if drafts were allowed."""
+        return any(s.drafting is not None and not s.prefilling for s in self.running)
+
     def has_work(self) -> bool:
         return bool(self._queue or self.running)
 
@@ -99,9 +110,12 @@ class Scheduler:
         cancelled = self._take_cancelled()
         self._admit()
         decoding = self._fit_decode()
-        budget = self.n_batch - len(decoding)
-        chunks = [Chunk(s, np.array([s.next_token], dtype=np.int32), s.n_past, True) for s in decoding]
         prefilling = sorted((s for s in self.running if s.prefilling), key=lambda s: (-s.priority, s.id))
+        if prefilling or not self.drafts_allowed:
+            chunks = [Chunk(s, np.array([s.next_token], dtype=np.int32), s.n_past, True) for s in decoding]
+        else:
+            chunks = self._drafted(decoding)
+        budget = self.n_batch - sum(len(c.tokens) for c in chunks)
         if prefilling and budget > 0:
             wanted = sum(len(s.prompt) - s.n_past for s in prefilling)
             self.kv.make_room(len(decoding) + min(budget, wanted))
@@ -129,6 +143,33 @@ class Scheduler:
         return True
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _drafted(self, decoding: list[Sequence]) -> list[Chunk]:
+        """Each generating sequence's next token, and after it the draft tokens its history suggests
+        (``engine.speculation``), within the batch and the cells free now (drafts never evict)."""
+        chunks = []
+        room = min(self.n_batch, self.kv.free_cells()) - len(decoding)
+        for seq in decoding:
+            tokens = np.array([seq.next_token], dtype=np.int32)
+            limit = min(room, self._draft_limit(seq))
+            if limit > 0:
+                assert seq.history is not None  # kept by every drafting sequence
+                draft = lookup_draft(seq.history.tokens, limit)
+                if len(draft):
+                    tokens = np.concatenate((tokens, draft))
+                    room -= len(draft)
+            chunks.append(Chunk(seq, tokens, seq.n_past, True, draft=len(tokens) - 1))
+        return chunks
+
+    def _draft_limit(self, seq: Sequence) -> int:
+        """Draft tokens ``seq`` may try this step: its adaptive length, no further than its context
+        holds, and no more than its num_predict leaves after the token every step yields anyway."""
+        if seq.drafting is None:
+            return 0
+        limit = min(seq.drafting.current, self.kv.slot_capacity - seq.n_past - 1)
+        if seq.max_tokens is not None:
+            limit = min(limit, seq.max_tokens - seq.n_generated - 1)
+        return limit
 
     def _prefill(self, seq: Sequence, budget: int) -> list[Chunk]:
         """This step's prompt chunks of ``seq`` (see the module docstring)."""

@@ -20,6 +20,7 @@ from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import SwapRecord
 from llmhost.engine.llamacpp import Sampler
 from llmhost.engine.parsing import OutputParser
+from llmhost.engine.speculation import DraftLength, History
 
 
 class SeqStatus(Enum):
@@ -135,7 +136,10 @@ class Sequence:
         keep_tokens: bool = False,
         logprobs: int | None = None,
         images: tuple[ImageSpan, ...] = (),
+        draft: int = 0,
     ):
+        """``draft``: most draft tokens per step for speculative decoding (``engine.speculation``);
+        0: none."""
         if len(prompt) == 0:
             raise ValueError("a sequence needs at least one prompt token")
         self.id = next(_ids)
@@ -150,6 +154,10 @@ class Sequence:
         self.parser = parser  # splits thinking and tool calls from the answer (None: plain text)
         self.generated: list[int] | None = [] if keep_tokens else None  # for ``context`` in the result
         self.logprobs = logprobs  # None: off; N (0-20): each token's logprob and its N likeliest alternatives
+        # Drafting needs the whole history to look in; a sequence that reports log-probabilities does
+        # not draft (its rows' log-probabilities would go out before the verdict on them).
+        self.drafting = DraftLength(draft) if draft > 0 and logprobs is None else None
+        self.history = History(self.prompt) if self.drafting is not None else None
         self.status = SeqStatus.WAITING
         self.cancelled = False
         self.slot: int | None = None  # KV sequence id while RUNNING

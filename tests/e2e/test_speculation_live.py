@@ -1,0 +1,41 @@
+"""Speculative decoding through a real daemon: the official ollama client, a Modelfile PARAMETER, /metrics."""
+
+from __future__ import annotations
+
+import ollama
+import pytest
+
+from tests.e2e.test_operate_live import scrape, value
+
+pytestmark = pytest.mark.model
+
+PASSAGE = ("The old lighthouse keeper climbed the spiral stairs every evening at dusk, lit the great lamp, "
+           "and watched the ships pass safely through the narrow channel between the rocks.")
+MESSAGES = [{"role": "user", "content": f"Repeat this sentence exactly:\n\n{PASSAGE}"}]
+
+
+def test_drafts_asked_for_in_options_or_the_modelfile_give_the_same_reply_in_fewer_steps(live_daemon, smollm2_path,
+                                                                                         closing):
+    daemon = live_daemon
+    for name, parameter in (("smol", ""), ("smol-draft", "PARAMETER draft_num_predict 8\n")):
+        modelfile = daemon.workdir / f"{name}.Modelfile"
+        modelfile.write_text(f"FROM {smollm2_path}\n{parameter}")
+        result = daemon.llm("create", name, "-f", str(modelfile))
+        assert result.returncode == 0, result.stderr
+    client = closing(ollama.Client(host=daemon.url))
+    greedy = {"temperature": 0, "num_predict": 64}
+
+    plain = client.chat(model="smol", messages=MESSAGES, options=greedy)
+    assert value(scrape(daemon.url), "llmhost_draft_tokens_total", model="smol:latest") == 0
+    asked = client.chat(model="smol", messages=MESSAGES, options={**greedy, "draft_num_predict": 8})
+    from_modelfile = client.chat(model="smol-draft", messages=MESSAGES, options=greedy)
+
+    assert asked.message.content == plain.message.content == from_modelfile.message.content
+    assert PASSAGE[:40] in plain.message.content
+    assert asked.eval_count == plain.eval_count
+    samples = scrape(daemon.url)
+    # Both copies share one runner (the option is per request): its counters hold both replies' drafts
+    # (under the name of whichever copy it last served).
+    drafted = sum(v for (name, _), v in samples.items() if name == "llmhost_draft_tokens_total")
+    accepted = sum(v for (name, _), v in samples.items() if name == "llmhost_draft_tokens_accepted_total")
+    assert accepted >= 2 * 15 and drafted >= accepted, {k: v for k, v in samples.items() if "draft" in k[0]}

@@ -1,0 +1,232 @@
+"""Speculative decoding by prompt lookup: drafts come from the history, and the output never changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmhost.api.option_table import MAX_DRAFT
+from llmhost.engine.llamacpp import Model
+from llmhost.engine.sequence import FinishReason
+from llmhost.engine.speculation import PROBE_CELLS, DraftLength, History, lookup_draft, rows_match_alone
+from tests.support.engine_harness import EngineHarness
+
+GREEDY = {"temperature": 0, "seed": 42}
+# A reply that quotes its prompt: what prompt lookup is for.
+PASSAGE = ("The old lighthouse keeper climbed the spiral stairs every evening at dusk, lit the great lamp, "
+           "and watched the ships pass safely through the narrow channel between the rocks.")
+QUOTE = {"messages": [{"role": "user", "content": f"Repeat this sentence exactly, twice:\n\n{PASSAGE}"}]}
+
+
+def tokens(*ids: int) -> np.ndarray:
+    return np.array(ids, dtype=np.int32)
+
+
+# --- the lookup -------------------------------------------------------------------------------------
+
+
+def test_the_tokens_after_an_earlier_occurrence_of_the_last_ones_are_drafted():
+    history = tokens(5, 1, 2, 3, 7, 8, 9, 1, 2, 3)
+    assert lookup_draft(history, 3).tolist() == [7, 8, 9]
+    assert lookup_draft(history, 2).tolist() == [7, 8]
+
+
+def test_the_longest_matching_suffix_wins_over_a_later_shorter_one():
+    # "2 3" occurs last at 6-7 (followed by 4), but "1 2 3" only at 1-3 (followed by 9).
+    history = tokens(0, 1, 2, 3, 9, 5, 2, 3, 4, 6, 1, 2, 3)
+    assert lookup_draft(history, 1).tolist() == [9]
+
+
+def test_the_latest_occurrence_wins_among_equally_long_ones():
+    history = tokens(1, 2, 10, 11, 1, 2, 20, 21, 1, 2)
+    assert lookup_draft(history, 2).tolist() == [20, 21]
+
+
+def test_nothing_is_drafted_without_a_match_of_two_tokens():
+    assert lookup_draft(tokens(1, 2, 3, 4, 5, 6, 1), 4).tolist() == []  # one token matches: too weak
+    assert lookup_draft(tokens(1, 2), 4).tolist() == []
+    assert lookup_draft(tokens(1, 2, 3, 1, 2), 0).tolist() == []
+
+
+def test_a_draft_may_run_into_the_suffix_itself():
+    assert lookup_draft(tokens(4, 4, 4, 4), 5).tolist() == [4]  # from position 3: what is there
+    assert lookup_draft(tokens(7, 1, 2, 1, 2, 1, 2), 3).tolist() == [1, 2]
+
+
+def test_a_draft_stops_before_an_image_position():
+    history = tokens(1, 2, 3, 8, -5, -5, 9, 1, 2, 3)
+    assert lookup_draft(history, 4).tolist() == [8]
+
+
+def test_history_grows_past_its_first_buffer():
+    history = History(tokens(1, 2, 3))
+    for t in range(200):
+        history.append(t)
+    assert history.n == 203 and history.tokens[:5].tolist() == [1, 2, 3, 0, 1] and history.tokens[-1] == 199
+
+
+def test_draft_length_doubles_on_full_acceptance_and_halves_on_a_miss():
+    length = DraftLength(8)
+    assert length.current == 8
+    length.record(8, 3)
+    assert length.current == 4
+    length.record(4, 0)
+    length.record(2, 1)
+    length.record(1, 0)
+    assert length.current == 1  # never below one: a lookup that hits may still draft
+    length.record(1, 1)
+    length.record(2, 2)
+    assert length.current == 4 and (length.drafted, length.accepted) == (18, 7)
+    assert DraftLength(1000).maximum == MAX_DRAFT and DraftLength(-3).maximum == 0
+
+
+# --- the engine: drafting never changes what is generated ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_model(smollm2_path):
+    m = Model(smollm2_path)
+    yield m
+    m.close()
+
+
+def generate(model: Model, body: dict, *, draft: int, ctx_size: int = 512, parallel: int = 1):
+    """(text, final line, engine counters) of ``body`` run alone on a fresh engine."""
+    harness = EngineHarness(model, ctx_size=ctx_size, parallel=parallel, batch=256)
+    try:
+        options = {**body.get("options", {}), "draft_num_predict": draft}
+        sink = harness.run({**body, "options": options})
+        return sink.text, sink.final, harness.engine.snapshot()
+    finally:
+        harness.close()
+
+
+def assert_same_with_drafts(model: Model, body: dict, **kw):
+    """The body's output with drafting on is the output without it; the counters with it on."""
+    plain, plain_final, plain_stats = generate(model, body, draft=0, **kw)
+    drafted, final, stats = generate(model, body, draft=8, **kw)
+    assert drafted == plain
+    assert (final.done_reason, final.eval_count) == (plain_final.done_reason, plain_final.eval_count)
+    assert plain_stats["draft_tokens"] == 0
+    return stats, plain_stats
+
+
+@pytest.mark.model
+def test_a_quoting_reply_is_the_same_and_takes_fewer_steps(smollm2_model):
+    body = {**QUOTE, "options": {**GREEDY, "num_predict": 96}}
+    stats, plain = assert_same_with_drafts(smollm2_model, body)
+    assert stats["draft_accepted"] >= 20, stats
+    assert stats["steps"] <= plain["steps"] // 2  # each accepted draft is a step saved
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("options", [
+    pytest.param({"temperature": 0.9, "seed": 11}, id="seeded sampling"),
+    pytest.param({"temperature": 0, "repeat_penalty": 1.3, "repeat_last_n": 32}, id="repetition penalty"),
+    pytest.param({"temperature": 0.7, "seed": 5, "top_k": 20, "top_p": 0.8, "min_p": 0.05}, id="truncation"),
+    pytest.param({"temperature": 0.8, "seed": 3, "mirostat": 2}, id="mirostat"),
+])
+def test_sampling_options_give_the_same_tokens_with_drafts(smollm2_model, options):
+    body = {**QUOTE, "options": {**options, "num_predict": 64}}
+    stats, _ = assert_same_with_drafts(smollm2_model, body)
+    assert stats["draft_tokens"] > 0
+
+
+@pytest.mark.model
+def test_a_json_grammar_gives_the_same_output_with_drafts(smollm2_model):
+    body = {"messages": [{"role": "user", "content": 'Give {"city": "Paris", "country": "France"} back as JSON, '
+                                                      "with the same keys, three times in a list."}],
+            "format": "json", "options": {**GREEDY, "num_predict": 80}}
+    stats, _ = assert_same_with_drafts(smollm2_model, body)
+    assert stats["draft_tokens"] > 0
+
+
+@pytest.mark.model
+def test_a_stop_string_inside_an_accepted_draft_ends_the_reply_there(smollm2_model):
+    reference, _, _ = generate(smollm2_model, {**QUOTE, "options": {**GREEDY, "num_predict": 96}}, draft=0)
+    stop = "narrow channel"
+    assert reference.count(stop) >= 1, reference
+    body = {**QUOTE, "options": {**GREEDY, "num_predict": 96, "stop": [stop]}}
+    assert_same_with_drafts(smollm2_model, body)
+    text, final, _ = generate(smollm2_model, body, draft=8)
+    assert text == reference[: reference.index(stop)] and final.done_reason == FinishReason.STOP
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("num_predict", [1, 2, 5, 17])
+def test_num_predict_is_exact_with_drafts(smollm2_model, num_predict):
+    body = {**QUOTE, "options": {**GREEDY, "num_predict": num_predict}}
+    _, final, _ = generate(smollm2_model, body, draft=8)
+    assert final.eval_count == num_predict and final.done_reason == FinishReason.LENGTH
+
+
+@pytest.mark.model
+def test_a_reply_that_fills_the_context_shifts_it_as_without_drafts(smollm2_model):
+    body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "options": {**GREEDY, "num_predict": 300}}
+    stats, plain = assert_same_with_drafts(smollm2_model, body, ctx_size=128)
+    assert plain["context_shifts"] >= 1 and stats["context_shifts"] >= 1 and stats["draft_accepted"] > 0
+
+
+@pytest.mark.model
+def test_sequences_drafting_together_each_get_what_they_get_alone(smollm2_model):
+    bodies = [{"messages": [{"role": "user", "content": f"Repeat exactly: {PASSAGE[: 40 + 25 * i]}"}],
+               "options": {**GREEDY, "num_predict": 48, "draft_num_predict": 6}} for i in range(3)]
+    alone = [generate(smollm2_model, body, draft=6)[0] for body in bodies]
+    harness = EngineHarness(smollm2_model, ctx_size=512, parallel=3, batch=256, start=False)
+    try:
+        sinks = [harness.submit(body)[1] for body in bodies]
+        harness.start()
+        together = [sink.wait().text for sink in sinks]
+        stats = harness.engine.snapshot()
+    finally:
+        harness.close()
+    assert together == alone and stats["draft_accepted"] > 0
+
+
+@pytest.mark.model
+def test_a_model_whose_batched_rows_differ_does_not_draft(gemma3_path):
+    """Gemma 3 on a CPU: a batch's later rows differ from the same rows decoded alone, so drafts
+    could change the output; the engine finds that out and never drafts for it."""
+    model = Model(gemma3_path)
+    try:
+        body = {"prompt": "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. Monday, Tuesday,",
+                "options": {**GREEDY, "num_predict": 60}}
+        stats, _ = assert_same_with_drafts(model, body)
+    finally:
+        model.close()
+    assert stats["draft_exact"] == 0 and stats["draft_tokens"] == 0
+
+
+@pytest.mark.model
+def test_smollm2s_batched_rows_are_exact_so_it_drafts(smollm2_model):
+    _, _, stats = generate(smollm2_model, {**QUOTE, "options": {**GREEDY, "num_predict": 8}}, draft=4)
+    assert stats["draft_exact"] == 1
+
+
+def test_the_probe_leaves_its_slot_empty_and_the_cache_usable(model):
+    harness = EngineHarness(model, ctx_size=256, parallel=2, batch=64, start=False)
+    try:
+        engine = harness.engine
+        seq_id = engine.kv.scratch_slot(PROBE_CELLS)
+        assert seq_id is not None
+        exact = rows_match_alone(engine.ctx, model, seq_id)
+        assert isinstance(exact, bool)
+        assert engine.ctx.seq_pos_max(seq_id) == -1 and engine.kv.used_cells() == 0
+        harness.start()
+        body = {"prompt": "a b c a b c a b", "options": {**GREEDY, "num_predict": 20, "draft_num_predict": 4}}
+        assert harness.run(body).final.eval_count == 20
+        assert engine.snapshot()["draft_exact"] in (0, 1)
+    finally:
+        harness.close()
+
+
+def test_a_sequence_that_reports_logprobs_does_not_draft(model):
+    harness = EngineHarness(model, ctx_size=256, parallel=1, batch=64)
+    try:
+        body = {"prompt": "a b c a b c a b", "logprobs": 0,
+                "options": {**GREEDY, "num_predict": 20, "draft_num_predict": 8}}
+        harness.run(body)
+        stats = harness.engine.snapshot()
+        assert stats["draft_tokens"] == 0 and stats["draft_exact"] == -1  # nobody wanted to draft
+    finally:
+        harness.close()
