@@ -8,7 +8,7 @@ import pytest
 from llmhost.api.option_table import MAX_DRAFT
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.sequence import FinishReason
-from llmhost.engine.speculation import PROBE_CELLS, DraftLength, History, lookup_draft, rows_match_alone
+from llmhost.engine.speculation import PROBE_CELLS, DraftPolicy, History, lookup_draft, probe
 from tests.support.engine_harness import EngineHarness
 
 GREEDY = {"temperature": 0, "seed": 42}
@@ -65,19 +65,42 @@ def test_history_grows_past_its_first_buffer():
     assert history.n == 203 and history.tokens[:5].tolist() == [1, 2, 3, 0, 1] and history.tokens[-1] == 199
 
 
-def test_draft_length_doubles_on_full_acceptance_and_halves_on_a_miss():
-    length = DraftLength(8)
-    assert length.current == 8
-    length.record(8, 3)
-    assert length.current == 4
-    length.record(4, 0)
-    length.record(2, 1)
-    length.record(1, 0)
-    assert length.current == 1  # never below one: a lookup that hits may still draft
-    length.record(1, 1)
-    length.record(2, 2)
-    assert length.current == 4 and (length.drafted, length.accepted) == (18, 7)
-    assert DraftLength(1000).maximum == MAX_DRAFT and DraftLength(-3).maximum == 0
+CPU_ROW = 0.35  # a row's cost over a one-token step, SmolLM2 on 2 cores
+GPU_ROW = 0.02
+
+
+def judged(policy: DraftPolicy, drafts: list[tuple[int, int]]) -> DraftPolicy:
+    for drafted, accepted in drafts:
+        policy.record(drafted, accepted)
+    return policy
+
+
+def test_a_fresh_sequence_drafts_little_where_rows_are_dear_and_more_where_they_are_cheap():
+    assert DraftPolicy(8).length(CPU_ROW) == 1
+    assert 3 <= DraftPolicy(8).length(GPU_ROW) <= 6
+    assert DraftPolicy(2).length(GPU_ROW) == 2  # never more than draft_num_predict
+    assert DraftPolicy(1000).maximum == MAX_DRAFT and DraftPolicy(-3).maximum == 0
+
+
+def test_drafts_that_are_accepted_grow_the_length():
+    policy = judged(DraftPolicy(16), [(8, 8)] * 10)
+    assert policy.acceptance > 0.9
+    assert policy.length(CPU_ROW) >= 6 and policy.length(GPU_ROW) == 16
+    assert (policy.drafted, policy.accepted) == (80, 80)
+
+
+def test_drafts_that_fail_stop_drafting_but_one_token_is_tried_now_and_then():
+    policy = judged(DraftPolicy(8), [(4, 0), (2, 0), (1, 0)])
+    assert policy.acceptance < 0.3
+    lengths = [policy.length(CPU_ROW) for _ in range(2 * DraftPolicy.REST + 1)]
+    assert lengths == [0] * DraftPolicy.REST + [1] + [0] * DraftPolicy.REST
+    judged(policy, [(1, 1)] * 6)  # the text started repeating
+    assert policy.length(CPU_ROW) >= 1
+
+
+def test_only_the_tokens_up_to_the_first_rejection_count_as_evidence():
+    policy = judged(DraftPolicy(8), [(8, 2)])  # 2 kept, the 3rd rejected, the other 5 never judged
+    assert policy.acceptance == pytest.approx((0.9 * 0.5 + 2) / (0.9 * 1 + 3))
 
 
 # --- the engine: drafting never changes what is generated ------------------------------------------
@@ -209,8 +232,8 @@ def test_the_probe_leaves_its_slot_empty_and_the_cache_usable(model):
         engine = harness.engine
         seq_id = engine.kv.scratch_slot(PROBE_CELLS)
         assert seq_id is not None
-        exact = rows_match_alone(engine.ctx, model, seq_id)
-        assert isinstance(exact, bool)
+        found = probe(engine.ctx, model, seq_id)
+        assert isinstance(found.exact, bool) and 0 < found.row_cost <= 1
         assert engine.ctx.seq_pos_max(seq_id) == -1 and engine.kv.used_cells() == 0
         harness.start()
         body = {"prompt": "a b c a b c a b", "options": {**GREEDY, "num_predict": 20, "draft_num_predict": 4}}

@@ -36,7 +36,7 @@ from llmhost.engine.logprobs import LogprobsProcessor
 from llmhost.engine.outputs import OutputProcessor
 from llmhost.engine.scheduler import Chunk, Scheduler
 from llmhost.engine.sequence import Failed, FinishReason, Sequence
-from llmhost.engine.speculation import PROBE_CELLS, rows_match_alone
+from llmhost.engine.speculation import PROBE_CELLS, Probe, probe
 
 if TYPE_CHECKING:
     from llmhost.engine.vision import ImageEncoder
@@ -289,8 +289,9 @@ class Engine:
         return token
 
     def _probe_drafts(self) -> None:
-        """Find out once whether drafts keep the output exact here (``speculation.rows_match_alone``),
-        under ``probe_seq`` or in a free slot; without the cells or a slot now, the next step tries again."""
+        """Find out once whether drafts keep the output exact here, and what a row costs
+        (``speculation.probe``), under ``probe_seq`` or in a free slot; without the cells or a slot
+        now, the next step tries again."""
         if self.probe_seq is not None:
             seq_id = self.probe_seq if self.kv.make_room(PROBE_CELLS) else None
         else:
@@ -298,12 +299,13 @@ class Engine:
         if seq_id is None:
             return
         try:
-            exact = rows_match_alone(self.ctx, self.model, seq_id)
+            found = probe(self.ctx, self.model, seq_id)
         except DecodeError as e:
             log.warning("speculative decoding is off: its probe failed (%s)", e)
-            exact = False
-        self.scheduler.drafts_allowed = exact
-        self.stats.draft_exact = int(exact)
+            found = Probe(exact=False, row_cost=1.0)
+        self.scheduler.drafts_allowed = found.exact
+        self.scheduler.row_cost = found.row_cost
+        self.stats.draft_exact = int(found.exact)
 
     def _relieve(self, chunks: list[Chunk]) -> bool:
         """llama_decode found no room for the step (status 1: nothing was stored): free cells by

@@ -30,7 +30,7 @@ import numpy as np
 from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
 from llmhost.engine.sequence import SeqStatus, Sequence
-from llmhost.engine.speculation import lookup_draft
+from llmhost.engine.speculation import PROBE_ROWS, lookup_draft
 
 MIN_SHARED_PREFILL = 32  # tokens: below this, evaluating twice is cheaper than waiting
 
@@ -77,6 +77,7 @@ class Scheduler:
         self.kv = kv
         self.n_batch = n_batch
         self.drafts_allowed = drafts_allowed
+        self.row_cost = 1.0  # a batch row's cost over a one-token step's (``speculation.Probe``)
         # Rows of a non-causal image per decode: llama.cpp needs them in one ubatch, and the budget
         # left beside the other slots' next tokens must be able to hold them.
         self.whole_image_rows = max(1, min(n_ubatch or n_batch, n_batch - len(kv.slots) + 1))
@@ -148,7 +149,8 @@ class Scheduler:
         """Each generating sequence's next token, and after it the draft tokens its history suggests
         (``engine.speculation``), within the batch and the cells free now (drafts never evict)."""
         chunks = []
-        room = min(self.n_batch, self.kv.free_cells()) - len(decoding)
+        # Drafts only while the step stays within the batch size whose rows were found exact.
+        room = min(self.n_batch, self.kv.free_cells(), PROBE_ROWS) - len(decoding)
         for seq in decoding:
             tokens = np.array([seq.next_token], dtype=np.int32)
             limit = min(room, self._draft_limit(seq))
@@ -162,11 +164,12 @@ class Scheduler:
         return chunks
 
     def _draft_limit(self, seq: Sequence) -> int:
-        """Draft tokens ``seq`` may try this step: its adaptive length, no further than its context
-        holds, and no more than its num_predict leaves after the token every step yields anyway."""
+        """Draft tokens ``seq`` may try this step: what its policy finds worth the rows, no further
+        than its context holds, and no more than its num_predict leaves after the token every step
+        yields anyway."""
         if seq.drafting is None:
             return 0
-        limit = min(seq.drafting.current, self.kv.slot_capacity - seq.n_past - 1)
+        limit = min(seq.drafting.length(self.row_cost), self.kv.slot_capacity - seq.n_past - 1)
         if seq.max_tokens is not None:
             limit = min(limit, seq.max_tokens - seq.n_generated - 1)
         return limit

@@ -20,7 +20,7 @@ from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import SwapRecord
 from llmhost.engine.llamacpp import Sampler
 from llmhost.engine.parsing import OutputParser
-from llmhost.engine.speculation import DraftLength, History
+from llmhost.engine.speculation import DraftPolicy, History
 
 
 class SeqStatus(Enum):
@@ -156,7 +156,7 @@ class Sequence:
         self.logprobs = logprobs  # None: off; N (0-20): each token's logprob and its N likeliest alternatives
         # Drafting needs the whole history to look in; a sequence that reports log-probabilities does
         # not draft (its rows' log-probabilities would go out before the verdict on them).
-        self.drafting = DraftLength(draft) if draft > 0 and logprobs is None else None
+        self.drafting = DraftPolicy(draft) if draft > 0 and logprobs is None else None
         self.history = History(self.prompt) if self.drafting is not None else None
         self.status = SeqStatus.WAITING
         self.cancelled = False
