@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import cli, kernels, peers, pull, relay, residency, rpc, speculation, throughput
+from benchmarks import cli, flash, kernels, peers, pull, relay, residency, rpc, speculation, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "cli": cli.cli,
     "spec": speculation.speculation,
     "relay": relay.relay,
+    "fa": flash.flash,
 }
 
 

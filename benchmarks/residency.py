@@ -78,8 +78,9 @@ def _runner_rss(daemon_pid: int) -> int:
     raise RuntimeError("no runner process found")
 
 
-def p7(contexts=(2048, 8192)) -> dict:
-    """Estimate ÷ measured RSS after the first decode, for both test models and two num_ctx values."""
+def p7(contexts=(2048, 8192), flash_modes=("auto", "off")) -> dict:
+    """Estimate ÷ measured RSS after the first decode, for both test models, two num_ctx values and
+    flash attention as llama.cpp chooses it and off (whose attention scores the estimate adds)."""
     from llmhost.daemon.memory import estimate
     from llmhost.engine.cpu import repack_enabled
     from llmhost.registry.gguf_meta import read_gguf_info
@@ -97,15 +98,16 @@ def p7(contexts=(2048, 8192)) -> dict:
             await _wait_unloaded(s, d.url)
             return rss
 
-    with daemon(LLMHOST_NUM_PARALLEL="4") as d:
-        for label, path in (("smollm2", SMOLLM2), ("gemma3", GEMMA3)):
-            asyncio.run(create_model(d.url, label, path))
-            info = read_gguf_info(path)
-            for num_ctx in contexts:
-                measured = asyncio.run(measure(d, label, num_ctx))
-                estimated = estimate(info, num_ctx, 4, 512, repack=repack)
-                results[f"{label}_ctx{num_ctx}"] = {"estimate_mib": estimated / 2**20,
-                                                    "measured_mib": measured / 2**20,
-                                                    "ratio": estimated / measured}
-                time.sleep(0.2)
+    for flash in flash_modes:
+        with daemon(LLMHOST_NUM_PARALLEL="4", LLMHOST_FLASH_ATTENTION=flash) as d:
+            for label, path in (("smollm2", SMOLLM2), ("gemma3", GEMMA3)):
+                asyncio.run(create_model(d.url, label, path))
+                info = read_gguf_info(path)
+                for num_ctx in contexts:
+                    measured = asyncio.run(measure(d, label, num_ctx))
+                    estimated = estimate(info, num_ctx, 4, 512, repack=repack, flash_attention=flash)
+                    name = f"{label}_ctx{num_ctx}" + ("" if flash == "auto" else f"_fa_{flash}")
+                    results[name] = {"estimate_mib": estimated / 2**20, "measured_mib": measured / 2**20,
+                                     "ratio": estimated / measured}
+                    time.sleep(0.2)
     return results

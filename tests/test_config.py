@@ -53,7 +53,15 @@ def test_settings_default_to_an_f16_cache_and_automatic_repacking():
     assert Settings.from_env({"LLMHOST_KV_CACHE_TYPE": "Q8_0"}).kv_cache_type == "q8_0"
 
 
-@pytest.mark.parametrize("name, value", [("LLMHOST_KV_CACHE_TYPE", "q5_1"), ("LLMHOST_CPU_REPACK", "maybe")])
+@pytest.mark.parametrize("value, mode", [("", "auto"), ("auto", "auto"), ("OFF", "off"), ("on", "on"),
+                                         ("1", "on"), ("true", "on"), ("0", "off"), ("false", "off")])
+def test_flash_attention_takes_auto_on_off_and_ollamas_booleans(value, mode):
+    env = {"LLMHOST_FLASH_ATTENTION": value} if value else {}
+    assert Settings.from_env(env).flash_attention == mode
+
+
+@pytest.mark.parametrize("name, value", [("LLMHOST_KV_CACHE_TYPE", "q5_1"), ("LLMHOST_CPU_REPACK", "maybe"),
+                                         ("LLMHOST_FLASH_ATTENTION", "sometimes")])
 def test_a_bad_setting_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmhost.api.option_table import KV_CACHE_TYPES
+from llmhost.api.option_table import FLASH_ATTENTION_MODES, KV_CACHE_TYPES
 from llmhost.engine.cpu import REPACK_MODES
 from llmhost.errors import BadRequest, ConfigError
 from llmhost.units import parse_duration, parse_size
@@ -205,6 +205,17 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _flash_attention(value: str) -> str:
+    """auto/on/off, or Ollama's boolean spelling of OLLAMA_FLASH_ATTENTION."""
+    lowered = value.strip().lower()
+    if lowered in FLASH_ATTENTION_MODES:
+        return lowered
+    try:
+        return "on" if _flag(lowered) else "off"
+    except ValueError:
+        raise ValueError("expected auto, on or off (or 1/0, true/false)") from None
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -259,6 +270,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLMHOST_KV_CACHE_TYPE", "kv_cache_type", "f16", _choice(KV_CACHE_TYPES),
              "KV cache type (f16, q8_0 or q4_0) when neither request nor Modelfile sets kv_cache_type; "
              "q8_0 halves the cache, q4_0 quarters it"),
+    Variable("LLMHOST_FLASH_ATTENTION", "flash_attention", "auto", _flash_attention,
+             "llama.cpp's flash attention: auto (llama.cpp decides), on or off (1/0 and true/false as for "
+             "OLLAMA_FLASH_ATTENTION); off can make long-context decoding faster on a CPU "
+             "(docs/benchmarks.md), but a quantized KV cache needs it: with off, kv_cache_type falls back to f16"),
     Variable("LLMHOST_CPU_REPACK", "cpu_repack", "auto", _choice(REPACK_MODES),
              "llama.cpp's repacked CPU kernels (faster Q4_0/Q4_K): auto (on unless the CPU has AMX, "
              "whose path crashes), on or off"),
@@ -316,6 +331,7 @@ class Settings:
     api_keys: ApiKeys = ApiKeys()
     kv_cache_type: str = "f16"
     cpu_repack: str = "auto"
+    flash_attention: str = "auto"
     rpc_servers: tuple[str, ...] = ()
 
     @classmethod

@@ -40,6 +40,20 @@ def test_load_options_and_their_defaults_choose_the_runner(tmp_path, template_st
                            cpu_repack=state.settings.cpu_repack, **{**DEFAULTS, **expected})
 
 
+@pytest.mark.parametrize("flash, kv, expected_kv", [("auto", "q8_0", "q8_0"), ("on", "q4_0", "q4_0"),
+                                                   ("off", "q8_0", "f16"), ("off", "f16", "f16")])
+def test_flash_attention_reaches_the_runner_and_off_keeps_the_cache_f16(tmp_path, template_store, flash, kv,
+                                                                          expected_kv):
+    state = daemon_state(tmp_path, template_store, {**ENV, "LLMHOST_FLASH_ATTENTION": flash})
+    try:
+        got = state.load_spec(RECORD, {"kv_cache_type": kv})
+    finally:
+        state.close()
+    assert (got.flash_attention, got.kv_cache_type) == (flash, expected_kv)
+    other = LoadSpec(**{**got.__dict__, "flash_attention": "on" if flash != "on" else "off"})
+    assert not got.covers(other), "another flash attention mode needs another runner"
+
+
 async def generate(harness, model: str = "tiny", **options) -> int:
     r = await harness.client.post("/api/generate", json={"model": model, "prompt": "x", "stream": False,
                                                          "options": options})

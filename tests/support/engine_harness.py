@@ -55,6 +55,7 @@ class EngineHarness:
         kv_cells: int | None = None,
         start: bool = True,
         kv_cache_type: str = "f16",
+        flash_attention: str = "auto",
         **kw: Any,
     ):
         """``kv_cells``: the shared KV pool (default ctx_size × parallel, which can never overflow).
@@ -63,7 +64,7 @@ class EngineHarness:
         self.model = model
         n_ctx = kv_cells or ctx_size * parallel
         self.ctx = Context(model, n_ctx=n_ctx, n_seq_max=parallel + 1, n_batch=batch, n_threads=1,
-                           kv_cache_type=kv_cache_type)
+                           kv_cache_type=kv_cache_type, flash_attention=flash_attention)
         self.engine = Engine(model, self.ctx, n_slots=parallel, slot_capacity=ctx_size, **kw)
         self.builder = PromptBuilder(model, self.engine.kv.slot_capacity)
         if start:

@@ -25,6 +25,9 @@ MAX_NUM_THREAD = 512  # GGML_MAX_N_THREADS
 # KV cache element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them: f16 2 bytes an element, q8_0
 # 34 bytes per 32, q4_0 18 per 32 (quantized ones need flash attention; the runner switches it on).
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# llama.cpp's flash attention: "auto" lets it decide (on where the backend has it), as Ollama does
+# when OLLAMA_FLASH_ATTENTION is unset.
+FLASH_ATTENTION_MODES = ("auto", "on", "off")
 MAX_DRAFT = 16  # speculative draft tokens per step that are tried, whatever draft_num_predict says
 
 

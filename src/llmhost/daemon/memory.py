@@ -77,11 +77,20 @@ def compute_bytes(info: GGUFInfo, n_batch: int) -> int:
     return F32 * min(n_batch, UBATCH) * 4 * (info.embedding_length or 0)
 
 
+def attention_scores_bytes(info: GGUFInfo, n_ctx_total: int, n_batch: int) -> int:
+    """Without flash attention, llama.cpp's compute buffer holds a ubatch's attention scores over the
+    whole KV pool (f32, one matrix per head, reused layer to layer); flash attention needs none."""
+    return F32 * n_ctx_total * min(n_batch, UBATCH) * max(info.head_count or 1, 1)
+
+
 def estimate(info: GGUFInfo, num_ctx: int, parallel: int, num_batch: int, kv_cache_type: str = "f16",
-             repack: bool = False) -> int:
-    """``repack``: the weights are mmapped and llama.cpp repacks some of them (see above)."""
+             repack: bool = False, flash_attention: str = "auto") -> int:
+    """``repack``: the weights are mmapped and llama.cpp repacks some of them (see above);
+    ``flash_attention`` "off" adds the attention scores ("auto" is on where llama.cpp has it)."""
     vocab = info.vocab_size or 0
+    scores = attention_scores_bytes(info, num_ctx * parallel, num_batch) if flash_attention == "off" else 0
     return (info.total_tensor_bytes
+            + scores
             + (repacked_bytes(info) if repack else 0)
             + kv_cache_bytes(info, num_ctx * parallel, kv_cache_type)
             + compute_bytes(info, num_batch)
@@ -118,7 +127,7 @@ def estimate_for_spec(spec: LoadSpec) -> int:
     """``estimate`` for the model file of ``spec``, and its projector (blocking: residency runs it on a thread)."""
     repack = spec.use_mmap and repack_enabled(spec.cpu_repack)
     total = estimate(gguf_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec),
-                     spec.kv_cache_type, repack)
+                     spec.kv_cache_type, repack, spec.flash_attention)
     total -= rpc_offloaded_bytes(spec)
     return total + (projector_bytes(gguf_info(spec.projector)) if spec.projector is not None else 0)
 

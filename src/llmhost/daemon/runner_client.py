@@ -53,6 +53,7 @@ class LoadSpec:
     use_mmap: bool = True
     kv_cache_type: str = "f16"  # api.options.KV_CACHE_TYPES
     cpu_repack: str = "auto"  # engine.cpu.REPACK_MODES (LLMHOST_CPU_REPACK)
+    flash_attention: str = "auto"  # api.option_table.FLASH_ATTENTION_MODES (LLMHOST_FLASH_ATTENTION)
     projector: Path | None = None  # a vision model's projector GGUF (llama.cpp's --mmproj)
     rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers, host:port (the rpc_servers option)
 
@@ -70,6 +71,7 @@ class LoadSpec:
             and self.threads == other.threads
             and self.kv_cache_type == other.kv_cache_type
             and self.cpu_repack == other.cpu_repack
+            and self.flash_attention == other.flash_attention
             and self.rpc_servers == other.rpc_servers
         )
 
@@ -511,6 +513,7 @@ class ProcessRunnerFactory:
             "--main-gpu", str(spec.main_gpu),
             "--kv-cache-type", spec.kv_cache_type,
             "--cpu-repack", spec.cpu_repack,
+            "--flash-attn", spec.flash_attention,
         ]
         if not spec.use_mmap:
             args.append("--no-mmap")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 P = ParamSpec("P")
+log = logging.getLogger(__name__)
 
 # Store calls are short file reads and small writes; a few threads let one slow GGUF read leave the
 # others (tags, show) free. Upload writes are one bounded write at a time per upload.
@@ -88,11 +90,22 @@ class DaemonState:
             main_gpu=int(option("main_gpu")),
             threads=int(option("num_thread")),
             use_mmap=bool(option("use_mmap")),
-            kv_cache_type=option("kv_cache_type"),
+            kv_cache_type=_kv_cache_type(option("kv_cache_type"), self.settings.flash_attention),
             cpu_repack=self.settings.cpu_repack,
+            flash_attention=self.settings.flash_attention,
             projector=record.projector_path,
             rpc_servers=_rpc_servers(option("rpc_servers")),
         )
+
+
+def _kv_cache_type(kv_cache_type: str, flash_attention: str) -> str:
+    """The KV cache type a runner gets: llama.cpp reads a quantized cache only with flash attention,
+    so with LLMHOST_FLASH_ATTENTION=off it falls back to f16, as Ollama does."""
+    if flash_attention == "off" and kv_cache_type != "f16":
+        log.warning("kv_cache_type %s needs flash attention, which LLMHOST_FLASH_ATTENTION turns off: "
+                    "using f16", kv_cache_type)
+        return "f16"
+    return kv_cache_type
 
 
 def _rpc_servers(value: str | tuple[str, ...]) -> tuple[str, ...]:

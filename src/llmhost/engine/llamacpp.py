@@ -57,6 +57,8 @@ POOLING_RANK = L.LLAMA_POOLING_TYPE_RANK  # a classifier head: one relevance sco
 # KV cache element types by option name (api.options.KV_CACHE_TYPES); the same type for K and V.
 KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
 assert set(KV_TYPES) == set(KV_CACHE_TYPES), "KV_TYPES must mirror api.options.KV_CACHE_TYPES"
+_FLASH_ATTENTION = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                    "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}  # api.option_table.FLASH_ATTENTION_MODES
 # A llama.cpp struct we fill ourselves (llama_batch, llama_token_data_array). llama_cpp types its
 # pointer fields as ctypes arrays, but we store pointers into numpy buffers there (or None), and ctypes
 # reads its int fields back as Python ints: the declared field types would only mislead.
@@ -293,6 +295,7 @@ class Context:
     ``n_threads_decode`` (default the same) run single-token ones. ``kv_cache_type`` (a name in
     ``KV_TYPES``) is the element type of K and V; llama.cpp reads a quantized V only with flash
     attention, so that is switched on for one (as Ollama does) instead of being left to "auto".
+    ``flash_attention``: "auto" (llama.cpp decides), "on" or "off".
     """
 
     def __init__(
@@ -309,6 +312,7 @@ class Context:
         embeddings: bool = False,
         pooling: int | None = None,
         kv_cache_type: str = "f16",
+        flash_attention: str = "auto",
     ):
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -324,6 +328,9 @@ class Context:
         if n_threads_decode:
             params.n_threads = n_threads_decode  # llama.cpp uses it for one-token ubatches
         params.type_k = params.type_v = KV_TYPES[kv_cache_type]
+        if kv_cache_type != "f16" and flash_attention == "off":
+            raise LoadError(f"a {kv_cache_type} KV cache needs flash attention, which is turned off")
+        params.flash_attn_type = _FLASH_ATTENTION[flash_attention]
         if kv_cache_type != "f16":
             params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         _router.first_error = ""
@@ -336,6 +343,7 @@ class Context:
                                 "f16 needs neither)")
             raise LoadError(f"failed to create a context of {n_ctx} tokens: {detail}")
         self.kv_cache_type = kv_cache_type
+        self.flash_attention = flash_attention
         # llama.cpp (as llama-cpp-python 0.3.36 vendors it) rotates a quantized K only when its heads
         # hold a multiple of 64 values, and segfaults shifting one it did not rotate
         # (tests/engine/test_kv_types.py): such a cache counts as one that cannot shift.

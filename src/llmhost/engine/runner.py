@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from llmhost.api.option_table import FLASH_ATTENTION_MODES
 from llmhost.api.options import KV_CACHE_TYPES
 from llmhost.engine import control
 from llmhost.engine.cpu import REPACK_MODES, repack_enabled
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mmap")
     p.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f16",
                    help="KV cache element type; q8_0 and q4_0 turn flash attention on")
+    p.add_argument("--flash-attn", choices=FLASH_ATTENTION_MODES, default="auto",
+                   help="llama.cpp's flash attention: auto (llama.cpp decides), on or off")
     p.add_argument("--cpu-repack", choices=REPACK_MODES, default="auto",
                    help="llama.cpp's repacked CPU kernels (extra buffer types): auto (on unless the CPU has AMX)")
     p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
@@ -145,6 +148,7 @@ class Runtime:
             "parallel": self.args.parallel,
             "kv_cells": self.engine.kv.n_cells,
             "kv_cache_type": self.ctx.kv_cache_type,
+            "flash_attention": self.ctx.flash_attention,
             "cpu_repack": self.model.cpu_repack,
             "vision": self.projector is not None,
             **({"rpc": self.rpc} if self.rpc else {}),
@@ -195,6 +199,7 @@ def load(args: argparse.Namespace) -> Runtime:
             n_threads_decode=decode_threads,
             kv_unified=True,
             kv_cache_type=args.kv_cache_type,
+            flash_attention=args.flash_attn,
         )
     except LoadError as e:
         failure = e
