@@ -143,6 +143,7 @@ class FakeModelfile:
         self.messages = fields.get("messages", [])
         self.license = fields.get("license", [])
         self.adapters = fields.get("adapters", [])
+        self.drafts = fields.get("drafts", [])
 
 
 @pytest.fixture
@@ -215,6 +216,16 @@ def test_create_with_a_missing_gguf_fails_before_calling_the_daemon(llm, daemon,
     result = llm("create", "mine", "-f", str(tmp_path / "Modelfile"))
     assert (result.exit_code, result.stderr) == (1, "Error: FROM ./nope.gguf: no such file\n")
     assert daemon.bodies("/api/create") == []
+
+
+def test_create_with_a_draft_model_is_refused_before_anything_is_uploaded(llm, daemon, tmp_path):
+    digest, _ = _write_model(tmp_path)
+    (tmp_path / "Modelfile").write_text("FROM ./weights/model.gguf\nDRAFT ./weights/model.gguf\n")
+    result = llm("create", "mine", "-f", str(tmp_path / "Modelfile"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: DRAFT ./weights/model.gguf: DRAFT models are not supported yet")
+    assert "draft_num_predict" in result.stderr
+    assert daemon.bodies("/api/create") == [] and digest not in daemon.blobs
 
 
 def test_version_names_the_daemons_version(llm, daemon):

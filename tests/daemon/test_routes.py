@@ -142,6 +142,9 @@ async def test_blob_upload_verifies_digest(harness):
     ("/api/delete", {"model": "nope"}, 404, "not found"),
     ("/api/create", {"model": "m", "files": {"m.gguf": "sha256:../../etc"}}, 400, "digest"),
     ("/api/create", {"model": "m", "files": {"../m.gguf": "sha256:" + "0" * 64}}, 400, "relative"),
+    ("/api/create", {"model": "m", "from": "tiny", "draft_files": {"d.gguf": "sha256:" + "0" * 64}}, 400,
+     "DRAFT models are not supported yet: llmhost drafts by prompt lookup"),
+    ("/api/create", {"model": "m", "from": "tiny", "draft_quantize": "q4_K_M"}, 400, "draft_num_predict"),
 ])
 async def test_bad_input_gets_clear_error_and_store_unchanged(harness, path, body, status, message):
     before = harness.files()

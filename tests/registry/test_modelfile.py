@@ -30,6 +30,8 @@ PARSED = {
                                                 {"role": "assistant", "content": "Yes,\nit is."}])),
     "license and adapter repeat": ('FROM ./m.gguf\nADAPTER a.gguf\nADAPTER b.gguf\nLICENSE MIT\nLICENSE """A\n2"""',
                                    Modelfile(from_="./m.gguf", adapters=["a.gguf", "b.gguf"], license=["MIT", "A\n2"])),
+    "draft (parsed; refused when creating)": ("FROM ./m.gguf\ndraft ./small.gguf",
+                                              Modelfile(from_="./m.gguf", drafts=["./small.gguf"])),
     "empty quoted system": ('FROM m\nSYSTEM ""', Modelfile(from_="m", system="")),
     "multi-line in plain quotes (ollama show)": ('FROM m\nTEMPLATE "{{ .System }}\n\nUSER: {{ .Prompt }}"\nSYSTEM hi',
                                                  Modelfile(from_="m", template="{{ .System }}\n\nUSER: {{ .Prompt }}",
@@ -45,7 +47,8 @@ def test_parse(text, expected):
 
 ERRORS = {
     "unknown command": ("FROM m\n\nPROMPT hi", '(line 3): command must be one of "from", "license", "template", '
-                        '"system", "adapter", "parameter", or "message"'),
+                        '"system", "adapter", "draft", "parameter", or "message"'),
+    "DRAFT without a value": ("FROM m\nDRAFT", "(line 2): missing value for DRAFT"),
     "no FROM": ("SYSTEM hi\nPARAMETER top_k 1", "(line 2): no FROM line"),
     "empty file": ("", "(line 1): no FROM line"),
     "bad role": ("FROM m\nMESSAGE robot hi", '(line 2): role must be one of "system", "user", or "assistant"'),

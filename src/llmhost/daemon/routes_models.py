@@ -170,6 +170,7 @@ async def _progress_events(work: Callable[[Callable[[JsonObject], None]], object
 @routes.post("/api/create")
 async def create(request: web.Request) -> web.StreamResponse:
     from llmhost.registry.create import create_model
+    from llmhost.registry.modelfile import DRAFT_UNSUPPORTED
 
     body = await read_json(request)
     state = state_of(request)
@@ -180,6 +181,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise BadRequest("quantize is not supported: create from an already quantized GGUF file")
     if body.get("adapters"):
         raise BadRequest("adapters are not supported yet")
+    if body.get("draft_files") or body.get("draft_quantize"):
+        raise BadRequest(DRAFT_UNSUPPORTED)
     kwargs = dict(
         from_=field_of(body, "from", str),
         files=files,

@@ -23,9 +23,13 @@ from llmhost.errors import InvalidOption, ModelfileError
 if TYPE_CHECKING:
     from llmhost.registry.record import ModelRecord
 
-COMMANDS = ("from", "license", "template", "system", "adapter", "parameter", "message")
+COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "parameter", "message")
 ROLES = ("system", "user", "assistant")
-_COMMAND_ERROR = 'command must be one of "from", "license", "template", "system", "adapter", "parameter", or "message"'
+_COMMAND_ERROR = ('command must be one of "from", "license", "template", "system", "adapter", "draft", "parameter",'
+                  ' or "message"')
+# llmhost has no draft-model speculation: said at create time, before anything is uploaded or stored.
+DRAFT_UNSUPPORTED = ("DRAFT models are not supported yet: llmhost drafts by prompt lookup instead, with no draft "
+                     "model (PARAMETER draft_num_predict 8, or the draft_num_predict option)")
 _ROLE_ERROR = 'role must be one of "system", "user", or "assistant"'
 _WORD = re.compile(r"(\S+)(?:\s+(.*))?", re.DOTALL)
 
@@ -42,6 +46,7 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     license: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)  # DRAFT models (parsed; llmhost cannot run them yet)
 
 
 def parse_modelfile(text: str) -> Modelfile:
@@ -64,7 +69,7 @@ def parse_modelfile(text: str) -> Modelfile:
                 missing = "parameter name" if command == "parameter" else "role"
                 raise _error(number, f"missing {missing} after {command.upper()}")
         value, quoted, i = _read_value(rest, lines, i, number)
-        if value is None or (value == "" and command in ("from", "adapter", "parameter")):
+        if value is None or (value == "" and command in ("from", "adapter", "draft", "parameter")):
             raise _error(number, f"missing value for {command.upper()}")
         _apply(result, command, key if command in ("parameter", "message") else "", value, quoted, number)
     if result.from_ is None:
@@ -84,6 +89,8 @@ def _apply(result: Modelfile, command: str, key: str, value: str, quoted: bool, 
         result.system = value
     elif command == "adapter":
         result.adapters.append(value)
+    elif command == "draft":
+        result.drafts.append(value)
     elif command == "license":
         result.license.append(value)
     elif command == "message":

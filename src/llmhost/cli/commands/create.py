@@ -56,6 +56,10 @@ def request_body(client: Client, modelfile: Any, base: Path) -> dict[str, Any]:
         "parameters": dict(modelfile.parameters) or None,
         "messages": list(modelfile.messages) or None,
     }
+    from llmhost.registry.modelfile import DRAFT_UNSUPPORTED
+
+    if modelfile.drafts:
+        raise BadRequest(f"DRAFT {modelfile.drafts[0]}: {DRAFT_UNSUPPORTED}")
     files: dict[str, str] = {}
     # As Ollama's: every FROM that is a file is uploaded into ``files`` (a second one is a vision
     # model's projector, told apart by the daemon from its GGUF metadata); one may name a model.
