@@ -24,21 +24,22 @@ if TYPE_CHECKING:  # for types only: the client imports little, so the CLI start
     from llmhost.api.types import JsonObject
     from llmhost.config import ApiKeys
 
+    # A typing construct only (building a Protocol class costs the CLI's start about a millisecond).
+    class ClientConfig(Protocol):
+        """What ``Client.from_settings`` reads: ``config.Settings`` and ``config.ClientSettings`` both have it."""
+
+        @property
+        def socket(self) -> str | os.PathLike[str] | None: ...
+
+        @property
+        def host(self) -> str: ...
+
+        @property
+        def api_keys(self) -> ApiKeys: ...
+
+
 MAX_LINE = 8 * 1024 * 1024  # Ollama's NDJSON line limit
 UPLOAD_BLOCK = 1024 * 1024
-
-
-class ClientConfig(Protocol):
-    """What ``Client.from_settings`` reads: ``config.Settings`` and ``config.ClientSettings`` both have it."""
-
-    @property
-    def socket(self) -> str | os.PathLike[str] | None: ...
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def api_keys(self) -> ApiKeys: ...
 
 
 class _UnixConnection(http.client.HTTPConnection):

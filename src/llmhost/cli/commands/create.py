@@ -3,7 +3,6 @@ let the daemon build the model from ``files`` (uploaded digests) or ``from`` (an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,8 @@ def upload(client: Client, path: Path) -> str:
 
 def file_digest(path: Path, size: int) -> str:
     """``sha256:<hex>`` of a file, read in blocks (model files are gigabytes)."""
+    import hashlib  # here, not at the CLI's start: only create hashes
+
     sha = hashlib.sha256()
     with render.transfer("hashing " + render.shorten(path.name, 24), size) as advance, open(path, "rb") as f:
         while block := f.read(HASH_BLOCK):
