@@ -7,7 +7,7 @@ import pytest
 
 from llmhost.api.option_table import MAX_DRAFT
 from llmhost.engine.llamacpp import Model
-from llmhost.engine.sequence import FinishReason
+from llmhost.engine.sequence import Failed, Finished, FinishReason
 from llmhost.engine.speculation import PROBE_CELLS, DraftPolicy, History, lookup_draft, probe
 from tests.support.engine_harness import EngineHarness
 
@@ -251,5 +251,31 @@ def test_a_sequence_that_reports_logprobs_does_not_draft(model):
         harness.run(body)
         stats = harness.engine.snapshot()
         assert stats["draft_tokens"] == 0 and stats["draft_exact"] == -1  # nobody wanted to draft
+    finally:
+        harness.close()
+
+
+@pytest.mark.model
+def test_a_cache_that_cannot_drop_rejected_drafts_ends_the_sequence_and_drafting(smollm2_model):
+    """Should llama.cpp refuse to drop just the rejected drafts (and drop the whole sequence), the
+    sequence ends with an error instead of going on with cells it no longer has, and the runner
+    drafts no more; the next request is served."""
+    harness = EngineHarness(smollm2_model, ctx_size=512, parallel=1, batch=256)
+    try:
+        real = harness.ctx.seq_rm
+
+        def no_tail_removal(seq_id: int, p0: int = -1, p1: int = -1) -> bool:  # in the one slot's sequence
+            return False if p0 > 0 and seq_id == 0 else real(seq_id, p0, p1)
+
+        harness.ctx.seq_rm = no_tail_removal  # type: ignore[method-assign]
+        body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+                "options": {**GREEDY, "num_predict": 200, "draft_num_predict": 8}}
+        final = harness.run(body).final
+        assert isinstance(final, Failed) and "rejected speculative drafts" in final.message
+        stats = harness.engine.snapshot()
+        assert stats["draft_tokens"] > stats["draft_accepted"] and harness.engine.scheduler.drafts_allowed is False
+        again = harness.run(body).final
+        assert isinstance(again, Finished) and again.eval_count == 200
+        assert harness.engine.snapshot()["draft_tokens"] == stats["draft_tokens"]  # no drafting since
     finally:
         harness.close()

@@ -102,6 +102,7 @@ class Engine:
         self._close_lock = threading.Lock()
         self.crashed = False
         self.on_exit: Callable[[], None] | None = None  # called from the engine thread when it ends
+        self._lost: list[Sequence] = []  # sequences whose cells a step lost: ended after its update
 
     # --- any thread -------------------------------------------------------------------------------
 
@@ -245,11 +246,20 @@ class Engine:
         if accepted < n_draft:
             seq.n_past = chunk.start + 1 + accepted
             self.kv.rollback(seq.held_slot, seq.n_past)
+            if self.kv.slots[seq.held_slot].n != seq.n_past:  # the cache dropped more than the drafts
+                self._untrimmable(seq)
         assert seq.drafting is not None  # only drafting sequences get drafts
         seq.drafting.record(n_draft, accepted)
         self.stats.draft_tokens += n_draft
         self.stats.draft_accepted += accepted
         return kept
+
+    def _untrimmable(self, seq: Sequence) -> None:
+        """The KV cache could not drop just the rejected drafts (it lost the sequence's cells): the
+        sequence cannot go on, and this runner drafts no more."""
+        log.error("sequence %d: the KV cache could not drop rejected drafts; speculative decoding is off", seq.id)
+        self.scheduler.drafts_allowed = False
+        self._lost.append(seq)
 
     def _with_image_rows(self, chunks: list[Chunk]) -> list[Chunk]:
         """``chunks``, once every image chunk's rows are at hand (cached or encoded now); a sequence
@@ -316,6 +326,12 @@ class Engine:
         return self.scheduler.relieve()
 
     def _update(self, sampled: dict[Sequence, list[int]]) -> None:
+        for seq in self._lost:
+            sampled.pop(seq, None)
+            self.scheduler.remove(seq)
+            seq.emit(Failed("the KV cache could not drop rejected speculative drafts; retry without draft_num_predict"))
+            self._release(seq, keep=False)
+        self._lost.clear()
         for seq, tokens in sampled.items():
             for token in tokens:  # more than one when drafts were accepted
                 reason = self.outputs.on_token(seq, token)
