@@ -333,6 +333,7 @@ class Engine:
             self._release(seq, keep=False)
         self._lost.clear()
         for seq, tokens in sampled.items():
+            reason = None
             for token in tokens:  # more than one when drafts were accepted
                 reason = self.outputs.on_token(seq, token)
                 if reason is not None:
