@@ -57,6 +57,8 @@ WORKLOADS: dict[str, tuple[str, dict, int]] = {
     "free_story_sampled": ("smollm2", chat("Write a long story about a dragon who learns to sail.",
                                            temperature=0.8, seed=7), 1),
     "quote_x4": ("smollm2", chat(f"Repeat this passage exactly, word for word:\n\n{PASSAGE}"), 4),
+    "free_story_sampled_x4": ("smollm2", chat("Write a long story about a dragon who learns to sail.",
+                                              temperature=0.8, seed=7), 4),
     "gemma3_quote": ("gemma3", {"prompt": f"{PASSAGE}\n\nThe same passage once more:\n\n", "raw": True,
                                 "options": {**GREEDY, "num_predict": 128}}, 1),
 }

@@ -90,11 +90,19 @@ def test_drafts_that_are_accepted_grow_the_length():
 
 
 def test_drafts_that_fail_stop_drafting_but_one_token_is_tried_now_and_then():
-    policy = judged(DraftPolicy(8), [(4, 0), (2, 0), (1, 0)])
+    policy = judged(DraftPolicy(8), [(4, 0)])
     assert policy.acceptance < 0.3
-    lengths = [policy.length(CPU_ROW) for _ in range(2 * DraftPolicy.REST + 1)]
-    assert lengths == [0] * DraftPolicy.REST + [1] + [0] * DraftPolicy.REST
-    judged(policy, [(1, 1)] * 6)  # the text started repeating
+
+    def lengths(n: int) -> list[int]:
+        return [policy.length(CPU_ROW) for _ in range(n)]
+
+    rest = 2 * DraftPolicy.REST  # one failed draft so far: the rest has doubled once
+    assert lengths(rest + 1) == [0] * rest + [1]
+    policy.record(1, 0)  # the try failed: the next rest is twice as long
+    assert lengths(2 * rest + 1) == [0] * (2 * rest) + [1]
+    judged(policy, [(1, 0)] * 5)
+    assert lengths(DraftPolicy.MAX_REST + 1) == [0] * DraftPolicy.MAX_REST + [1]  # capped
+    judged(policy, [(1, 1)] * 8)  # the text started repeating: drafting pays again
     assert policy.length(CPU_ROW) >= 1
 
 

@@ -104,11 +104,13 @@ class DraftPolicy:
     its cost, where ``p`` is the chance that a draft token is accepted (estimated from the
     sequence's drafts so far, recent ones weighing most) and ``c`` the cost of a row relative to a
     one-token step (``Probe.row_cost``). When no length pays, the sequence rests ``REST`` steps and
-    then drafts one token, so a reply that starts quoting is noticed."""
+    then drafts one token, so a reply that starts quoting is noticed; each such try that fails
+    doubles the rest (up to ``MAX_REST``), so text that never repeats pays for few tries."""
 
     PRIOR = 0.5  # acceptance assumed before any evidence, worth one draft token
     DECAY = 0.9  # weight of the evidence so far when a draft's verdict comes in
     REST = 8
+    MAX_REST = 64
 
     def __init__(self, maximum: int):
         self.maximum = max(0, min(maximum, MAX_DRAFT))
@@ -117,6 +119,7 @@ class DraftPolicy:
         self._hits = self.PRIOR  # decayed accepted draft tokens
         self._trials = 1.0  # decayed draft tokens judged (accepted, and the first rejected one)
         self._rest = 0  # steps left before the next draft
+        self._rest_length = self.REST  # the next rest's length
 
     @property
     def acceptance(self) -> float:
@@ -134,7 +137,7 @@ class DraftPolicy:
             if rate > best_rate:
                 best, best_rate = k, rate
         if not best:
-            self._rest = self.REST
+            self._rest = self._rest_length
         return best
 
     def record(self, drafted: int, accepted: int) -> None:
@@ -144,6 +147,7 @@ class DraftPolicy:
         judged = accepted + (accepted < drafted)  # tokens after the first rejected one say nothing
         self._hits = self.DECAY * self._hits + accepted
         self._trials = self.DECAY * self._trials + judged
+        self._rest_length = self.REST if accepted else min(2 * self._rest_length, self.MAX_REST)
 
 
 @dataclass(frozen=True)
