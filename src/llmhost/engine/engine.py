@@ -76,8 +76,11 @@ class Engine:
         reuse_prefixes: bool = True,
         context_shift: bool = True,
         images: ImageEncoder | None = None,
+        draft_row_cost: float | None = None,
     ):
-        """``images``: the encoder of a runner with a projector (None: prompts have no images)."""
+        """``images``: the encoder of a runner with a projector (None: prompts have no images).
+        ``draft_row_cost``: what a batch row costs over a one-token step, for speculative decoding's
+        policy; None: timed by the probe (a fixed value makes the drafting reproducible)."""
         self.model = model
         self.ctx = ctx
         self.images = images
@@ -103,6 +106,7 @@ class Engine:
         self.crashed = False
         self.on_exit: Callable[[], None] | None = None  # called from the engine thread when it ends
         self._lost: list[Sequence] = []  # sequences whose cells a step lost: ended after its update
+        self._draft_row_cost = draft_row_cost
 
     # --- any thread -------------------------------------------------------------------------------
 
@@ -314,7 +318,7 @@ class Engine:
             log.warning("speculative decoding is off: its probe failed (%s)", e)
             found = Probe(exact=False, row_cost=1.0)
         self.scheduler.drafts_allowed = found.exact
-        self.scheduler.row_cost = found.row_cost
+        self.scheduler.row_cost = found.row_cost if self._draft_row_cost is None else self._draft_row_cost
         self.stats.draft_exact = int(found.exact)
 
     def _relieve(self, chunks: list[Chunk]) -> bool:
