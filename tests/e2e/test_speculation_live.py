@@ -5,9 +5,24 @@ from __future__ import annotations
 import ollama
 import pytest
 
+from llmhost.engine.llamacpp import Context, Model
+from llmhost.engine.speculation import probe
 from tests.e2e.test_operate_live import scrape, value
 
 pytestmark = pytest.mark.model
+
+
+def rows_exact(path) -> bool:
+    """What the runner's probe will find for this model on this CPU (engine.speculation.probe)."""
+    model = Model(path)
+    try:
+        ctx = Context(model, n_ctx=256, n_seq_max=1, n_batch=64, n_threads=2)
+        try:
+            return probe(ctx, model, 0).exact
+        finally:
+            ctx.close()
+    finally:
+        model.close()
 
 PASSAGE = ("The old lighthouse keeper climbed the spiral stairs every evening at dusk, lit the great lamp, "
            "and watched the ships pass safely through the narrow channel between the rocks.")
@@ -16,6 +31,8 @@ MESSAGES = [{"role": "user", "content": f"Repeat this sentence exactly:\n\n{PASS
 
 def test_drafts_asked_for_in_options_or_the_modelfile_are_used_and_change_no_reply(live_daemon, smollm2_path,
                                                                                     closing):
+    if not rows_exact(smollm2_path):
+        pytest.skip("this CPU's batched rows of SmolLM2 differ from single rows: the runner does not draft here")
     daemon = live_daemon
     for name, parameter in (("smol", ""), ("smol-draft", "PARAMETER draft_num_predict 8\n")):
         modelfile = daemon.workdir / f"{name}.Modelfile"
