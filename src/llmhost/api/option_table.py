@@ -125,7 +125,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     # drafts by prompt lookup instead, per request, so changing it needs no other runner.
     OptionSpec("draft_num_predict", INT, 0, "request",
                "speculative decoding: most draft tokens per step, looked up in the prompt and the reply "
-               f"so far and verified in one batch (the output is unchanged); 0 or less: off; at most {MAX_DRAFT} are tried"),
+               "so far and verified in one batch, each kept token being the one the model picks from its "
+               f"own row (docs/benchmarks.md); 0 or less: off; at most {MAX_DRAFT} are tried"),
 )
 
 OPTION_SPECS: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
