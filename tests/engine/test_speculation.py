@@ -9,7 +9,7 @@ from llmhost.api.option_table import MAX_DRAFT
 from llmhost.engine import engine as engine_module
 from llmhost.engine.llamacpp import Context, Model
 from llmhost.engine.sequence import Failed, Finished, FinishReason
-from llmhost.engine.speculation import PROBE_CELLS, DraftPolicy, History, Probe, lookup_draft, probe
+from llmhost.engine.speculation import PROBE_CELLS, DraftPolicy, History, Probe, lookup_draft, probe, step_row_cost
 from tests.support.engine_harness import EngineHarness
 
 GREEDY = {"temperature": 0, "seed": 42}
@@ -139,9 +139,10 @@ def drafting_smollm2(smollm2_model):
     return smollm2_model
 
 
-def generate(model: Model, body: dict, *, draft: int, ctx_size: int = 512, parallel: int = 1):
+def generate(model: Model, body: dict, *, draft: int, ctx_size: int = 512, parallel: int = 1,
+             row_cost: float = ROW_COST):
     """(text, final line, engine counters) of ``body`` run alone on a fresh engine."""
-    harness = EngineHarness(model, ctx_size=ctx_size, parallel=parallel, batch=256, draft_row_cost=ROW_COST)
+    harness = EngineHarness(model, ctx_size=ctx_size, parallel=parallel, batch=256, draft_row_cost=row_cost)
     try:
         options = {**body.get("options", {}), "draft_num_predict": draft}
         sink = harness.run({**body, "options": options})
@@ -220,9 +221,10 @@ def test_a_reply_that_fills_the_context_shifts_it_as_without_drafts(drafting_smo
 def test_sequences_drafting_together_each_get_what_they_get_alone(drafting_smollm2):
     bodies = [{"messages": [{"role": "user", "content": f"Repeat exactly: {PASSAGE[: 40 + 25 * i]}"}],
                "options": {**GREEDY, "num_predict": 48, "draft_num_predict": 6}} for i in range(3)]
-    alone = [generate(drafting_smollm2, body, draft=6)[0] for body in bodies]
+    # Rows as cheap as on a GPU, so that three sequences decoding together still find drafting worth it.
+    alone = [generate(drafting_smollm2, body, draft=6, row_cost=GPU_ROW)[0] for body in bodies]
     harness = EngineHarness(drafting_smollm2, ctx_size=512, parallel=3, batch=256, start=False,
-                            draft_row_cost=ROW_COST)
+                            draft_row_cost=GPU_ROW)
     try:
         sinks = [harness.submit(body)[1] for body in bodies]
         harness.start()
@@ -320,3 +322,13 @@ def test_a_cache_that_cannot_drop_rejected_drafts_ends_the_sequence_and_drafting
         assert harness.engine.snapshot()["draft_tokens"] == stats["draft_tokens"]  # no drafting since
     finally:
         harness.close()
+
+
+def test_a_row_costs_more_of_a_tokens_share_as_the_batch_grows():
+    assert step_row_cost(CPU_ROW, 1) == CPU_ROW
+    assert step_row_cost(CPU_ROW, 4) == pytest.approx(4 * 0.35 / (1 + 3 * 0.35))
+    assert step_row_cost(CPU_ROW, 2) < step_row_cost(CPU_ROW, 4) < step_row_cost(CPU_ROW, 8) < 1
+    assert step_row_cost(GPU_ROW, 8) < 0.15  # still cheap where rows are
+    # Four sequences on a CPU need a better acceptance to draft than one does.
+    assert DraftPolicy(8).length(step_row_cost(CPU_ROW, 1)) == 1
+    assert DraftPolicy(8).length(step_row_cost(CPU_ROW, 4)) == 0

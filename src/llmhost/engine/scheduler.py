@@ -30,7 +30,7 @@ import numpy as np
 from llmhost.engine.images import ImageSpan
 from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
 from llmhost.engine.sequence import SeqStatus, Sequence
-from llmhost.engine.speculation import PROBE_ROWS, lookup_draft
+from llmhost.engine.speculation import PROBE_ROWS, lookup_draft, step_row_cost
 
 MIN_SHARED_PREFILL = 32  # tokens: below this, evaluating twice is cheaper than waiting
 
@@ -151,9 +151,10 @@ class Scheduler:
         chunks = []
         # Drafts only while the step stays within the batch size whose rows were found exact.
         room = min(self.n_batch, self.kv.free_cells(), PROBE_ROWS) - len(decoding)
+        row_cost = step_row_cost(self.row_cost, len(decoding))
         for seq in decoding:
             tokens = np.array([seq.next_token], dtype=np.int32)
-            limit = min(room, self._draft_limit(seq))
+            limit = min(room, self._draft_limit(seq, row_cost))
             if limit > 0:
                 assert seq.history is not None  # kept by every drafting sequence
                 draft = lookup_draft(seq.history.tokens, limit)
@@ -163,13 +164,13 @@ class Scheduler:
             chunks.append(Chunk(seq, tokens, seq.n_past, True, draft=len(tokens) - 1))
         return chunks
 
-    def _draft_limit(self, seq: Sequence) -> int:
+    def _draft_limit(self, seq: Sequence, row_cost: float) -> int:
         """Draft tokens ``seq`` may try this step: what its policy finds worth the rows, no further
         than its context holds, and no more than its num_predict leaves after the token every step
         yields anyway."""
         if seq.drafting is None:
             return 0
-        limit = min(seq.drafting.length(self.row_cost), self.kv.slot_capacity - seq.n_past - 1)
+        limit = min(seq.drafting.length(row_cost), self.kv.slot_capacity - seq.n_past - 1)
         if seq.max_tokens is not None:
             limit = min(limit, seq.max_tokens - seq.n_generated - 1)
         return limit

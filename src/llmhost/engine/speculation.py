@@ -150,6 +150,15 @@ class DraftPolicy:
         self._rest_length = self.REST if accepted else min(2 * self._rest_length, self.MAX_REST)
 
 
+def step_row_cost(row_cost: float, n_decoding: int) -> float:
+    """A draft row's cost in the units ``DraftPolicy`` weighs it in (a sequence's one-token share of
+    a step), when ``n_decoding`` sequences decode together: a step of n rows costs about
+    1 + (n − 1)·c one-token steps and yields n tokens, so a row costs n·c / (1 + (n − 1)·c) of a
+    token's share (c alone, for one sequence; more as the batch grows)."""
+    n = max(n_decoding, 1)
+    return n * row_cost / (1 + (n - 1) * row_cost)
+
+
 @dataclass(frozen=True)
 class Probe:
     """What ``probe`` found: whether drafting keeps rows exact here, and what a row costs."""
