@@ -11,6 +11,7 @@ from llmhost.engine.llamacpp import Context, Model
 from llmhost.engine.sequence import Failed, Finished, FinishReason
 from llmhost.engine.speculation import PROBE_CELLS, DraftPolicy, History, Probe, lookup_draft, probe, step_row_cost
 from tests.support.engine_harness import EngineHarness
+from tests.support.runner_process import RunnerProcess
 
 GREEDY = {"temperature": 0, "seed": 42}
 # Drafting's policy weighs a batch row's cost, which the runner times: the tests fix it (SmolLM2 on
@@ -332,3 +333,17 @@ def test_a_row_costs_more_of_a_tokens_share_as_the_batch_grows():
     # Four sequences on a CPU need a better acceptance to draft than one does.
     assert DraftPolicy(8).length(step_row_cost(CPU_ROW, 1)) == 1
     assert DraftPolicy(8).length(step_row_cost(CPU_ROW, 4)) == 0
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("parallel", [1, 4], ids=["an id to spare", "a borrowed slot"])
+def test_a_small_num_batch_never_makes_the_probe_overflow_a_decode(smollm2_path, tmp_path, parallel):
+    """llama.cpp aborts the whole process on a decode larger than n_batch: with ``num_batch`` 4 the
+    probe must cut its text and skip its larger batches (in a runner process, so an abort is a
+    failed request here, not a dead test session)."""
+    body = {"messages": QUOTE["messages"], "options": {**GREEDY, "num_predict": 24, "draft_num_predict": 8}}
+    with RunnerProcess(smollm2_path, tmp_path, parallel=parallel, batch=4) as runner:
+        reply = runner.completion(body)
+        health = runner.health()
+    assert reply[-1].get("done") and reply[-1]["eval_count"] > 0, reply[-1]
+    assert health["engine"]["draft_exact"] in (0, 1)  # the probe ran, and the runner lives

@@ -170,15 +170,22 @@ class Probe:
 def probe(ctx: Context, model: Model, seq_id: int) -> Probe:
     """Decode a short text one token a step, then as batches of ``PROBE_SIZES`` rows, under
     ``seq_id`` (free; its positions are cleared after): exact when every batched row's logits are
-    bit-identical to the one-token step's; the row cost from the timings (a least-squares line)."""
+    bit-identical to the one-token step's; the row cost from the timings (a least-squares line).
+
+    No decode holds more than the context's ``n_batch`` tokens (llama.cpp aborts the process on
+    one that does): the text goes in pieces, and larger batch sizes are not tried — the scheduler
+    never drafts beyond ``n_batch`` rows either."""
     prompt = model.tokenize(PROBE_TEXT, add_special=True)[:32]
     if len(prompt) == 0:
         prompt = np.zeros(1, dtype=np.int32)
-    batch = Batch(max(len(prompt), PROBE_ROWS))
+    limit = max(1, ctx.n_batch)
+    batch = Batch(min(max(len(prompt), PROBE_ROWS), limit))
     worst, timings = 0.0, []
     try:
-        batch.add(prompt, 0, seq_id, logits="last")
-        ctx.decode(batch)
+        for start in range(0, len(prompt), limit):
+            batch.clear()
+            batch.add(prompt[start:start + limit], start, seq_id, logits="last")
+            ctx.decode(batch)
         token, base = int(ctx.logits(batch.n_tokens - 1).argmax()), len(prompt)
         tokens, alone = [], []
         for i in range(PROBE_ROWS):  # greedy, one token a step: what a sequence does without drafts
@@ -190,7 +197,7 @@ def probe(ctx: Context, model: Model, seq_id: int) -> Probe:
             timings.append((1, time.perf_counter() - started))
             alone.append(ctx.logits(0).copy())
             token = int(alone[-1].argmax())
-        for rows in PROBE_SIZES:
+        for rows in (r for r in PROBE_SIZES if r <= limit):
             ctx.seq_rm(seq_id, base, -1)
             batch.clear()
             batch.add(np.array(tokens[:rows], dtype=np.int32), base, seq_id, logits="all")
