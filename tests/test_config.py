@@ -54,7 +54,8 @@ def test_settings_default_to_an_f16_cache_and_automatic_repacking():
 
 
 @pytest.mark.parametrize("value, mode", [("", "auto"), ("auto", "auto"), ("OFF", "off"), ("on", "on"),
-                                         ("1", "on"), ("true", "on"), ("0", "off"), ("false", "off")])
+                                         ("1", "on"), ("true", "on"), ("0", "off"), ("false", "off"),
+                                         ("T", "on"), ("F", "off")])
 def test_flash_attention_takes_auto_on_off_and_ollamas_booleans(value, mode):
     env = {"LLMHOST_FLASH_ATTENTION": value} if value else {}
     assert Settings.from_env(env).flash_attention == mode

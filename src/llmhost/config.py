@@ -206,10 +206,13 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def _flash_attention(value: str) -> str:
-    """auto/on/off, or Ollama's boolean spelling of OLLAMA_FLASH_ATTENTION."""
+    """auto/on/off, or Ollama's boolean spelling of OLLAMA_FLASH_ATTENTION (Go's ParseBool, t and f
+    included). Where Ollama takes a value it cannot parse as on, this refuses it by name."""
     lowered = value.strip().lower()
     if lowered in FLASH_ATTENTION_MODES:
         return lowered
+    if lowered in ("t", "f"):
+        return "on" if lowered == "t" else "off"
     try:
         return "on" if _flag(lowered) else "off"
     except ValueError:

@@ -40,3 +40,23 @@ def test_a_modelfile_parameter_names_the_kv_cache_type():
     assert parse_parameter("kv_cache_type", "Q4_0") == "q4_0"
     with pytest.raises(InvalidOption, match="must be one of"):
         parse_parameter("kv_cache_type", "f32")
+
+
+# ---- draft_num_predict -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, message", [
+    ("eight", 'option "draft_num_predict" must be of type integer'),
+    (2**40, 'option "draft_num_predict" must be between'),
+    (True, 'option "draft_num_predict" must be of type integer'),
+])
+def test_a_bad_draft_num_predict_is_refused(value, message):
+    with pytest.raises(InvalidOption, match=message):
+        validate_options({"draft_num_predict": value})
+
+
+def test_any_int32_draft_num_predict_is_taken_as_ollama_takes_it():
+    """Ollama accepts any integer (0 or less: no drafting); the engine tries at most MAX_DRAFT."""
+    assert validate_options({"draft_num_predict": -5}) == {"draft_num_predict": -5}
+    assert validate_options({"draft_num_predict": 1000}) == {"draft_num_predict": 1000}
+    assert parse_parameter("draft_num_predict", "8") == 8
