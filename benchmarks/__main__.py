@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import cli, flash, kernels, peers, pull, relay, residency, rpc, speculation, throughput
+from benchmarks import cli, flash, idle, kernels, peers, pull, relay, residency, rpc, speculation, throughput
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "spec": speculation.speculation,
     "relay": relay.relay,
     "fa": flash.flash,
+    "idle": idle.idle,
 }
 
 
