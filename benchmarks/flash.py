@@ -16,11 +16,7 @@ import time
 
 import aiohttp
 
-from benchmarks.harness import GEMMA3, SMOLLM2, create_model, daemon, stream
-
-TEXT = ("The harbour town woke slowly: gulls argued over the nets, a baker swept flour from his step, "
-        "and the ferry's horn rolled across the water twice before the first passengers arrived. ")
-SENTENCES = {"smollm2": 39, "gemma3": 39}  # ~1,500 tokens
+from benchmarks.harness import GEMMA3, LONG_PROMPT_SENTENCES, SMOLLM2, TEXT, create_model, daemon, stream
 
 
 async def _one(url: str, model: str, prompt: str, tokens: int) -> dict:
@@ -37,7 +33,7 @@ def _measure(mode: str) -> dict:
         for model, path in (("smollm2", SMOLLM2), ("gemma3", GEMMA3)):
             asyncio.run(create_model(d.url, model, path))
             asyncio.run(_one(d.url, model, "Hello", 2))  # load
-            long = asyncio.run(_one(d.url, model, f"[{time.time()}] " + TEXT * SENTENCES[model], 256))
+            long = asyncio.run(_one(d.url, model, f"[{time.time()}] " + TEXT * LONG_PROMPT_SENTENCES, 256))
             short = asyncio.run(_one(d.url, model, f"[{time.time()}] Once upon a time", 128))
             out[model] = {"prefill_1500": long["prefill"], "decode_after_1500": long["decode"],
                           "decode_short": short["decode"]}

@@ -20,9 +20,14 @@ import aiohttp
 from tests.support.daemon_process import LiveDaemon, free_port, running_daemon
 from tests.support.models import GEMMA3, MODELS, ROOT, SMOLLM2
 
-__all__ = ["GEMMA3", "MODELS", "ROOT", "SMOLLM2", "THREADS", "create_model", "daemon", "free_port", "stream"]
+__all__ = ["GEMMA3", "LONG_PROMPT_SENTENCES", "MODELS", "ROOT", "SMOLLM2", "TEXT", "THREADS", "create_model", "daemon",
+           "free_port", "stream"]
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+# One sentence of filler text that the long-prompt workloads repeat (39 times: ~1,500 tokens).
+TEXT = ("The harbour town woke slowly: gulls argued over the nets, a baker swept flour from his step, "
+        "and the ferry's horn rolled across the water twice before the first passengers arrived. ")
+LONG_PROMPT_SENTENCES = 39
 
 
 @contextlib.contextmanager

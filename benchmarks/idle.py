@@ -16,11 +16,7 @@ import statistics
 import time
 import urllib.request
 
-from benchmarks.harness import GEMMA3, SMOLLM2, create_model, daemon, run
-
-TEXT = ("The harbour town woke slowly: gulls argued over the nets, a baker swept flour from his step, "
-        "and the ferry's horn rolled across the water twice before the first passengers arrived. ")
-LONG = 39  # sentences: ~1,500 tokens
+from benchmarks.harness import GEMMA3, LONG_PROMPT_SENTENCES, SMOLLM2, TEXT, create_model, daemon, run
 
 
 def _final(url: str, model: str, prompt: str, tokens: int) -> dict:
@@ -49,7 +45,7 @@ def _rates(url: str, model: str) -> dict[str, float]:
         return final["eval_count"] / (final["eval_duration"] / 1e9)
 
     def prefill() -> float:
-        final = _final(url, model, unique(TEXT * LONG), 1)
+        final = _final(url, model, unique(TEXT * LONG_PROMPT_SENTENCES), 1)
         return final["prompt_eval_count"] / (final["prompt_eval_duration"] / 1e9)
 
     out = {"decode_alone": decode(), "prefill_alone": prefill()}

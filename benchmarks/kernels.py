@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.harness import GEMMA3, MODELS, SMOLLM2, create_model, daemon, stream
+from benchmarks.harness import GEMMA3, MODELS, SMOLLM2, TEXT, create_model, daemon, stream
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 SMOLLM2_Q4_0 = MODELS / "SmolLM2-135M-Instruct.Q4_0.gguf"  # made from the Q4_1 file (requantized)
@@ -18,8 +18,6 @@ SMOLLM2_Q4_0 = MODELS / "SmolLM2-135M-Instruct.Q4_0.gguf"  # made from the Q4_1 
 # 640, are not multiples of 256, so their "Q4_K" files are mostly other types): kernel speed only.
 SYNTHETIC_Q4_K = MODELS / "synthetic-768x8.Q4_K_S.gguf"
 GREEDY = {"temperature": 0, "seed": 42, "num_predict": 128}
-TEXT = ("The harbour town woke slowly: gulls argued over the nets, a baker swept flour from his step, "
-        "and the ferry's horn rolled across the water twice before the first passengers arrived. ")
 
 
 def _prompt(tag: str, sentences: int) -> str:

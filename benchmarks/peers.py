@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks import llama_server
-from benchmarks.harness import GEMMA3, SMOLLM2, THREADS, create_model, daemon
+from benchmarks.harness import GEMMA3, LONG_PROMPT_SENTENCES, SMOLLM2, TEXT, THREADS, create_model, daemon
 from benchmarks.throughput import QUESTIONS, SYSTEM
 
 NUM_CTX = 4096  # per slot: llmhost's default num_ctx; llama-server gets slots × this in one pool
@@ -36,9 +36,7 @@ GREEDY = {"temperature": 0, "seed": 42}
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=900)
 TOPICS = ["fly", "swim", "cook", "sing", "paint", "read", "dance", "sail"]
 STORY = "Write a long story about a dragon who learns to {}."
-TEXT = ("The harbour town woke slowly: gulls argued over the nets, a baker swept flour from his step, "
-        "and the ferry's horn rolled across the water twice before the first passengers arrived. ")
-PREFILL_SENTENCES = 39  # ~1,500 Gemma 3 tokens with the tag and BOS
+PREFILL_SENTENCES = LONG_PROMPT_SENTENCES  # ~1,500 Gemma 3 tokens with the tag and BOS
 
 
 @dataclass(frozen=True)
