@@ -129,6 +129,19 @@ def _size(value: str) -> int:
         raise ValueError(str(e)) from None
 
 
+def _host_cache(value: str) -> int:
+    """``auto`` (-1: as large as the runner's KV cache), or a size; 0 and ``off`` park nothing."""
+    lowered = value.strip().lower()
+    if lowered == "auto":
+        return -1
+    if lowered == "off":
+        return 0
+    try:
+        return parse_size(lowered)
+    except BadRequest:
+        raise ValueError("expected auto, off, or a size such as 0, 512MiB or 2GiB") from None
+
+
 def _rpc_servers(value: str) -> tuple[str, ...]:
     from llmhost.engine.rpc import parse_servers  # stdlib only; the library is opened only when used
 
@@ -277,6 +290,10 @@ VARIABLES: tuple[Variable, ...] = (
              "llama.cpp's flash attention: auto (llama.cpp decides), on or off (1/0 and true/false as for "
              "OLLAMA_FLASH_ATTENTION); off can make long-context decoding faster on a CPU "
              "(docs/benchmarks.md), but a quantized KV cache needs it: with off, kv_cache_type falls back to f16"),
+    Variable("LLMHOST_KV_HOST_CACHE", "kv_host_cache", "auto", _host_cache,
+             "host memory per loaded model for cached prompts moved out of the KV cache while others run "
+             "(idle cached prompts slow the running ones down): auto (as large as its KV cache), a size "
+             "(512MiB, 2GiB), or off (idle prompts stay in the KV cache until evicted)"),
     Variable("LLMHOST_CPU_REPACK", "cpu_repack", "auto", _choice(REPACK_MODES),
              "llama.cpp's repacked CPU kernels (faster Q4_0/Q4_K): auto (on unless the CPU has AMX, "
              "whose path crashes), on or off"),
@@ -335,6 +352,7 @@ class Settings:
     kv_cache_type: str = "f16"
     cpu_repack: str = "auto"
     flash_attention: str = "auto"
+    kv_host_cache: int = -1  # bytes; -1: auto
     rpc_servers: tuple[str, ...] = ()
 
     @classmethod

@@ -37,7 +37,20 @@ def test_load_options_and_their_defaults_choose_the_runner(tmp_path, template_st
     finally:
         state.close()
     assert got == LoadSpec(key=RECORD.runner_key, model_path=RECORD.model_path, parallel=state.settings.num_parallel,
-                           cpu_repack=state.settings.cpu_repack, **{**DEFAULTS, **expected})
+                           cpu_repack=state.settings.cpu_repack, kv_host_cache=-1, **{**DEFAULTS, **expected})
+
+
+@pytest.mark.parametrize("value, expected", [("auto", -1), ("off", 0), ("0", 0), ("512MiB", 512 * 1024**2)])
+def test_the_host_cache_setting_reaches_the_runner_and_a_change_needs_another(tmp_path, template_store, value,
+                                                                              expected):
+    state = daemon_state(tmp_path, template_store, {**ENV, "LLMHOST_KV_HOST_CACHE": value})
+    try:
+        got = state.load_spec(RECORD, {})
+    finally:
+        state.close()
+    assert got.kv_host_cache == expected
+    other = LoadSpec(**{**got.__dict__, "kv_host_cache": expected + 1})
+    assert not got.covers(other), "another host cache size needs another runner"
 
 
 @pytest.mark.parametrize("flash, kv, expected_kv", [("auto", "q8_0", "q8_0"), ("on", "q4_0", "q4_0"),

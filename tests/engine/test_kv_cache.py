@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
+from llmhost.engine.kv_cache import KVCacheManager
+from llmhost.engine.kv_host import common_prefix_len
 
 
 class FakeContext:

@@ -1,7 +1,7 @@
 """Memory estimate of a runner before it is started, from GGUF metadata (no llama.cpp involved).
 
     total = weights + repacked weights + KV cache + compute scratch + batch + output logits + vocabulary
-            + runtime overhead (+ projector, for a vision model)
+            + runtime overhead + parked prompts (+ projector, for a vision model)
 
 - weights: the tensor bytes of the file (mmapped; on CPU every page is touched by the first decode);
 - repacked weights: with llama.cpp's repacked CPU kernels (``engine.cpu``) the Q4_0, Q4_K, IQ4_NL
@@ -18,6 +18,8 @@
 - vocabulary: llama.cpp keeps every token's text and lookup entries (~160 bytes a token: 40 MiB for
   Gemma 3's 262k tokens);
 - runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools;
+- parked prompts: the host memory idle cached prompts may take once moved out of the KV cache
+  (``engine.kv_host``, ``LLMHOST_KV_HOST_CACHE``; by default as much as the KV cache itself);
 - projector (a vision model's ``--mmproj``): see ``projector_bytes``.
 
 Calibrated against the resident memory of real runners (SmolLM2 135M and Gemma 3 270M at 2k–8k
@@ -129,7 +131,16 @@ def estimate_for_spec(spec: LoadSpec) -> int:
     total = estimate(gguf_info(spec.model_path), spec.num_ctx, spec.parallel, runner_batch(spec),
                      spec.kv_cache_type, repack, spec.flash_attention)
     total -= rpc_offloaded_bytes(spec)
+    total += host_cache_bytes(spec)
     return total + (projector_bytes(gguf_info(spec.projector)) if spec.projector is not None else 0)
+
+
+def host_cache_bytes(spec: LoadSpec) -> int:
+    """Host memory the runner may park idle prompts in: LLMHOST_KV_HOST_CACHE's size, or for auto
+    (-1) the size of its KV cache."""
+    if spec.kv_host_cache >= 0:
+        return spec.kv_host_cache
+    return kv_cache_bytes(gguf_info(spec.model_path), spec.num_ctx * spec.parallel, spec.kv_cache_type)
 
 
 def rpc_offloaded_bytes(spec: LoadSpec) -> int:

@@ -55,6 +55,8 @@ _ENGINE_GAUGES = {
     "swapped": ("llmhost_swapped_sequences", "Sequences swapped out to host memory"),
     "kv_cells_used": ("llmhost_kv_cells_used", "KV cache cells in use (cached prefixes included)"),
     "kv_cells": ("llmhost_kv_cells", "KV cache cells in the runner's pool"),
+    "parked_bytes": ("llmhost_parked_prompt_bytes", "Host memory of cached prompts parked out of the KV cache"),
+    "parked_prompts": ("llmhost_parked_prompts", "Cached prompts parked out of the KV cache in host memory"),
 }
 _ENGINE_COUNTERS = {
     "swapped_out_total": ("llmhost_swap_outs", "Sequences swapped out of the KV cache (since the runner started)"),
@@ -64,6 +66,12 @@ _ENGINE_COUNTERS = {
     "context_shifts": ("llmhost_context_shifts", "Context shifts of full sequences (since the runner started)"),
     "evicted_total": ("llmhost_prefix_evictions",
                       "Idle cached prefixes dropped to make room (since the runner started)"),
+    "parked_total": ("llmhost_prompts_parked",
+                     "Idle cached prompts moved out of the KV cache to host memory (since the runner started)"),
+    "parked_restored_total": ("llmhost_parked_prompts_restored",
+                              "Parked prompts copied back for a request that continued them (since the runner started)"),
+    "parked_dropped_total": ("llmhost_parked_prompts_dropped",
+                             "Parked prompts dropped for LLMHOST_KV_HOST_CACHE's budget (since the runner started)"),
     "draft_tokens": ("llmhost_draft_tokens",
                      "Speculative draft tokens verified (draft_num_predict; since the runner started)"),
     "draft_accepted": ("llmhost_draft_tokens_accepted",

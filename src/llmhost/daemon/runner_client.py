@@ -54,6 +54,7 @@ class LoadSpec:
     kv_cache_type: str = "f16"  # api.options.KV_CACHE_TYPES
     cpu_repack: str = "auto"  # engine.cpu.REPACK_MODES (LLMHOST_CPU_REPACK)
     flash_attention: str = "auto"  # api.option_table.FLASH_ATTENTION_MODES (LLMHOST_FLASH_ATTENTION)
+    kv_host_cache: int = 0  # bytes for parked prompts (LLMHOST_KV_HOST_CACHE); -1: as large as the KV cache
     projector: Path | None = None  # a vision model's projector GGUF (llama.cpp's --mmproj)
     rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers, host:port (the rpc_servers option)
 
@@ -72,6 +73,7 @@ class LoadSpec:
             and self.kv_cache_type == other.kv_cache_type
             and self.cpu_repack == other.cpu_repack
             and self.flash_attention == other.flash_attention
+            and self.kv_host_cache == other.kv_host_cache
             and self.rpc_servers == other.rpc_servers
         )
 
@@ -500,7 +502,7 @@ class ProcessRunnerFactory:
         )
         return ProcessRunner(proc, self._on_request)
 
-    def _args(self, spec: LoadSpec, socket_path: Path, placement: Placement) -> list[str]:
+    def _args(self, spec: LoadSpec, socket_path: Path, placement: Placement, host_cache: int = 0) -> list[str]:
         args = [
             "--parent-pid", str(os.getpid()),
             "--model", str(spec.model_path),
@@ -514,6 +516,7 @@ class ProcessRunnerFactory:
             "--kv-cache-type", spec.kv_cache_type,
             "--cpu-repack", spec.cpu_repack,
             "--flash-attn", spec.flash_attention,
+            "--kv-host-cache", str(host_cache),
         ]
         if not spec.use_mmap:
             args.append("--no-mmap")
@@ -539,7 +542,7 @@ class ProcessRunnerFactory:
         socket_path = self._socket_dir / f"runner-{os.getpid()}-{self._counter}.sock"
         started = time.monotonic()
         placement = await asyncio.to_thread(self._placement, spec)
-        args = self._args(spec, socket_path, placement)
+        args = self._args(spec, socket_path, placement, await asyncio.to_thread(_host_cache_bytes, spec))
         runner = await self._spares.take()
         warm = runner is not None
         if runner is None:
@@ -670,3 +673,9 @@ class _Spares:
         spare, self._spare = self._spare, None
         if spare is not None:
             await spare.close()
+
+
+def _host_cache_bytes(spec: LoadSpec) -> int:
+    from llmhost.daemon.memory import host_cache_bytes  # it imports this module
+
+    return host_cache_bytes(spec)

@@ -93,6 +93,7 @@ class DaemonState:
             kv_cache_type=_kv_cache_type(option("kv_cache_type"), self.settings.flash_attention),
             cpu_repack=self.settings.cpu_repack,
             flash_attention=self.settings.flash_attention,
+            kv_host_cache=self.settings.kv_host_cache,
             projector=record.projector_path,
             rpc_servers=_rpc_servers(option("rpc_servers")),
         )

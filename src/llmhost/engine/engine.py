@@ -77,16 +77,21 @@ class Engine:
         context_shift: bool = True,
         images: ImageEncoder | None = None,
         draft_row_cost: float | None = None,
+        host_cache_bytes: int = 0,
     ):
         """``images``: the encoder of a runner with a projector (None: prompts have no images).
         ``draft_row_cost``: what a batch row costs over a one-token step, for speculative decoding's
-        policy; None: timed by the probe (a fixed value makes the drafting reproducible)."""
+        policy; None: timed by the probe (a fixed value makes the drafting reproducible).
+        ``host_cache_bytes``: host memory for idle prompts parked out of the KV cache
+        (``engine.kv_host``); 0, or a cache that cannot drop part of a sequence: none are parked."""
         self.model = model
         self.ctx = ctx
         self.images = images
         # The pool is the context's real size (llama.cpp rounds n_ctx up); each slot is capped at
         # the per-sequence context, and at the pool.
-        self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx)
+        # Recurrent and hybrid caches hold a fixed state per sequence: idle ones slow nothing down.
+        self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx,
+                                 host_budget=host_cache_bytes if ctx.can_trim else 0)
         # A sequence id no slot uses, for the engine's own short-lived decodes (a context made with
         # more ids than slots; else a free slot is borrowed).
         self.probe_seq = n_slots if ctx.n_seq_max > n_slots else None
@@ -137,6 +142,7 @@ class Engine:
             "kv_cells": self.kv.n_cells,
             "kv_cells_used": self.kv.used_cells(),
             "evicted_total": self.kv.evictions,
+            **self.kv.host.stats.__dict__,
             "images_encoded": self.images.encoded if self.images else 0,  # by the projector
             "images_cached": self.images.cache_hits if self.images else 0,  # rows reused from its cache
             **sched.stats.__dict__,

@@ -12,7 +12,10 @@ earlier turn, or another conversation's system prompt, even one still running) a
 the rest. The prefix is either kept in place (the slot continues its own conversation) or shared
 into a free slot with ``llama_memory_seq_cp``, which in a unified KV only tags the cells with another
 sequence id — no copy, no extra cells. Finished sequences leave their tokens cached in their idle
-slot; idle slots are overwritten, or evicted when cells are needed, least recently used first.
+slot. With a host budget (``engine.kv_host``), each admission parks the idle slots in host memory and
+frees their cells, since idle cells slow every running sequence; a prompt that continues a parked
+one gets its cells copied back. Without one (or past it), idle slots are overwritten, or evicted
+when cells are needed, least recently used first.
 
 Only the first ``Slot.exact`` tokens of a slot are offered for reuse: after a context shift the
 cells past the kept prefix were computed with a different history than their token prefix implies.
@@ -38,18 +41,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmhost.engine.images import image_run_bounds
+from llmhost.engine.kv_host import HostCache, SwapRecord, common_prefix_len, worth_restoring
 from llmhost.engine.llamacpp import Context
 
 log = logging.getLogger(__name__)
-
-
-def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the longest common prefix of two token arrays."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if diff.size else n
 
 
 @dataclass(eq=False)
@@ -87,29 +82,19 @@ class Allocation:
     source: int | None  # slot the prefix came from (itself or another), None when nothing reused
 
 
-@dataclass(frozen=True)
-class SwapRecord:
-    """A sequence's KV cells saved in host memory, and the slot mirror to restore with them."""
-
-    data: np.ndarray
-    tokens: np.ndarray
-    exact: int
-
-    @property
-    def n(self) -> int:
-        return len(self.tokens)
-
-
 class KVCacheManager:
     """Owns the slot table and every KV-memory call the engine makes."""
 
     def __init__(self, ctx: Context, n_slots: int, slot_capacity: int, *, reuse_prefixes: bool = True,
-                 n_cells: int | None = None):  # fmt: skip
+                 n_cells: int | None = None, host_budget: int = 0):  # fmt: skip
+        """``host_budget``: bytes of host memory for parked prompts (``engine.kv_host``; 0: idle
+        prompts stay in the KV cache until evicted)."""
         self.ctx = ctx
         self.n_cells = n_cells if n_cells is not None else n_slots * slot_capacity
         self.slot_capacity = min(slot_capacity, self.n_cells)
         self.reuse_prefixes = reuse_prefixes
         self.slots = [Slot(i, self.slot_capacity) for i in range(n_slots)]
+        self.host = HostCache(host_budget if reuse_prefixes else 0)
         self._clock = 0
         self.evictions = 0  # idle cached slots dropped to make room
 
@@ -119,24 +104,61 @@ class KVCacheManager:
         return any(not s.busy for s in self.slots)
 
     def allocate(self, prompt: np.ndarray) -> Allocation:
-        """Pick a free slot for ``prompt`` and set its KV up with the longest reusable prefix."""
+        """Pick a free slot for ``prompt`` and set its KV up with the longest reusable prefix (from
+        a slot, or copied back from host memory); every other idle slot is parked meanwhile."""
         source, match = self.longest_prefix(prompt)
+        parked, parked_match = self._parked_prefix(prompt)
         # Re-evaluate at least the last prompt token: its logits are what the first sample needs.
-        n_reuse = min(match, len(prompt) - 1) if self.reuse_prefixes else 0
-        if n_reuse <= 0:
-            source = None
-        target = self._choose_target(source, n_reuse)
-        if source is target:
-            n_reuse = self._truncate(target, n_reuse)
+        last = len(prompt) - 1
+        n_reuse = min(match, last) if self.reuse_prefixes else 0
+        if parked is not None and min(parked_match, last) > n_reuse and worth_restoring(parked, parked_match):
+            self.park_idle()  # first, so the cells copied back take the lowest free ones
+            target = self._choose_target(None, 0)
+            self._displace(target)
+            fits = self.free_cells() >= parked.n
+            n_reuse, source = self._restore(parked, target, min(parked_match, last)) if fits else 0, None
         else:
-            self._clear(target)
-            if source is not None:
-                self._share(source, target, n_reuse)
+            if n_reuse <= 0:
+                source = None
+            self.park_idle(keep=source)
+            target = self._choose_target(source, n_reuse)
+            if source is target:
+                if 2 * n_reuse < target.n:  # no other slot was free: keep what the truncation drops
+                    self._park(target, copy=True)
+                n_reuse = self._truncate(target, n_reuse)
             else:
-                n_reuse = 0
+                self._displace(target)
+                if source is not None:
+                    self._share(source, target, n_reuse)
+                    if not source.busy:  # the new sequence holds the shared cells now
+                        self._park(source)
+                else:
+                    n_reuse = 0
         n_reuse = self._verify(target, n_reuse)
         target.busy = True
         return Allocation(target.seq_id, n_reuse, source.seq_id if source is not None and n_reuse else None)
+
+    def admission_cells(self, prompt: np.ndarray) -> tuple[int, Slot | None]:
+        """Free cells a sequence for ``prompt`` needs at admission, and the slot it shares a prefix
+        with (to keep while making room); a parked prefix needs its whole record for a moment."""
+        source, match = self.longest_prefix(prompt)
+        parked, parked_match = self._parked_prefix(prompt)
+        if parked is not None and parked_match > match and worth_restoring(parked, parked_match):
+            return max(parked.n, len(prompt)), None
+        return len(prompt) - match, source
+
+    def reusable_prefix(self, prompt: np.ndarray) -> int:
+        """How much of ``prompt`` the cache holds, in a slot or parked."""
+        parked, parked_match = self._parked_prefix(prompt)
+        worth = parked is not None and worth_restoring(parked, parked_match)
+        return max(self.longest_prefix(prompt)[1], parked_match if worth else 0)
+
+    def park_idle(self, *, keep: Slot | None = None) -> None:
+        """Copy every idle cached slot but ``keep`` to host memory, within its budget, and free
+        their cells (``engine.kv_host``)."""
+        for slot in self.slots:
+            if slot is not keep:
+                self._park(slot)
 
     def commit(self, seq_id: int, start: int, tokens: np.ndarray) -> None:
         """Record tokens decoded into a slot at positions ``start…`` (after a successful decode)."""
@@ -163,7 +185,7 @@ class KVCacheManager:
         if not free:
             return None
         slot = min(free, key=lambda s: (s.n > 0, s.last_used))  # an empty one, else the stalest
-        self._clear(slot)
+        self._displace(slot)
         return slot.seq_id if self.make_room(n) else None
 
     def rollback(self, seq_id: int, n: int) -> None:
@@ -204,8 +226,8 @@ class KVCacheManager:
             idle = [s for s in self.slots if not s.busy and s.n > 0 and s is not protect]
             if not idle:
                 return False
-            self._clear(min(idle, key=lambda s: s.last_used))
-            self.evictions += 1
+            if not self._displace(min(idle, key=lambda s: s.last_used)):
+                self.evictions += 1
         return True
 
     def evict_idle(self) -> bool:
@@ -213,8 +235,8 @@ class KVCacheManager:
         idle = [s for s in self.slots if not s.busy and s.n > 0]
         if not idle:
             return False
-        self._clear(min(idle, key=lambda s: s.last_used))
-        self.evictions += 1
+        if not self._displace(min(idle, key=lambda s: s.last_used)):
+            self.evictions += 1
         return True
 
     # --- context shift ----------------------------------------------------------------------------
@@ -256,9 +278,10 @@ class KVCacheManager:
         free = [s for s in self.slots if not s.busy]
         if not free:
             return None
+        self.park_idle()  # first, so the cells copied back take the lowest free ones
         empty = [s for s in free if s.n == 0]
         slot = empty[0] if empty else min(free, key=lambda s: s.last_used)
-        self._clear(slot)
+        self._displace(slot)
         if record.n and not self.ctx.state_seq_set(slot.seq_id, record.data):
             log.warning("could not restore a swapped sequence (%d tokens) into the KV cache", record.n)
             return None
@@ -284,6 +307,47 @@ class KVCacheManager:
         if empty:
             return empty[0]
         return min(free, key=lambda s: s.last_used)
+
+    def _parked_prefix(self, prompt: np.ndarray) -> tuple[SwapRecord | None, int]:
+        return self.host.longest_prefix(prompt) if self.reuse_prefixes else (None, 0)
+
+    def _park(self, slot: Slot, *, copy: bool = False) -> bool:
+        """Copy an idle slot's cells to host memory and free them (``copy``: keep them too); False
+        (the slot left as it was) when parking is off, the slot holds nothing reusable, or it would
+        not fit the budget."""
+        exact = min(slot.exact, slot.n)
+        if not self.host.enabled or slot.busy or not exact:
+            return False
+        data = self.ctx.state_seq_get(slot.seq_id)
+        if not self.host.fits(data.nbytes):
+            return False
+        self.host.put(SwapRecord(data, slot.held.copy(), exact))
+        if not copy:
+            self._clear(slot)
+        return True
+
+    def _displace(self, slot: Slot) -> bool:
+        """An idle slot gives way: parked where it can be, else dropped. True when parked."""
+        if not slot.n:
+            return False
+        if self._park(slot):
+            return True
+        self._clear(slot)
+        return False
+
+    def _restore(self, record: SwapRecord, target: Slot, n_reuse: int) -> int:
+        """Copy a parked prompt back into the empty ``target`` and keep its first ``n_reuse``
+        positions; the positions reused (0 when the cells could not be placed)."""
+        if not self.ctx.state_seq_set(target.seq_id, record.data):
+            log.warning("could not copy a parked prompt (%d tokens) back into the KV cache", record.n)
+            self._clear(target)
+            return 0
+        target.tokens[: record.n] = record.tokens
+        target.n, target.exact = record.n, record.exact
+        # A request that continues the record takes it; one that shares only its beginning (another
+        # conversation with the same system prompt) leaves it parked for its own continuation.
+        self.host.restored(record, keep=2 * n_reuse < record.n)
+        return self._truncate(target, n_reuse)
 
     def _truncate(self, slot: Slot, n_keep: int) -> int:
         if n_keep >= slot.n:

@@ -45,7 +45,7 @@ from llmhost.engine.images import (
     image_token_ids,
     place_markers,
 )
-from llmhost.engine.kv_cache import common_prefix_len
+from llmhost.engine.kv_host import common_prefix_len
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.parsing import OutputParser, make_parser
 from llmhost.engine.parsing.tool_calls import detect_tool_format

@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="llama.cpp's flash attention: auto (llama.cpp decides), on or off")
     p.add_argument("--cpu-repack", choices=REPACK_MODES, default="auto",
                    help="llama.cpp's repacked CPU kernels (extra buffer types): auto (on unless the CPU has AMX)")
+    p.add_argument("--kv-host-cache", type=int, default=0,
+                   help="bytes of host memory for idle cached prompts moved out of the KV cache (0: none)")
     p.add_argument("--no-prefix-cache", action="store_true", help="never reuse KV prefixes between requests")
     p.add_argument("--verbose", action="store_true", help="log llama.cpp and engine details to stderr")
     limits = RenderLimits()
@@ -218,6 +220,7 @@ def load(args: argparse.Namespace) -> Runtime:
         reuse_prefixes=not args.no_prefix_cache,
         context_shift=not args.no_context_shift,
         images=_image_encoder(projector),
+        host_cache_bytes=max(0, args.kv_host_cache),
     )
     embedder = Embedder(model, ctx_size=args.ctx_size, n_threads=threads)
     # A sequence can never hold more than the whole pool, so prompts are fitted to the smaller.

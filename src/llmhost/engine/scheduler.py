@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmhost.engine.images import ImageSpan
-from llmhost.engine.kv_cache import KVCacheManager, common_prefix_len
+from llmhost.engine.kv_cache import KVCacheManager
+from llmhost.engine.kv_host import common_prefix_len
 from llmhost.engine.sequence import SeqStatus, Sequence
 from llmhost.engine.speculation import PROBE_ROWS, lookup_draft, step_row_cost
 
@@ -230,7 +231,7 @@ class Scheduler:
         """
         if seq.swap is not None:
             return False
-        _, cached = self.kv.longest_prefix(seq.prompt)
+        cached = self.kv.reusable_prefix(seq.prompt)
         for other in self.running:
             if other.prefilling:
                 shared = common_prefix_len(other.prompt, seq.prompt)
@@ -242,8 +243,8 @@ class Scheduler:
         reserve = self.reserve if self.running else 0
         if seq.swap is not None:
             return self.kv.make_room(seq.swap.n + reserve)
-        source, match = self.kv.longest_prefix(seq.prompt)
-        if self.kv.make_room(len(seq.prompt) - match + reserve, protect=source):
+        needed, source = self.kv.admission_cells(seq.prompt)
+        if self.kv.make_room(needed + reserve, protect=source):
             return True
         return self.kv.make_room(len(seq.prompt) + reserve)
 

@@ -17,7 +17,7 @@ import numpy as np
 from llmhost.api.runner_protocol import FinalLine
 from llmhost.engine.detokenizer import Detokenizer
 from llmhost.engine.images import ImageSpan
-from llmhost.engine.kv_cache import SwapRecord
+from llmhost.engine.kv_host import SwapRecord
 from llmhost.engine.llamacpp import Sampler
 from llmhost.engine.parsing import OutputParser
 from llmhost.engine.speculation import DraftPolicy, History
