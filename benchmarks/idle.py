@@ -1,11 +1,15 @@
-"""What idle cached prompts cost the requests that run beside them (``scripts/bench idle``).
+"""What idle cached prompts cost the requests that run beside them, with and without parking them in
+host memory (``scripts/bench idle``).
 
-The KV cache keeps every finished prompt for reuse, in one pool, and llama.cpp attends over every cell
-up to the highest one in use, masked or not. So each round, in a fresh daemon with 4 slots, for
-SmolLM2 and Gemma 3: a 128-token reply to a short prompt and a unique ~1,500-token prompt are timed
-with nothing else cached, then again beside three idle ~1,500-token prompts. Rates are the runner's
-own (``eval_count ÷ eval_duration``, ``prompt_eval_count ÷ prompt_eval_duration``); medians over
-``BENCH_ROUNDS`` (default 3); ratio = beside ÷ alone (< 1: the idle prompts slow it).
+The KV cache keeps every finished prompt for reuse, and llama.cpp attends over every cell up to the
+highest one in use, masked or not. With ``LLMHOST_KV_HOST_CACHE`` (default auto) each admission parks
+the idle prompts in host memory and frees their cells; with ``off`` they stay in the KV cache. So each
+round, for each setting, in a fresh daemon with 4 slots, for SmolLM2 and Gemma 3: a 128-token reply to
+a short prompt and a unique ~1,500-token prompt are timed with nothing else cached, then again beside
+three idle ~1,500-token prompts; last, a request that continues one of those idle prompts is timed at
+the client (its time to the first token: with parking, the cells are copied back first). Rates are the
+runner's own (``eval_count ÷ eval_duration``, ``prompt_eval_count ÷ prompt_eval_duration``); medians
+over ``BENCH_ROUNDS`` (default 3); ratio = beside ÷ alone (< 1: the idle prompts slow it).
 """
 
 from __future__ import annotations
@@ -44,33 +48,46 @@ def _rates(url: str, model: str) -> dict[str, float]:
         final = _final(url, model, unique("Once upon a time, in a lighthouse by the sea,"), 128)
         return final["eval_count"] / (final["eval_duration"] / 1e9)
 
-    def prefill() -> float:
-        final = _final(url, model, unique(TEXT * LONG_PROMPT_SENTENCES), 1)
+    def prefill(prompt: str) -> float:
+        final = _final(url, model, prompt, 1)
         return final["prompt_eval_count"] / (final["prompt_eval_duration"] / 1e9)
 
-    out = {"decode_alone": decode(), "prefill_alone": prefill()}
-    for _ in range(2):  # with the one just made, three idle long prompts
-        prefill()
-    out["prefill_beside_3"] = prefill()  # the least recently used slot gives way: three stay
+    out = {"decode_alone": decode(), "prefill_alone": prefill(unique(TEXT * LONG_PROMPT_SENTENCES))}
+    kept = unique(TEXT * LONG_PROMPT_SENTENCES)  # one of the idle prompts, continued at the end
+    prefill(kept)
+    prefill(unique(TEXT * LONG_PROMPT_SENTENCES))  # with the first one, three idle long prompts
+    out["prefill_beside_3"] = prefill(unique(TEXT * LONG_PROMPT_SENTENCES))  # the LRU slot gives way
     out["decode_beside_3"] = decode()
+    started = time.perf_counter()
+    final = _final(url, model, kept + " What happened next?", 1)
+    out["continue_ttft_ms"] = (time.perf_counter() - started) * 1e3
+    out["continue_cached"] = final["prompt_eval_count"] < 32  # the prompt came from the cache
     return out
+
+
+SETTINGS = ("off", "auto")  # LLMHOST_KV_HOST_CACHE
 
 
 def idle() -> dict:
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
-    runs: dict[str, list[dict[str, float]]] = {"smollm2": [], "gemma3": []}
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(rounds):
-        with daemon(LLMHOST_NUM_PARALLEL="4") as d:
-            for model, path in (("smollm2", SMOLLM2), ("gemma3", GEMMA3)):
-                run(create_model(d.url, model, path))
-                _final(d.url, model, "Hello", 2)  # load
-                runs[model].append(_rates(d.url, model))
-                _unload(d.url, model)  # its runner goes: the next model's cache starts empty
+        for setting in SETTINGS:
+            with daemon(LLMHOST_NUM_PARALLEL="4", LLMHOST_KV_HOST_CACHE=setting) as d:
+                for model, path in (("smollm2", SMOLLM2), ("gemma3", GEMMA3)):
+                    run(create_model(d.url, model, path))
+                    _final(d.url, model, "Hello", 2)  # load
+                    runs.setdefault((setting, model), []).append(_rates(d.url, model))
+                    _unload(d.url, model)  # its runner goes: the next model's cache starts empty
 
     out: dict = {"rounds": rounds}
-    for model, results in runs.items():
+    for (setting, model), results in runs.items():
+        row: dict = {}
         for what in ("decode", "prefill"):
             alone = statistics.median(r[f"{what}_alone"] for r in results)
             beside = statistics.median(r[f"{what}_beside_3"] for r in results)
-            out[f"{model}.{what}"] = {"alone": alone, "beside_3_idle": beside, "ratio": beside / alone}
+            row[what] = {"alone": alone, "beside_3_idle": beside, "ratio": beside / alone}
+        row["continue_ttft_ms"] = statistics.median(r["continue_ttft_ms"] for r in results)
+        row["continue_cached"] = all(r["continue_cached"] for r in results)
+        out[f"{model}.host_cache_{setting}"] = row
     return out
