@@ -126,7 +126,8 @@ def test_past_the_budget_the_least_recently_parked_prompt_goes():
     assert stats.parked_prompts == 2 and stats.parked_bytes <= 100 * BYTES_PER_TOKEN
     assert stats.parked_dropped_total == 1
     assert kv.reusable_prefix(conversation(100)) == 0, "the oldest was dropped"
-    assert kv.reusable_prefix(conversation(300)) == 40 and kv.reusable_prefix(conversation(500)) == 40
+    # (the last prompt token is evaluated anyway)
+    assert kv.reusable_prefix(conversation(300)) == 39 and kv.reusable_prefix(conversation(500)) == 39
 
 
 def test_a_prompt_larger_than_the_budget_stays_in_its_slot():
@@ -162,7 +163,7 @@ def test_eviction_for_room_parks_instead_of_dropping():
     # The KV manager is asked directly for room (as the scheduler does when running sequences grow).
     assert kv.make_room(60)
     assert kv.evictions == 0 and kv.host.stats.parked_prompts == 1
-    assert kv.reusable_prefix(conversation(100)) == 40
+    assert kv.reusable_prefix(conversation(100)) == 39
 
 
 def test_host_cache_keeps_the_newest_on_a_tie_and_counts_bytes():
@@ -189,3 +190,30 @@ def test_in_one_slot_a_shared_system_prompt_keeps_the_other_conversation_parked(
     kv.release(other.seq_id, keep=True)
     again = kv.allocate(np.concatenate((first, np.arange(900, 905, dtype=np.int32), toks(1))))
     assert again.n_reused == 75
+
+
+def test_a_sliding_window_record_comes_back_only_when_continued_whole():
+    """A sliding-window cache saves a sequence's last n_swa positions: a parked record longer than
+    the window is of use only to a prompt that continues all of it."""
+    ctx = FakeContext(2)
+    kv = KVCacheManager(ctx, 2, 128, host_budget=1 << 20, n_swa=16)
+    first = conversation(100)
+    served(kv, ctx, first)
+    served(kv, ctx, conversation(500))
+    partial = kv.allocate(np.concatenate((first[:30], toks(1, 2))))
+    assert partial.n_reused == 0 and kv.host.stats.parked_restored_total == 0
+    kv.release(partial.seq_id, keep=False)
+    whole = kv.allocate(np.concatenate((first, np.arange(900, 905, dtype=np.int32), toks(1))))
+    assert whole.n_reused == 45 and kv.host.stats.parked_restored_total == 1
+
+
+@pytest.mark.parametrize("pos_min, reused", [(0, 30), (14, 30), (15, 0)])
+def test_a_sliding_window_prefix_is_reused_while_its_window_is_there(pos_min, reused):
+    ctx = FakeContext(2)
+    kv = KVCacheManager(ctx, 2, 128, n_swa=16)
+    a = kv.allocate(conversation(100, 30))
+    fill(kv, ctx, a.seq_id, conversation(100, 30))
+    kv.release(a.seq_id, keep=True)
+    ctx.pos[a.seq_id] = list(range(pos_min, 30))  # the window layers dropped what fell out of it
+    again = kv.allocate(np.concatenate((conversation(100, 30), toks(1))))
+    assert again.n_reused == reused

@@ -91,7 +91,7 @@ class Engine:
         # the per-sequence context, and at the pool.
         # Recurrent and hybrid caches hold a fixed state per sequence: idle ones slow nothing down.
         self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx,
-                                 host_budget=host_cache_bytes if ctx.can_trim else 0)
+                                 host_budget=host_cache_bytes if ctx.can_trim else 0, n_swa=model.n_swa)
         # A sequence id no slot uses, for the engine's own short-lived decodes (a context made with
         # more ids than slots; else a free slot is borrowed).
         self.probe_seq = n_slots if ctx.n_seq_max > n_slots else None

@@ -86,13 +86,14 @@ class KVCacheManager:
     """Owns the slot table and every KV-memory call the engine makes."""
 
     def __init__(self, ctx: Context, n_slots: int, slot_capacity: int, *, reuse_prefixes: bool = True,
-                 n_cells: int | None = None, host_budget: int = 0):  # fmt: skip
+                 n_cells: int | None = None, host_budget: int = 0, n_swa: int = 0):  # fmt: skip
         """``host_budget``: bytes of host memory for parked prompts (``engine.kv_host``; 0: idle
-        prompts stay in the KV cache until evicted)."""
+        prompts stay in the KV cache until evicted). ``n_swa``: the model's sliding window (0: none)."""
         self.ctx = ctx
         self.n_cells = n_cells if n_cells is not None else n_slots * slot_capacity
         self.slot_capacity = min(slot_capacity, self.n_cells)
         self.reuse_prefixes = reuse_prefixes
+        self.n_swa = n_swa
         self.slots = [Slot(i, self.slot_capacity) for i in range(n_slots)]
         self.host = HostCache(host_budget if reuse_prefixes else 0)
         self._clock = 0
@@ -107,16 +108,15 @@ class KVCacheManager:
         """Pick a free slot for ``prompt`` and set its KV up with the longest reusable prefix (from
         a slot, or copied back from host memory); every other idle slot is parked meanwhile."""
         source, match = self.longest_prefix(prompt)
-        parked, parked_match = self._parked_prefix(prompt)
+        parked, parked_reuse = self._parked_reuse(prompt)
         # Re-evaluate at least the last prompt token: its logits are what the first sample needs.
-        last = len(prompt) - 1
-        n_reuse = min(match, last) if self.reuse_prefixes else 0
-        if parked is not None and min(parked_match, last) > n_reuse and worth_restoring(parked, parked_match):
+        n_reuse = min(match, len(prompt) - 1) if self.reuse_prefixes else 0
+        if parked is not None and parked_reuse > n_reuse:
             self.park_idle()  # first, so the cells copied back take the lowest free ones
             target = self._choose_target(None, 0)
             self._displace(target)
             fits = self.free_cells() >= parked.n
-            n_reuse, source = self._restore(parked, target, min(parked_match, last)) if fits else 0, None
+            n_reuse, source = self._restore(parked, target, parked_reuse) if fits else 0, None
         else:
             if n_reuse <= 0:
                 source = None
@@ -142,16 +142,14 @@ class KVCacheManager:
         """Free cells a sequence for ``prompt`` needs at admission, and the slot it shares a prefix
         with (to keep while making room); a parked prefix needs its whole record for a moment."""
         source, match = self.longest_prefix(prompt)
-        parked, parked_match = self._parked_prefix(prompt)
-        if parked is not None and parked_match > match and worth_restoring(parked, parked_match):
+        parked, parked_reuse = self._parked_reuse(prompt)
+        if parked is not None and parked_reuse > match:
             return max(parked.n, len(prompt)), None
         return len(prompt) - match, source
 
     def reusable_prefix(self, prompt: np.ndarray) -> int:
         """How much of ``prompt`` the cache holds, in a slot or parked."""
-        parked, parked_match = self._parked_prefix(prompt)
-        worth = parked is not None and worth_restoring(parked, parked_match)
-        return max(self.longest_prefix(prompt)[1], parked_match if worth else 0)
+        return max(self.longest_prefix(prompt)[1], self._parked_reuse(prompt)[1])
 
     def park_idle(self, *, keep: Slot | None = None) -> None:
         """Copy every idle cached slot but ``keep`` to host memory, within its budget, and free
@@ -308,8 +306,20 @@ class KVCacheManager:
             return empty[0]
         return min(free, key=lambda s: s.last_used)
 
-    def _parked_prefix(self, prompt: np.ndarray) -> tuple[SwapRecord | None, int]:
-        return self.host.longest_prefix(prompt) if self.reuse_prefixes else (None, 0)
+    def _parked_reuse(self, prompt: np.ndarray) -> tuple[SwapRecord | None, int]:
+        """The parked record whose copy back would serve ``prompt`` best, and the positions it
+        would reuse (the last prompt token is always evaluated); (None, 0) when none pays."""
+        if not self.reuse_prefixes:
+            return None, 0
+        record, match = self.host.longest_prefix(prompt)
+        n_reuse = min(match, len(prompt) - 1)
+        if record is None or not worth_restoring(record, n_reuse):
+            return None, 0
+        # A sliding-window cache saves only the last n_swa positions of a sequence, so a record
+        # longer than the window must be continued whole: the positions before it are gone.
+        if self.n_swa and n_reuse < record.n and record.n > self.n_swa:
+            return None, 0
+        return record, n_reuse
 
     def _park(self, slot: Slot, *, copy: bool = False) -> bool:
         """Copy an idle slot's cells to host memory and free them (``copy``: keep them too); False
@@ -407,10 +417,13 @@ class KVCacheManager:
         return True
 
     def _verify(self, slot: Slot, n_reuse: int) -> int:
-        """Trust the mirror only if the KV agrees (an SWA cache may have pruned early positions)."""
+        """Trust the mirror only if the KV agrees. A sliding-window cache drops a sequence's positions
+        once they fall out of the window (llama.cpp's pos_min is then the window's): reuse holds while
+        the last ``n_swa`` positions before the new ones are there, all those layers attend to."""
         if n_reuse == 0:
             return 0
-        if self.ctx.seq_pos_max(slot.seq_id) == n_reuse - 1 and self.ctx.seq_pos_min(slot.seq_id) == 0:
+        oldest = max(0, n_reuse - self.n_swa) if self.n_swa else 0
+        if self.ctx.seq_pos_max(slot.seq_id) == n_reuse - 1 and 0 <= self.ctx.seq_pos_min(slot.seq_id) <= oldest:
             return n_reuse
         log.debug("slot %d: cached prefix not fully present, re-evaluating", slot.seq_id)
         self._clear(slot)

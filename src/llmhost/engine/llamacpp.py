@@ -168,6 +168,7 @@ class Model:
         self._vocab = L.llama_model_get_vocab(self._ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
+        self.n_swa = max(0, L.llama_model_n_swa(self._ptr))  # sliding-window attention's window (0: none)
         self.n_embd = L.llama_model_n_embd(self._ptr)
         self.n_embd_inp = L.llama_model_n_embd_inp(self._ptr)  # the width of input embedding rows (images)
         self.head_size_k = self._key_length()
