@@ -51,3 +51,33 @@ def test_a_conversation_continued_from_host_memory_gets_the_same_reply(smollm2_m
     assert finals[2].prompt_eval_count + 40 < plain_finals[2].prompt_eval_count
     assert stats["parked_restored_total"] == 1 and stats["parked_total"] >= 2
     assert plain_stats["parked_total"] == 0 and stats["kv_cells_used"] == plain_stats["kv_cells_used"]
+
+
+@pytest.fixture(scope="module")
+def gemma3_model(gemma3_path):
+    m = Model(gemma3_path)
+    yield m
+    m.close()
+
+
+def test_a_parked_sliding_window_prompt_continued_whole_comes_back(gemma3_model):
+    """Gemma 3's window layers save only a sequence's last 512 positions when it is parked, so the
+    copy back holds the window alone (llama.cpp's pos_min is past 0): the reuse still holds, since
+    those layers never look further back."""
+    harness = EngineHarness(gemma3_model, ctx_size=2048, parallel=2, batch=64, host_cache_bytes=64 << 20)
+    sentence = "The keeper wrote down the weather, the ships and the tides in his book every day. "
+    try:
+        first = ("[first] " + sentence * 60).rstrip()
+        harness.run({"prompt": first, "raw": True, "options": {"num_predict": 1}})
+        harness.run({"prompt": "[second] " + sentence * 10, "raw": True, "options": {"num_predict": 1}})
+        seq, sink = harness.submit({"prompt": first + " Then he slept.", "raw": True,
+                                    "options": {"num_predict": 1}}, gated=True)
+        assert sink.first.wait(60)
+        assert harness.ctx.seq_pos_min(seq.held_slot) > 0, "only the window came back"
+        sink.gate.set()
+        again = sink.wait().final
+        assert isinstance(again, Finished)
+        assert again.prompt_cached_count > 1000 and again.prompt_eval_count < 16, again
+        assert harness.engine.snapshot()["parked_restored_total"] == 1
+    finally:
+        harness.close()
