@@ -30,7 +30,7 @@ def served(kv: KVCacheManager, ctx: FakeContext, prompt: np.ndarray, reply: int 
 @pytest.fixture
 def parking():
     ctx = FakeContext(3)
-    return KVCacheManager(ctx, 3, 128, host_budget=1 << 20), ctx
+    return KVCacheManager(ctx, 3, 128, host_budget=1 << 20, park_after=0), ctx
 
 
 def test_an_admission_parks_the_idle_prompts_and_frees_their_cells(parking):
@@ -59,7 +59,7 @@ def test_a_parked_conversation_comes_back_for_its_next_turn(parking):
 
 def test_more_conversations_than_slots_stay_cached():
     ctx = FakeContext(1)
-    kv = KVCacheManager(ctx, 1, 128, host_budget=1 << 20)
+    kv = KVCacheManager(ctx, 1, 128, host_budget=1 << 20, park_after=0)
     turns = {base: conversation(base) for base in (100, 300, 500)}
     for base, prompt in turns.items():
         served(kv, ctx, prompt)
@@ -119,7 +119,7 @@ def test_the_lender_of_a_shared_prefix_is_parked_and_the_borrower_keeps_the_cell
 
 def test_past_the_budget_the_least_recently_parked_prompt_goes():
     ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 128, host_budget=100 * BYTES_PER_TOKEN)  # two 45-token records fit
+    kv = KVCacheManager(ctx, 2, 128, host_budget=100 * BYTES_PER_TOKEN, park_after=0)  # two 45-token records fit
     for base in (100, 300, 500, 700):
         served(kv, ctx, conversation(base))
     stats = kv.host.stats
@@ -132,7 +132,7 @@ def test_past_the_budget_the_least_recently_parked_prompt_goes():
 
 def test_a_prompt_larger_than_the_budget_stays_in_its_slot():
     ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 128, host_budget=10 * BYTES_PER_TOKEN)
+    kv = KVCacheManager(ctx, 2, 128, host_budget=10 * BYTES_PER_TOKEN, park_after=0)
     a = served(kv, ctx, conversation(100))
     kv.allocate(conversation(500))
     assert ctx.n[a] == 45 and kv.host.stats.parked_prompts == 0
@@ -148,7 +148,7 @@ def test_without_a_budget_idle_prompts_stay_in_the_cache():
 
 def test_without_prefix_reuse_nothing_is_parked():
     ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 128, reuse_prefixes=False, host_budget=1 << 20)
+    kv = KVCacheManager(ctx, 2, 128, reuse_prefixes=False, host_budget=1 << 20, park_after=0)
     served(kv, ctx, conversation(100))
     kv.allocate(conversation(500))
     assert kv.host.stats.parked_total == 0
@@ -156,7 +156,7 @@ def test_without_prefix_reuse_nothing_is_parked():
 
 def test_eviction_for_room_parks_instead_of_dropping():
     ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 64, n_cells=64, host_budget=1 << 20)
+    kv = KVCacheManager(ctx, 2, 64, n_cells=64, host_budget=1 << 20, park_after=0)
     a = kv.allocate(conversation(100))
     fill(kv, ctx, a.seq_id, conversation(100))
     kv.release(a.seq_id, keep=True)
@@ -180,7 +180,7 @@ def test_host_cache_keeps_the_newest_on_a_tie_and_counts_bytes():
 
 def test_in_one_slot_a_shared_system_prompt_keeps_the_other_conversation_parked():
     ctx = FakeContext(1)
-    kv = KVCacheManager(ctx, 1, 128, host_budget=1 << 20)
+    kv = KVCacheManager(ctx, 1, 128, host_budget=1 << 20, park_after=0)
     system = conversation(100, 30)
     first = np.concatenate((system, conversation(1000, 40)))
     served(kv, ctx, first)
@@ -196,7 +196,7 @@ def test_a_sliding_window_record_comes_back_only_when_continued_whole():
     """A sliding-window cache saves a sequence's last n_swa positions: a parked record longer than
     the window is of use only to a prompt that continues all of it."""
     ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 128, host_budget=1 << 20, n_swa=16)
+    kv = KVCacheManager(ctx, 2, 128, host_budget=1 << 20, n_swa=16, park_after=0)
     first = conversation(100)
     served(kv, ctx, first)
     served(kv, ctx, conversation(500))
@@ -217,3 +217,18 @@ def test_a_sliding_window_prefix_is_reused_while_its_window_is_there(pos_min, re
     ctx.pos[a.seq_id] = list(range(pos_min, 30))  # the window layers dropped what fell out of it
     again = kv.allocate(np.concatenate((conversation(100, 30), toks(1))))
     assert again.n_reused == reused
+
+
+def test_a_slot_idle_for_less_than_a_second_stays_where_it_is():
+    """An agent's next call, or a conversation's next turn in a benchmark, comes at once: parking its
+    prompt would only cost two copies."""
+    now = [100.0]
+    ctx = FakeContext(2)
+    kv = KVCacheManager(ctx, 2, 128, host_budget=1 << 20, clock=lambda: now[0])
+    a = served(kv, ctx, conversation(100))
+    now[0] += 0.5
+    served(kv, ctx, conversation(500))
+    assert ctx.n[a] == 45 and kv.host.stats.parked_total == 0
+    now[0] += 1.0
+    kv.allocate(conversation(700))  # both have paused now: parked, the cells freed
+    assert ctx.n[a] == 0 and kv.host.stats.parked_total == 2

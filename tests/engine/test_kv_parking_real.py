@@ -64,7 +64,8 @@ def test_a_parked_sliding_window_prompt_continued_whole_comes_back(gemma3_model)
     """Gemma 3's window layers save only a sequence's last 512 positions when it is parked, so the
     copy back holds the window alone (llama.cpp's pos_min is past 0): the reuse still holds, since
     those layers never look further back."""
-    harness = EngineHarness(gemma3_model, ctx_size=2048, parallel=2, batch=64, host_cache_bytes=64 << 20)
+    harness = EngineHarness(gemma3_model, ctx_size=2048, parallel=2, batch=64, host_cache_bytes=64 << 20,
+                            park_after=0)
     sentence = "The keeper wrote down the weather, the ships and the tides in his book every day. "
     try:
         first = ("[first] " + sentence * 60).rstrip()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llmhost.engine.kv_cache import KVCacheManager
+from llmhost.engine.kv_cache import PARK_AFTER, KVCacheManager
 from llmhost.engine.llamacpp import Batch, Context, DecodeError, Model
 from llmhost.engine.logprobs import LogprobsProcessor
 from llmhost.engine.outputs import OutputProcessor
@@ -78,12 +78,14 @@ class Engine:
         images: ImageEncoder | None = None,
         draft_row_cost: float | None = None,
         host_cache_bytes: int = 0,
+        park_after: float = PARK_AFTER,
     ):
         """``images``: the encoder of a runner with a projector (None: prompts have no images).
         ``draft_row_cost``: what a batch row costs over a one-token step, for speculative decoding's
         policy; None: timed by the probe (a fixed value makes the drafting reproducible).
         ``host_cache_bytes``: host memory for idle prompts parked out of the KV cache
-        (``engine.kv_host``); 0, or a cache that cannot drop part of a sequence: none are parked."""
+        (``engine.kv_host``); 0, or a cache that cannot drop part of a sequence: none are parked.
+        ``park_after``: how long a slot must have been idle before an admission parks it."""
         self.model = model
         self.ctx = ctx
         self.images = images
@@ -91,7 +93,8 @@ class Engine:
         # the per-sequence context, and at the pool.
         # Recurrent and hybrid caches hold a fixed state per sequence: idle ones slow nothing down.
         self.kv = KVCacheManager(ctx, n_slots, slot_capacity, reuse_prefixes=reuse_prefixes, n_cells=ctx.n_ctx,
-                                 host_budget=host_cache_bytes if ctx.can_trim else 0, n_swa=model.n_swa)
+                                 host_budget=host_cache_bytes if ctx.can_trim else 0, n_swa=model.n_swa,
+                                 park_after=park_after)
         # A sequence id no slot uses, for the engine's own short-lived decodes (a context made with
         # more ids than slots; else a free slot is borrowed).
         self.probe_seq = n_slots if ctx.n_seq_max > n_slots else None

@@ -36,6 +36,8 @@ numpy comparison per slot beats walking a Python radix tree token by token.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +47,10 @@ from llmhost.engine.kv_host import HostCache, SwapRecord, common_prefix_len, wor
 from llmhost.engine.llamacpp import Context
 
 log = logging.getLogger(__name__)
+
+# Seconds a slot must have been idle before an admission parks it: a conversation that comes back
+# sooner (an agent's next call, a benchmark's lock-step turns) would only pay two copies for it.
+PARK_AFTER = 1.0
 
 
 @dataclass(eq=False)
@@ -60,6 +66,7 @@ class Slot:
     borrowed: int = 0
     busy: bool = False  # a running sequence owns it
     last_used: int = 0  # LRU clock tick of the last release
+    idle_since: float = 0.0  # when it was last released (the manager's clock)
 
     def __post_init__(self) -> None:
         self.tokens = np.zeros(self.capacity, dtype=np.int32)
@@ -86,14 +93,18 @@ class KVCacheManager:
     """Owns the slot table and every KV-memory call the engine makes."""
 
     def __init__(self, ctx: Context, n_slots: int, slot_capacity: int, *, reuse_prefixes: bool = True,
-                 n_cells: int | None = None, host_budget: int = 0, n_swa: int = 0):  # fmt: skip
+                 n_cells: int | None = None, host_budget: int = 0, n_swa: int = 0,
+                 park_after: float = PARK_AFTER, clock: Callable[[], float] = time.monotonic):  # fmt: skip
         """``host_budget``: bytes of host memory for parked prompts (``engine.kv_host``; 0: idle
-        prompts stay in the KV cache until evicted). ``n_swa``: the model's sliding window (0: none)."""
+        prompts stay in the KV cache until evicted); an admission parks the slots idle for at least
+        ``park_after`` seconds. ``n_swa``: the model's sliding window (0: none)."""
         self.ctx = ctx
         self.n_cells = n_cells if n_cells is not None else n_slots * slot_capacity
         self.slot_capacity = min(slot_capacity, self.n_cells)
         self.reuse_prefixes = reuse_prefixes
         self.n_swa = n_swa
+        self.park_after = park_after
+        self._now = clock
         self.slots = [Slot(i, self.slot_capacity) for i in range(n_slots)]
         self.host = HostCache(host_budget if reuse_prefixes else 0)
         self._clock = 0
@@ -130,8 +141,8 @@ class KVCacheManager:
                 self._displace(target)
                 if source is not None:
                     self._share(source, target, n_reuse)
-                    if not source.busy:  # the new sequence holds the shared cells now
-                        self._park(source)
+                    if not source.busy and source.idle_since <= self._now() - self.park_after:
+                        self._park(source)  # the new sequence holds the shared cells now
                 else:
                     n_reuse = 0
         n_reuse = self._verify(target, n_reuse)
@@ -152,10 +163,14 @@ class KVCacheManager:
         return max(self.longest_prefix(prompt)[1], self._parked_reuse(prompt)[1])
 
     def park_idle(self, *, keep: Slot | None = None) -> None:
-        """Copy every idle cached slot but ``keep`` to host memory, within its budget, and free
-        their cells (``engine.kv_host``)."""
+        """Copy the idle cached slots but ``keep`` to host memory, within its budget, and free their
+        cells (``engine.kv_host``): those idle for ``park_after`` seconds, whose conversations paused.
+        One whose next request comes at once (an agent's tool loop) stays where it is."""
+        if not self.host.enabled:
+            return
+        paused = self._now() - self.park_after
         for slot in self.slots:
-            if slot is not keep:
+            if slot is not keep and slot.idle_since <= paused:
                 self._park(slot)
 
     def commit(self, seq_id: int, start: int, tokens: np.ndarray) -> None:
@@ -173,6 +188,7 @@ class KVCacheManager:
         slot.busy = False
         self._clock += 1
         slot.last_used = self._clock
+        slot.idle_since = self._now()
         if not keep:
             self._clear(slot)
 
