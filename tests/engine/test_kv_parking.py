@@ -61,7 +61,7 @@ def test_more_conversations_than_slots_stay_cached():
     ctx = FakeContext(1)
     kv = KVCacheManager(ctx, 1, 128, host_budget=1 << 20, park_after=0)
     turns = {base: conversation(base) for base in (100, 300, 500)}
-    for base, prompt in turns.items():
+    for prompt in turns.values():
         served(kv, ctx, prompt)
     for base, prompt in turns.items():  # each comes back after the other two ran in the one slot
         alloc = kv.allocate(np.concatenate((prompt, np.arange(900, 905, dtype=np.int32), toks(1))))
@@ -219,16 +219,21 @@ def test_a_sliding_window_prefix_is_reused_while_its_window_is_there(pos_min, re
     assert again.n_reused == reused
 
 
-def test_a_slot_idle_for_less_than_a_second_stays_where_it_is():
-    """An agent's next call, or a conversation's next turn in a benchmark, comes at once: parking its
-    prompt would only cost two copies."""
+def test_a_conversation_idle_for_less_than_a_second_stays_and_a_one_shot_prompt_goes_at_once():
+    """An agent's next call, or a conversation's next turn in lock-step, comes at once: parking it
+    would only cost two copies. A prompt whose request reused little is unlikely to come back soon."""
     now = [100.0]
-    ctx = FakeContext(2)
-    kv = KVCacheManager(ctx, 2, 128, host_budget=1 << 20, clock=lambda: now[0])
-    a = served(kv, ctx, conversation(100))
+    ctx = FakeContext(3)
+    kv = KVCacheManager(ctx, 3, 128, host_budget=1 << 20, clock=lambda: now[0])
+    first = conversation(100)
+    served(kv, ctx, first)
+    a = served(kv, ctx, np.concatenate((first, np.arange(900, 905, dtype=np.int32), toks(1, 2))))  # turn 2
+    assert kv.slots[a].continued
     now[0] += 0.5
-    served(kv, ctx, conversation(500))
-    assert ctx.n[a] == 45 and kv.host.stats.parked_total == 0
+    b = served(kv, ctx, conversation(500))  # one-shot: reused nothing
+    assert ctx.n[a] == 52 and kv.host.stats.parked_total == 0, "the conversation stays in its slot"
+    kv.allocate(conversation(700))
+    assert ctx.n[b] == 0 and ctx.n[a] == 52 and kv.host.stats.parked_total == 1, "the one-shot prompt went"
     now[0] += 1.0
-    kv.allocate(conversation(700))  # both have paused now: parked, the cells freed
+    kv.allocate(conversation(800))  # the conversation has paused now
     assert ctx.n[a] == 0 and kv.host.stats.parked_total == 2

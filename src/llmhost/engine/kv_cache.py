@@ -67,6 +67,7 @@ class Slot:
     busy: bool = False  # a running sequence owns it
     last_used: int = 0  # LRU clock tick of the last release
     idle_since: float = 0.0  # when it was last released (the manager's clock)
+    continued: bool = False  # its last request reused most of its prompt: a conversation under way
 
     def __post_init__(self) -> None:
         self.tokens = np.zeros(self.capacity, dtype=np.int32)
@@ -141,12 +142,13 @@ class KVCacheManager:
                 self._displace(target)
                 if source is not None:
                     self._share(source, target, n_reuse)
-                    if not source.busy and source.idle_since <= self._now() - self.park_after:
+                    if not source.busy and self._paused(source):
                         self._park(source)  # the new sequence holds the shared cells now
                 else:
                     n_reuse = 0
         n_reuse = self._verify(target, n_reuse)
         target.busy = True
+        target.continued = 2 * n_reuse >= len(prompt)
         return Allocation(target.seq_id, n_reuse, source.seq_id if source is not None and n_reuse else None)
 
     def admission_cells(self, prompt: np.ndarray) -> tuple[int, Slot | None]:
@@ -168,9 +170,8 @@ class KVCacheManager:
         One whose next request comes at once (an agent's tool loop) stays where it is."""
         if not self.host.enabled:
             return
-        paused = self._now() - self.park_after
         for slot in self.slots:
-            if slot is not keep and slot.idle_since <= paused:
+            if slot is not keep and self._paused(slot):
                 self._park(slot)
 
     def commit(self, seq_id: int, start: int, tokens: np.ndarray) -> None:
@@ -321,6 +322,11 @@ class KVCacheManager:
         if empty:
             return empty[0]
         return min(free, key=lambda s: s.last_used)
+
+    def _paused(self, slot: Slot) -> bool:
+        """Whether an idle slot's prompt is worth parking now: a one-shot prompt (its request reused
+        little) at once; a conversation's, once it has been idle for ``park_after`` seconds."""
+        return not slot.continued or slot.idle_since <= self._now() - self.park_after
 
     def _parked_reuse(self, prompt: np.ndarray) -> tuple[SwapRecord | None, int]:
         """The parked record whose copy back would serve ``prompt`` best, and the positions it
