@@ -3,11 +3,12 @@
 llama.cpp attends over every KV cell up to the highest one in use, masked or not, so the idle
 prompts that prefix reuse keeps in the cache slow down every sequence that runs beside them: three
 idle 1,500-token prompts cost SmolLM2 a quarter of its decode rate (docs/benchmarks.md). So when a
-sequence is admitted, the KV manager copies out the cells of each slot idle for a second or more
-(``llama_state_seq_get``, ~9 ms for 1,500 SmolLM2 tokens) and frees them; the new sequence then lies
-in the lowest cells. A slot idle for less stays: its conversation is likely to come back at once (an
-agent's next call), and parking it would cost two copies (lock-step conversations ran 4% slower when
-every idle slot was parked). A later prompt that continues a parked one gets its cells copied back
+sequence is admitted, the KV manager copies out the cells of the idle slots (``llama_state_seq_get``,
+~9 ms for 1,500 SmolLM2 tokens) and frees them; the new sequence then lies in the lowest cells. A slot
+whose last request continued a cached prompt (a conversation under way) is parked only once it has
+been idle for a second: its next turn is likely to come at once (an agent's next call), and parking
+it would cost two copies (lock-step conversations ran 4% slower when every idle slot was parked).
+A one-shot prompt goes at the next admission. A later prompt that continues a parked one gets its cells copied back
 (~5 ms, against seconds to evaluate them again) and is served as if they had never left. A slot
 overwritten or evicted for room is parked rather than dropped, whatever its age.
 
