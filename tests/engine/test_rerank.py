@@ -97,21 +97,21 @@ def test_pairs_that_cannot_fit_are_refused(embedder, query, document, truncate, 
         embedder.rerank(query, [document], truncate=truncate)
 
 
-@pytest.mark.parametrize("ctx_size, decodes", [
-    (64, [60, 60, 50]),  # a decode holds at most the context's tokens: 6 pairs of 10
-    (256, [80, 80, 10]),  # and at most 8 sequences
+@pytest.mark.parametrize("ctx_size, n_docs, decodes", [
+    (64, 17, [60, 60, 50]),  # a decode holds at most the context's tokens: 6 pairs of 10
+    (1024, 70, [640, 60]),  # and at most 64 sequences
 ])
-def test_documents_are_packed_into_as_few_decodes_as_fit(reranker, ctx_size, decodes):
+def test_documents_are_packed_into_as_few_decodes_as_fit(reranker, ctx_size, n_docs, decodes):
     embedder = Embedder(reranker, ctx_size=ctx_size, n_threads=1)
     ctx = embedder._context()
     seen = []
     original = ctx.decode
     ctx.decode = lambda batch: (seen.append(batch.n_tokens), original(batch))[1]
     try:
-        result = embedder.rerank(QUERY, ["hi"] * 17)
+        result = embedder.rerank(QUERY, ["hi"] * n_docs)
     finally:
         embedder.close()
-    assert seen == decodes and len(result.scores) == 17
+    assert seen == decodes and len(result.scores) == n_docs
 
 
 def test_a_cancelled_request_stops_before_the_next_decode(embedder):

@@ -26,7 +26,9 @@ import numpy as np
 from llmhost.engine.llamacpp import POOLING_MEAN, POOLING_RANK, POOLING_UNSPECIFIED, Batch, Context, Model
 from llmhost.errors import BadRequest
 
-_MAX_SEQS = 8  # inputs per llama_decode
+# Inputs per llama_decode: more short inputs per decode make fuller batches (64 short SmolLM2 inputs:
+# 26.5 inputs/s at 8 a decode, 28.5 at 16, 29.5 at 64; llama-server decodes as many as it has slots).
+_MAX_SEQS = 64
 
 
 @dataclass(frozen=True)
