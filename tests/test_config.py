@@ -61,8 +61,16 @@ def test_flash_attention_takes_auto_on_off_and_ollamas_booleans(value, mode):
     assert Settings.from_env(env).flash_attention == mode
 
 
+@pytest.mark.parametrize("value, size", [("", -1), ("auto", -1), ("OFF", 0), ("0", 0), ("512MiB", 512 * 1024**2),
+                                         ("2GiB", 2 * 1024**3), ("1000", 1000)])
+def test_the_host_cache_for_parked_prompts_takes_auto_off_or_a_size(value, size):
+    env = {"LLMHOST_KV_HOST_CACHE": value} if value else {}
+    assert Settings.from_env(env).kv_host_cache == size
+
+
 @pytest.mark.parametrize("name, value", [("LLMHOST_KV_CACHE_TYPE", "q5_1"), ("LLMHOST_CPU_REPACK", "maybe"),
-                                         ("LLMHOST_FLASH_ATTENTION", "sometimes")])
+                                         ("LLMHOST_FLASH_ATTENTION", "sometimes"), ("LLMHOST_KV_HOST_CACHE", "lots"),
+                                         ("LLMHOST_KV_HOST_CACHE", "-5")])
 def test_a_bad_setting_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})

@@ -72,7 +72,9 @@ class FakeRunner:
         running = min(self.active, self.spec.parallel)
         engine = {"running": running, "waiting": self.active - running, "swapped": 0, "kv_cells": 1024,
                   "kv_cells_used": 5 * self.active, "swapped_out_total": 0, "swapped_in_total": 0,
-                  "preempted_total": 0, "context_shifts": 0, "evicted_total": 0, **self.totals}
+                  "preempted_total": 0, "context_shifts": 0, "evicted_total": 0, "parked_bytes": 2048,
+                  "parked_prompts": 1, "parked_total": 3, "parked_restored_total": 2, "parked_dropped_total": 0,
+                  **self.totals}
         self.last_health = {"status": "ok", "parallel": self.spec.parallel, "memory_bytes": self.memory_bytes,
                             "engine": engine}
         return self.last_health

@@ -46,6 +46,18 @@ def test_repacking_adds_the_matrices_llama_cpp_copies():
     assert estimate(info, 2048, 1, 512, repack=True) - estimate(info, 2048, 1, 512) == 60 * MiB
 
 
+@pytest.mark.parametrize("host_cache, extra", [
+    (-1, 80 * MiB),  # auto: as large as the KV cache (4 × 4096 f16 cells of this model)
+    (0, 0),
+    (512 * MiB, 512 * MiB),
+])
+def test_the_estimate_bounds_what_parked_prompts_may_take(monkeypatch, host_cache, extra):
+    info = model()
+    monkeypatch.setattr(memory, "gguf_info", lambda path: info)
+    planned = spec(num_ctx=4096, parallel=4, cpu_repack="off", kv_host_cache=host_cache)
+    assert estimate_for_spec(planned) == estimate(info, 4096, 4, 512) + extra
+
+
 @pytest.mark.parametrize("cpu_repack, use_mmap, extra", [
     ("on", True, 60 * MiB),
     ("off", True, 0),

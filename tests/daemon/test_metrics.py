@@ -101,6 +101,10 @@ async def test_gauges_show_running_and_waiting_while_requests_are_held(tmp_path,
         assert value(samples, "llmhost_requests_queued", model=MODEL) == 1
         assert value(samples, "llmhost_kv_cells", model=MODEL) == 1024
         assert value(samples, "llmhost_kv_cells_used", model=MODEL) == 15
+        assert value(samples, "llmhost_parked_prompt_bytes", model=MODEL) == 2048
+        assert value(samples, "llmhost_parked_prompts", model=MODEL) == 1
+        assert value(samples, "llmhost_prompts_parked_total", model=MODEL) == 3
+        assert value(samples, "llmhost_parked_prompts_restored_total", model=MODEL) == 2
         assert value(samples, "llmhost_time_to_first_token_seconds_count", model=MODEL) == 3
         health = await (await harness.client.get("/health")).json()
         assert health["requests_in_flight"] == 3 and health["queue_depth"] == 1
