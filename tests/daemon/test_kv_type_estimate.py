@@ -9,7 +9,7 @@ import pytest
 
 from llmhost.daemon import memory
 from llmhost.daemon.memory import estimate, estimate_for_spec, kv_cache_bytes
-from llmhost.daemon.runner_client import LoadSpec, ProcessRunnerFactory
+from llmhost.daemon.runner_client import LoadSpec, ProcessRunner, ProcessRunnerFactory
 from llmhost.errors import RunnerError
 from tests.daemon.conftest import start_harness
 from tests.daemon.fakes import spec
@@ -148,3 +148,13 @@ async def test_a_runner_with_a_q8_0_cache_holds_less_memory(tmp_path, smollm2_pa
     # 4 × 4096 cells of SmolLM2: 360 MiB of f16, 191.25 MiB of q8_0 (pages of the cache are touched at
     # creation, as llama.cpp clears it)
     assert resident["f16"] - resident["q8_0"] > 150 * MiB
+
+
+@pytest.mark.parametrize("health, reserve", [
+    ({}, 300),  # no /health yet: all of it
+    ({"engine": {"parked_bytes": 100}}, 200),
+    ({"engine": {"parked_bytes": 500}}, 0),
+])
+def test_a_runner_reserves_what_its_parked_prompts_may_still_take(health, reserve):
+    runner = SimpleNamespace(host_cache_bytes=300, last_health=health)
+    assert ProcessRunner.host_cache_reserve.fget(runner) == reserve  # type: ignore[attr-defined]

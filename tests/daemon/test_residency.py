@@ -85,6 +85,25 @@ async def test_pinned_model_is_never_evicted_and_overflow_is_a_clear_error():
     assert loaded_keys(residency) == [A]
 
 
+async def test_the_room_a_runner_keeps_for_parked_prompts_counts_against_the_budget():
+    """A runner's RSS grows as it parks idle prompts in host memory, up to its LLMHOST_KV_HOST_CACHE
+    budget: that room is not offered to another model meanwhile."""
+    factory = FakeFactory(memory={A: 300, B: 300})
+    residency = make(factory, budget=1000)
+    await use(residency, A, keep_alive=math.inf)
+    factory.started[0].host_cache_reserve = 500  # what its parked prompts may still take
+    with pytest.raises(InsufficientMemory, match="pinned"):
+        await use(residency, B)
+    factory.started[0].host_cache_reserve = 200  # they took most of it: it is in its RSS now
+    factory.started[0].memory_bytes = 600
+    with pytest.raises(InsufficientMemory, match="pinned"):
+        await use(residency, B)
+    factory.started[0].host_cache_reserve = 0
+    factory.started[0].memory_bytes = 300  # the runner dropped them
+    await use(residency, B)
+    assert loaded_keys(residency) == [A, B]
+
+
 async def test_model_larger_than_budget_is_refused_before_anything_is_disturbed():
     factory = FakeFactory(memory={A: 300, B: 5000})
     residency = make(factory, budget=1000)

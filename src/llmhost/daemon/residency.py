@@ -65,8 +65,13 @@ class Resident:
 
     @property
     def memory(self) -> int:
-        """Host bytes held now: the runner's own report (refreshed by its watchdog), else the load-time size."""
-        return getattr(self.runner, "memory_bytes", 0) or self.size
+        """Host bytes held now: the runner's own report (refreshed by its watchdog), else the load-time
+        size; plus what its parked prompts may still take (``engine.kv_host``), so that the memory
+        budget never lets another model into room a runner's budget has promised it."""
+        held = getattr(self.runner, "memory_bytes", 0)
+        if not held:
+            return self.size  # the estimate, which counts the whole budget
+        return held + getattr(self.runner, "host_cache_reserve", 0)
 
     @property
     def vram(self) -> int:

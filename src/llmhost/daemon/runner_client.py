@@ -152,6 +152,7 @@ class ProcessRunner:
         self.spec: LoadSpec | None = None  # set by hand_over(); a spare has none
         self.memory_bytes = 0
         self.vram_bytes = 0  # set by the factory from the placement it chose
+        self.host_cache_bytes = 0  # its budget for parked prompts (--kv-host-cache), set by the factory
         self.rpc: tuple[RpcShare, ...] = ()  # what its RPC workers hold (the placement's)
         self.last_health: JsonObject = {}  # the latest /health answer (watchdog pings, metrics scrapes)
         self._proc = proc
@@ -168,6 +169,13 @@ class ProcessRunner:
         self._watchdog: asyncio.Task[None] | None = None
         self._on_request = on_request  # +1 when a request starts, -1 when it ends
         self._stopped_for: str | None = None  # why the daemon killed it, when it did
+
+    @property
+    def host_cache_reserve(self) -> int:
+        """What its parked prompts may still take: the budget less what they hold (last /health)."""
+        engine = self.last_health.get("engine")
+        parked = engine.get("parked_bytes", 0) if isinstance(engine, dict) else 0
+        return max(0, self.host_cache_bytes - int(parked or 0))
 
     def watch(self, interval: float, misses: int) -> None:
         """Kill the runner if it stops answering ``/health`` (``misses`` times in a row).
@@ -542,7 +550,8 @@ class ProcessRunnerFactory:
         socket_path = self._socket_dir / f"runner-{os.getpid()}-{self._counter}.sock"
         started = time.monotonic()
         placement = await asyncio.to_thread(self._placement, spec)
-        args = self._args(spec, socket_path, placement, await asyncio.to_thread(_host_cache_bytes, spec))
+        host_cache = await asyncio.to_thread(_host_cache_bytes, spec)
+        args = self._args(spec, socket_path, placement, host_cache)
         runner = await self._spares.take()
         warm = runner is not None
         if runner is None:
@@ -560,6 +569,7 @@ class ProcessRunnerFactory:
         log.debug("runner %d ready in %.3fs (%s; phases %s)", runner.pid, time.monotonic() - started,
                   "warm spare" if warm else "new process", health.get("load_seconds"))
         runner.vram_bytes, runner.rpc = placement.vram_bytes, placement.rpc
+        runner.host_cache_bytes = host_cache
         runner.watch(self._health_interval, self._health_misses)
         return runner
 
