@@ -118,10 +118,6 @@ class HostCache:
             self.stats.parked_bytes += record.data.nbytes
             self.stats.parked_prompts = len(self._records)
 
-    def clear(self) -> None:
-        for record in list(self._records):
-            self._forget(record)
-
     def _forget(self, record: SwapRecord) -> None:
         self._records.remove(record)
         self.stats.parked_bytes -= record.data.nbytes
