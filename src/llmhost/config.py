@@ -130,7 +130,8 @@ def _size(value: str) -> int:
 
 
 def _host_cache(value: str) -> int:
-    """``auto`` (-1: as large as the runner's KV cache), or a size; 0 and ``off`` park nothing."""
+    """``auto`` (-1: as large as the runner's KV cache, at most 1 GiB), or a size; 0 and ``off`` park
+    nothing."""
     lowered = value.strip().lower()
     if lowered == "auto":
         return -1
@@ -292,7 +293,7 @@ VARIABLES: tuple[Variable, ...] = (
              "(docs/benchmarks.md), but a quantized KV cache needs it: with off, kv_cache_type falls back to f16"),
     Variable("LLMHOST_KV_HOST_CACHE", "kv_host_cache", "auto", _host_cache,
              "host memory per loaded model for cached prompts moved out of the KV cache while others run "
-             "(idle cached prompts slow the running ones down): auto (as large as its KV cache), a size "
+             "(idle cached prompts slow the running ones down): auto (as large as its KV cache, at most 1GiB), a size "
              "(512MiB, 2GiB), or off (idle prompts stay in the KV cache until evicted)"),
     Variable("LLMHOST_CPU_REPACK", "cpu_repack", "auto", _choice(REPACK_MODES),
              "llama.cpp's repacked CPU kernels (faster Q4_0/Q4_K): auto (on unless the CPU has AMX, "

@@ -58,6 +58,13 @@ def test_the_estimate_bounds_what_parked_prompts_may_take(monkeypatch, host_cach
     assert estimate_for_spec(planned) == estimate(info, 4096, 4, 512) + extra
 
 
+def test_auto_caps_the_parked_prompt_budget_at_a_gibibyte(monkeypatch):
+    info = model()
+    monkeypatch.setattr(memory, "gguf_info", lambda path: info)
+    long = spec(num_ctx=131072, parallel=4, cpu_repack="off", kv_host_cache=-1)  # a 2.5 GiB KV cache
+    assert estimate_for_spec(long) == estimate(info, 131072, 4, 512) + 1024 * MiB
+
+
 @pytest.mark.parametrize("cpu_repack, use_mmap, extra", [
     ("on", True, 60 * MiB),
     ("off", True, 0),

@@ -19,7 +19,7 @@
   Gemma 3's 262k tokens);
 - runtime overhead: the runner's Python interpreter, libllama, aiohttp, thread pools;
 - parked prompts: the host memory idle cached prompts may take once moved out of the KV cache
-  (``engine.kv_host``, ``LLMHOST_KV_HOST_CACHE``; by default as much as the KV cache itself);
+  (``engine.kv_host``, ``LLMHOST_KV_HOST_CACHE``; by default as much as the KV cache, at most 1 GiB);
 - projector (a vision model's ``--mmproj``): see ``projector_bytes``.
 
 Calibrated against the resident memory of real runners (SmolLM2 135M and Gemma 3 270M at 2k–8k
@@ -48,6 +48,7 @@ REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "Q2_K"})
 UBATCH = 512
 F32 = 4
 BATCH_BYTES_PER_TOKEN = 25  # token, position, sequence id, its pointer, id count, logits flag
+HOST_CACHE_AUTO_MAX = 1024**3  # LLMHOST_KV_HOST_CACHE=auto's cap
 PROJECTOR_COMPUTE_FALLBACK = 128 * 1024**2  # a projector's image scratch when its metadata lacks the sizes
 
 
@@ -137,10 +138,12 @@ def estimate_for_spec(spec: LoadSpec) -> int:
 
 def host_cache_bytes(spec: LoadSpec) -> int:
     """Host memory the runner may park idle prompts in: LLMHOST_KV_HOST_CACHE's size, or for auto
-    (-1) the size of its KV cache."""
+    (-1) the size of its KV cache up to ``HOST_CACHE_AUTO_MAX``: a long-context runner's cache can be
+    tens of GiB, and a budget that large would keep models out that fit before."""
     if spec.kv_host_cache >= 0:
         return spec.kv_host_cache
-    return kv_cache_bytes(gguf_info(spec.model_path), spec.num_ctx * spec.parallel, spec.kv_cache_type)
+    kv = kv_cache_bytes(gguf_info(spec.model_path), spec.num_ctx * spec.parallel, spec.kv_cache_type)
+    return min(kv, HOST_CACHE_AUTO_MAX)
 
 
 def rpc_offloaded_bytes(spec: LoadSpec) -> int:

@@ -54,7 +54,7 @@ class LoadSpec:
     kv_cache_type: str = "f16"  # api.options.KV_CACHE_TYPES
     cpu_repack: str = "auto"  # engine.cpu.REPACK_MODES (LLMHOST_CPU_REPACK)
     flash_attention: str = "auto"  # api.option_table.FLASH_ATTENTION_MODES (LLMHOST_FLASH_ATTENTION)
-    kv_host_cache: int = 0  # bytes for parked prompts (LLMHOST_KV_HOST_CACHE); -1: as large as the KV cache
+    kv_host_cache: int = 0  # bytes for parked prompts (LLMHOST_KV_HOST_CACHE); -1: auto
     projector: Path | None = None  # a vision model's projector GGUF (llama.cpp's --mmproj)
     rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers, host:port (the rpc_servers option)
 
