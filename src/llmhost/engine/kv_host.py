@@ -8,13 +8,15 @@ sequence is admitted, the KV manager copies out the cells of the idle slots (``l
 whose last request continued a cached prompt (a conversation under way) is parked only once it has
 been idle for a second: its next turn is likely to come at once (an agent's next call), and parking
 it would cost two copies (lock-step conversations ran 4% slower when every idle slot was parked).
-A one-shot prompt goes at the next admission. A later prompt that continues a parked one gets its cells copied back
-(~5 ms, against seconds to evaluate them again) and is served as if they had never left. A slot
-overwritten or evicted for room is parked rather than dropped, whatever its age.
+A one-shot prompt goes at the next admission. A later prompt that continues a parked one gets its
+cells copied back (~5 ms, against seconds to evaluate them again) and is served as if they had never
+left. A slot overwritten or evicted for room is parked rather than dropped, whatever its age.
 
-The parked records live in one LRU list under a byte budget (``LLMHOST_KV_HOST_CACHE``); past it,
-the least recently used are dropped, which is what evicting an idle slot did before. This also
-keeps more conversations cached than the runner has slots.
+The parked records live in one LRU list under a byte budget (``LLMHOST_KV_HOST_CACHE``; auto: the
+KV cache's size, at most 1 GiB); past it, the least recently used are dropped, which is what
+evicting an idle slot did before. This also keeps more conversations cached than the runner has
+slots. On a sliding-window model llama.cpp saves only a sequence's last window, so such a record
+comes back only for a prompt that continues all of it (``KVCacheManager._parked_reuse``).
 """
 
 from __future__ import annotations
