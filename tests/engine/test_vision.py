@@ -220,6 +220,28 @@ def test_a_later_turn_reuses_the_image_in_its_history(harness):
     assert harness.engine.snapshot()["images_encoded"] == 1
 
 
+def test_a_parked_turn_about_an_image_comes_back_with_its_image_cells(loaded):
+    """One slot: another request, sharing the template's opening, runs between the turns in place, so
+    the first turn is parked in host memory first; the copy back holds the image's cells, and the
+    image is neither encoded nor decoded again."""
+    h = vision_harness(loaded, parallel=1, host_cache_bytes=16 << 20, park_after=0)
+    try:
+        turn1 = chat("What is [img]?", IMAGE)
+        first = h.run(turn1)
+        h.run(chat("Say something else entirely, please.", n=4))
+        history = [*turn1["messages"], {"role": "assistant", "content": first.text},
+                   {"role": "user", "content": "And the colour?"}]
+        second = h.run({**turn1, "messages": history})
+        prepared = h.builder.prepare(CompletionRequest.from_json(turn1))
+        prepared.free_images()
+        stats = h.engine.snapshot()
+    finally:
+        h.close()
+    assert second.final.prompt_cached_count >= prepared.images[0].end
+    assert stats["parked_restored_total"] == 1
+    assert stats["images_encoded"] == 1 and stats["images_cached"] == 0
+
+
 def test_image_whose_cells_were_evicted_comes_from_the_embedding_cache(loaded):
     h = vision_harness(loaded, reuse_prefixes=False)
     try:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmhost.engine.images import image_run_bounds
-from llmhost.engine.kv_host import HostCache, SwapRecord, common_prefix_len, worth_restoring
+from llmhost.engine.kv_host import MIN_RESTORE, HostCache, SwapRecord, common_prefix_len, worth_restoring
 from llmhost.engine.llamacpp import Context
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class KVCacheManager:
             self.park_idle(keep=source)
             target = self._choose_target(source, n_reuse)
             if source is target:
-                if 2 * n_reuse < target.n:  # no other slot was free: keep what the truncation drops
+                if target.n - n_reuse >= MIN_RESTORE:  # keep what the truncation drops (an image, a reply)
                     self._park(target, copy=True)
                 n_reuse = self._truncate(target, n_reuse)
             else:
