@@ -237,3 +237,15 @@ def test_a_conversation_idle_for_less_than_a_second_stays_and_a_one_shot_prompt_
     now[0] += 1.0
     kv.allocate(conversation(800))  # the conversation has paused now
     assert ctx.n[a] == 0 and kv.host.stats.parked_total == 2
+
+
+def test_the_host_cache_keeps_at_most_max_records_however_small(monkeypatch):
+    from llmhost.engine import kv_host
+
+    monkeypatch.setattr(kv_host, "MAX_RECORDS", 3)
+    cache = HostCache(1 << 20)
+    records = [SwapRecord(np.zeros(10, np.uint8), toks(i, i), 2) for i in range(5)]
+    for record in records:
+        cache.put(record)
+    assert cache.stats.parked_prompts == 3 and cache.stats.parked_dropped_total == 2
+    assert cache.longest_prefix(toks(0, 0))[1] == 0 and cache.longest_prefix(toks(4, 4))[1] == 2

@@ -40,6 +40,9 @@ def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
 # the record it copies, and a few tokens besides.
 RESTORE_SHARE = 1 / 64
 MIN_RESTORE = 16
+# Records kept at most, whatever their bytes: every admission scans them for a prefix (a few µs
+# each), and many short prompts would otherwise fill a large budget with thousands.
+MAX_RECORDS = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,8 +94,10 @@ class HostCache:
         return 0 < nbytes <= self.budget
 
     def put(self, record: SwapRecord) -> None:
-        """Keep ``record`` (the caller checked ``fits``), dropping the oldest until it fits."""
-        while self._records and self.stats.parked_bytes + record.data.nbytes > self.budget:
+        """Keep ``record`` (the caller checked ``fits``), dropping the oldest until it fits, and
+        while ``MAX_RECORDS`` are kept."""
+        while self._records and (self.stats.parked_bytes + record.data.nbytes > self.budget
+                                 or len(self._records) >= MAX_RECORDS):
             self._forget(self._records[0])
             self.stats.parked_dropped_total += 1
         self._records.append(record)
