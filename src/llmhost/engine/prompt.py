@@ -61,6 +61,7 @@ from llmhost.engine.templates import (
     compile_template,
     validate_messages,
 )
+from llmhost.engine.token_memo import TokenMemo
 from llmhost.errors import BadRequest, TemplateError
 
 if TYPE_CHECKING:  # the projector is loaded only with --mmproj
@@ -253,6 +254,7 @@ class PromptBuilder:
         self.default_template = model.chat_template() or CHATML
         self._bos_text = model.token_text(model.bos)
         self._eos_text = model.token_text(model.eos)
+        self.memo = TokenMemo(model)  # a conversation's next turn tokenizes only what it adds
 
     def template(self, source: str | None = None) -> ChatTemplate | GoChatTemplate:
         """The request's template (Jinja, or Ollama's Go format) when it has one, else the model's."""
@@ -386,7 +388,7 @@ class PromptBuilder:
         return int(self._bos is not None and len(tokens) > 0 and tokens[0] == self._bos)
 
     def _tokenize(self, text: str) -> np.ndarray:
-        return self._single_bos(self.model.tokenize(text, add_special=True, parse_special=True))
+        return self._single_bos(self.memo.tokenize(text))
 
     def _tokenize_part(self, text: str) -> np.ndarray:
         return self.model.tokenize(text, add_special=False, parse_special=True)
