@@ -106,10 +106,14 @@ def matched_flags(ctx_per_slot: int) -> list[str]:
     one KV pool shared by all slots, each slot capped at ``ctx_per_slot`` (llmhost's runner sets
     kv_unified and caps a sequence at num_ctx), a full-size SWA cache (llama_context_default_params'
     swa_full, which llmhost keeps; llama-server's default is a window-sized one), no repacked
-    weights where llmhost turns them off (AMX CPUs)."""
+    weights where llmhost turns them off (AMX CPUs), and llmhost's default repetition penalty
+    (Ollama's ``repeat_penalty`` 1.1 over the last 64 tokens; llama-server's default is none), so
+    that greedy replies, and with them the later prompts of a conversation, are the same work."""
+    from llmhost.api.options import DEFAULTS
     from llmhost.engine.cpu import repack_enabled
 
-    wanted = [["--kv-unified"], ["--kv-unified-per-slot", str(ctx_per_slot)], ["--swa-full"], ["--no-webui"]]
+    wanted = [["--kv-unified"], ["--kv-unified-per-slot", str(ctx_per_slot)], ["--swa-full"], ["--no-webui"],
+              ["--repeat-penalty", str(DEFAULTS["repeat_penalty"])], ["--repeat-last-n", str(DEFAULTS["repeat_last_n"])]]
     if not repack_enabled("auto"):
         wanted.append(["--no-repack"])
     return [part for flag in wanted if flag[0] in _help() for part in flag]
