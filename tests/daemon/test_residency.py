@@ -114,6 +114,18 @@ async def test_model_larger_than_budget_is_refused_before_anything_is_disturbed(
     assert len(factory.started) == 1
 
 
+async def test_a_refusal_names_the_room_kept_for_parked_prompts():
+    """A user who set LLMHOST_KV_HOST_CACHE too large learns that it, not the model, is the cause."""
+    factory = FakeFactory(memory={A: 5000})
+    sizes = factory.memory
+    residency = Residency(factory, max_loaded=3, max_queue=10, memory_budget=1000, clock=FakeClock(),
+                          estimate=lambda s: sizes[s.key], host_cache=lambda s: 4800)
+    with pytest.raises(InsufficientMemory, match="4.8 KB of it is room for parked prompts, which "
+                                                 "LLMHOST_KV_HOST_CACHE sets"):
+        await use(residency, A)
+    assert not factory.started
+
+
 async def test_busy_model_is_not_evicted_until_released():
     factory = FakeFactory(memory={A: 600, B: 600})
     residency = make(factory, budget=1000)

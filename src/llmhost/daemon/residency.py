@@ -179,6 +179,7 @@ class Residency:
         max_queue: int,
         memory_budget: int,
         estimate: Callable[[LoadSpec], int] = lambda spec: 0,
+        host_cache: Callable[[LoadSpec], int] = lambda spec: 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -187,6 +188,7 @@ class Residency:
         self._max_queue = max_queue
         self.memory_budget = memory_budget
         self._estimate = estimate
+        self._host_cache = host_cache  # the part of an estimate kept for parked prompts
         self._clock = clock
         self._wall = wall_clock
         self._residents: dict[LoadSpec, Resident] = {}
@@ -337,7 +339,7 @@ class Residency:
         if needed > self.memory_budget:
             raise InsufficientMemory(
                 f"model requires {format_size(needed)} of memory but only {format_size(self.memory_budget)} "
-                "is available to llmhost (LLMHOST_MAX_MEMORY)")
+                f"is available to llmhost (LLMHOST_MAX_MEMORY){await self._host_cache_share(spec)}")
         for stale in [r for r in self._residents.values() if r.spec.key == spec.key]:
             stale.unloading = True  # loaded with options that do not cover this request
         while True:
@@ -354,7 +356,8 @@ class Residency:
                 await self._unload(victim)
                 continue
             if not any(not r.pinned for r in self._residents.values()):
-                raise InsufficientMemory(self._no_room_message(needed, over_count))
+                raise InsufficientMemory(self._no_room_message(needed, over_count)
+                                         + ("" if over_count else await self._host_cache_share(spec)))
             changed = self._changed
             await changed.wait()
 
@@ -365,6 +368,17 @@ class Residency:
             if resident.memory >= short:
                 return resident
         return idle[0] if idle else None
+
+    async def _host_cache_share(self, spec: LoadSpec) -> str:
+        """What of a refused model's requirement is room for parked prompts, for the message."""
+        try:
+            share = await asyncio.to_thread(self._host_cache, spec)  # auto reads the GGUF's metadata
+        except Exception:  # the message goes out without it
+            return ""
+        if share <= 0:
+            return ""
+        return (f"; {format_size(share)} of it is room for parked prompts, which LLMHOST_KV_HOST_CACHE sets "
+                "(a smaller size, or off, needs less)")
 
     def _no_room_message(self, needed: int, over_count: bool) -> str:
         if over_count:

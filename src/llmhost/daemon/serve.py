@@ -69,7 +69,7 @@ def _pid_alive(pid: int) -> bool:
 def build_state(settings: Settings) -> tuple[DaemonState, Path, ProcessRunnerFactory]:
     """The daemon's state (store, residency), its runner folder and its runner factory."""
     from llmhost.daemon.gpu import GpuProbe, place_for_spec
-    from llmhost.daemon.memory import estimate_for_spec
+    from llmhost.daemon.memory import estimate_for_spec, host_cache_bytes
     from llmhost.daemon.residency import Residency
     from llmhost.daemon.runner_client import ProcessRunnerFactory
     from llmhost.daemon.state import DaemonState
@@ -85,6 +85,7 @@ def build_state(settings: Settings) -> tuple[DaemonState, Path, ProcessRunnerFac
         max_queue=settings.max_queue,
         memory_budget=settings.max_memory,
         estimate=estimate_for_spec,
+        host_cache=host_cache_bytes,
     )
     store = Store(settings.models)
     store.remove_stale_temp_files()  # uploads and pulls cut short by a crash
