@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from benchmarks import cli, flash, idle, kernels, peers, pull, relay, residency, rpc, speculation, throughput
+from benchmarks import cli, flash, idle, kernels, peers, pull, relay, residency, rpc, speculation, throughput, tokens
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "relay": relay.relay,
     "fa": flash.flash,
     "idle": idle.idle,
+    "tokens": tokens.tokens,
 }
 
 
