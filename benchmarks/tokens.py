@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.harness import GEMMA3, SMOLLM2
 
-TURNS = 60
+TURNS = 45
 LAST = 10
 NUM_CTX = 32768
 
