@@ -204,6 +204,7 @@ class Model:
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
         self._specials: SpecialTokens | None = None
+        self._specials_lock = threading.Lock()
 
     @property
     def ptr(self):
@@ -304,13 +305,17 @@ class Model:
     def special_tokens(self) -> SpecialTokens:
         """What llama.cpp's tokenizer splits a text at before tokenizing its pieces (computed once:
         a pass over the vocabulary, ~80 ms for 262k tokens)."""
-        if self._specials is None:
-            attrs = np.fromiter((_vocab_attr(self._vocab, t) for t in range(self.n_vocab)), np.int32, self.n_vocab)
-            split = (attrs & _SPLIT_ATTRS) != 0
-            longest = max((len(L.llama_vocab_get_text(self._vocab, int(t)) or b"") for t in np.flatnonzero(split)),
-                          default=0)
-            self._specials = SpecialTokens(cut=(attrs & _CUT_ATTRS) != 0, longest=longest)
-        return self._specials
+        with self._specials_lock:  # the runner starts it on a thread while the context is created
+            if self._specials is None:
+                self._specials = self._scan_specials()
+            return self._specials
+
+    def _scan_specials(self) -> SpecialTokens:
+        attrs = np.fromiter((_vocab_attr(self._vocab, t) for t in range(self.n_vocab)), np.int32, self.n_vocab)
+        split = (attrs & _SPLIT_ATTRS) != 0
+        longest = max((len(L.llama_vocab_get_text(self._vocab, int(t)) or b"") for t in np.flatnonzero(split)),
+                      default=0)
+        return SpecialTokens(cut=(attrs & _CUT_ATTRS) != 0, longest=longest)
 
     def fim_tokens(self) -> tuple[int, int, int] | None:
         """The fill-in-middle prefix, suffix and middle tokens, or None when the vocabulary lacks them."""

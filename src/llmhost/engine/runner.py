@@ -284,10 +284,11 @@ class _Stopwatch:
 
 
 def _compile_template_meanwhile(model: Model, ctx_size: int) -> threading.Thread:
-    """Compile the model's chat template (~4 ms of Jinja) while llama.cpp creates the context.
+    """Compile the model's chat template (~4 ms of Jinja) and list its special tokens (a pass over
+    the vocabulary for the token memo, 15–90 ms) while llama.cpp creates the context.
 
     Creating the context runs in C with the GIL released, so this costs the first chat request
-    nothing; the compiled template is cached for every later request.
+    nothing; both are cached for every later request.
     """
 
     def compile_template() -> None:
@@ -295,6 +296,7 @@ def _compile_template_meanwhile(model: Model, ctx_size: int) -> threading.Thread
             PromptBuilder(model, ctx_size).template()
         except TemplateError:
             pass  # a broken template is reported to the request that uses it
+        model.special_tokens()
 
     thread = threading.Thread(target=compile_template, name="llmhost-template", daemon=True)
     thread.start()

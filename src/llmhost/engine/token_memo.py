@@ -46,12 +46,17 @@ _PROBE = 32  # characters compared before looking for the common prefix
 
 
 @dataclass(frozen=True)
+class _Cuts:
+    starts: list[int]  # character offsets of the special tokens the text is split at, in order
+    ends: list[int]  # where each of them ends
+    index: list[int]  # each one's position in the tokens
+
+
+@dataclass
 class _Entry:
     text: str
     tokens: np.ndarray
-    starts: list[int]  # character offsets of the special tokens the text is split at, in order
-    ends: list[int]  # where each of them ends
-    index: list[int]  # each one's position in ``tokens``
+    cuts: _Cuts | None = None  # found when the entry is first a candidate (a one-off prompt never is)
 
 
 class TokenMemo:
@@ -96,21 +101,22 @@ class TokenMemo:
         if not entries:
             return None
         longest = self.model.special_tokens().longest
-        best: tuple[int, _Entry, int] | None = None  # (tokens reused, entry, cut's position in the entry)
+        best: tuple[int, _Entry, int] | None = None  # (tokens reused, entry, the cut's character offset)
         for entry in entries:
-            if entry.text[:_PROBE] != text[:_PROBE] or not entry.index:
+            if entry.text[:_PROBE] != text[:_PROBE]:
                 continue
+            cuts = entry.cuts or self._cuts(entry)
             shared = _common_prefix(entry.text, text)
             if shared == len(text):  # the new text ends where they part: a special text ending there will do
-                k = bisect.bisect_right(entry.ends, shared) - 1
+                k = bisect.bisect_right(cuts.ends, shared) - 1
             else:
-                k = bisect.bisect_right(entry.starts, shared - longest) - 1
-            if k >= 0 and (best is None or entry.index[k] > best[0]):
-                best = (entry.index[k], entry, k)
+                k = bisect.bisect_right(cuts.starts, shared - longest) - 1
+            if k >= 0 and (best is None or cuts.index[k] > best[0]):
+                best = (cuts.index[k], entry, cuts.starts[k])
         if best is None or best[0] < MIN_REUSE:
             return None
-        n, entry, k = best
-        return entry.tokens[:n], entry.starts[k]
+        n, entry, start = best
+        return entry.tokens[:n], start
 
     def _verified(self, text: str, tokens: np.ndarray) -> bool:
         with self._lock:
@@ -131,7 +137,7 @@ class TokenMemo:
     def _remember(self, text: str, tokens: np.ndarray) -> None:
         tokens = tokens.copy()  # the caller's array is its own to change
         tokens.flags.writeable = False
-        entry = self._entry(text, tokens)
+        entry = _Entry(text, tokens)
         with self._lock:
             old = self._entries.pop(text, None)
             if old is not None:
@@ -142,9 +148,11 @@ class TokenMemo:
                 _, dropped = self._entries.popitem(last=False)
                 self._chars -= len(dropped.text)
 
-    def _entry(self, text: str, tokens: np.ndarray) -> _Entry:
-        """Where ``text`` was split at special tokens: each is found in the text in turn (llama.cpp
-        splits at every occurrence of their text, so the n-th found is the n-th one in ``tokens``)."""
+    def _cuts(self, entry: _Entry) -> _Cuts:
+        """Where an entry's text was split at special tokens: each is found in the text in turn
+        (llama.cpp splits at every occurrence of their text, so the n-th found is the n-th one in
+        its tokens). Two threads may both find them: the same result, kept once."""
+        text, tokens = entry.text, entry.tokens
         cut = self.model.special_tokens().cut
         starts: list[int] = []
         ends: list[int] = []
@@ -162,7 +170,8 @@ class TokenMemo:
             ends.append(at + len(piece))
             index.append(i)
             cursor = at + len(piece)
-        return _Entry(text, tokens, starts, ends, index)
+        entry.cuts = _Cuts(starts, ends, index)
+        return entry.cuts
 
 
 def _common_prefix(a: str, b: str) -> int:
