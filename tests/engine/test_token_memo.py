@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -159,3 +160,38 @@ def test_what_it_remembers_is_bounded(tiny):
     for i in range(5):
         memo.tokenize(f"<|im_start|>user\nlonger {i} " + "z " * 450)  # ~920 characters each
     assert sum(len(t) for t in memo._entries) <= 4000 and len(memo._entries) == 4
+
+
+def test_threads_preparing_prompts_at_once_each_get_their_own_tokens(smollm2):
+    """The runner prepares requests on several worker threads: they share the memo."""
+    memo = unchecked(smollm2)
+    system = "<|im_start|>system\n" + "Answer in one line. " * 40 + "<|im_end|>\n"
+    texts = [system + "".join(f"<|im_start|>user\nq{t}-{i}<|im_end|>\n<|im_start|>assistant\nreply {i}<|im_end|>\n"
+                              for i in range(n)) for t in range(4) for n in range(1, 12)]
+    results: dict[str, list[int]] = {}
+    failures: list[BaseException] = []
+
+    def work(mine: list[str]) -> None:
+        try:
+            for text in mine:
+                results[text] = memo.tokenize(text).tolist()
+        except BaseException as e:  # reported below, not lost in the thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(texts[t::4],)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures and len(results) == len(texts)
+    assert all(results[text] == whole(smollm2, text).tolist() for text in texts)
+    assert memo.tokens_reused > 0
+
+
+def test_the_special_tokens_are_the_ones_a_text_is_split_at(smollm2, gemma3):
+    for model, marker in ((smollm2, "<|im_end|>"), (gemma3, "<end_of_turn>")):
+        specials = model.special_tokens()
+        (token,) = model.tokenize(marker, add_special=False).tolist()
+        assert specials.cut[token] and not specials.cut[model.tokenize(" hello", add_special=False)[0]]
+        assert specials.longest >= len(marker.encode())
+        assert model.special_tokens() is specials  # one pass over the vocabulary per model
