@@ -259,3 +259,26 @@ def test_sampler_configurations_generate_reproducibly(harness, options):
     body = {"prompt": "Sample me", "options": {**options, "num_predict": 8}}
     first, second = harness.run(body), harness.run(body)
     assert first.final.eval_count == 8 and first.text == second.text
+
+
+def test_a_long_prompt_after_a_few_reused_tokens_fills_steps_to_llamas_256_cell_boundaries(model):
+    """llama.cpp attends over the cells in use rounded up to 256: a step that ends a few cells past a
+    boundary makes it and every later step attend over 255 cells more (4% slower prefill)."""
+    from llmhost.engine.scheduler import KV_PAD
+
+    h = EngineHarness(model, ctx_size=2048, parallel=2, batch=512)
+    steps: list[int] = []
+    real = h.ctx.decode
+    h.ctx.decode = lambda batch: (steps.append(int(batch.struct.n_tokens)), real(batch))[1]
+    try:
+        opening = "Once upon a time"
+        h.run({"prompt": opening, "raw": True, "options": {**GREEDY, "num_predict": 1}})
+        steps.clear()
+        long = opening + " there was a lighthouse" + " and a storm that came every night" * 200
+        final = h.run({"prompt": long, "raw": True, "options": {**GREEDY, "num_predict": 1}}).final
+    finally:
+        h.close()
+    reused = final.prompt_cached_count
+    assert 0 < reused < KV_PAD and final.prompt_eval_count > 2 * 512
+    assert steps[:2] == [512 - reused, 512], steps  # the cells in use end at 512, then 1,024
+    assert sum(steps) == final.prompt_eval_count
