@@ -3,8 +3,6 @@ conversation continued from host memory gets the reply it would have had from th
 
 from __future__ import annotations
 
-import pytest
-
 from llmhost.engine.llamacpp import Model
 from llmhost.engine.sequence import Finished
 from tests.support.engine_harness import EngineHarness
@@ -12,13 +10,6 @@ from tests.support.engine_harness import EngineHarness
 GREEDY = {"temperature": 0, "seed": 7, "num_predict": 24}
 STORY = "Write two sentences about a lighthouse keeper and the storm that came one night."
 OTHER = "List five fruits that are red, one per line, with nothing else."
-
-
-@pytest.fixture(scope="module")
-def smollm2_model(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
 
 
 def chat(*turns: str) -> dict:
@@ -51,13 +42,6 @@ def test_a_conversation_continued_from_host_memory_gets_the_same_reply(smollm2_m
     assert finals[2].prompt_eval_count + 40 < plain_finals[2].prompt_eval_count
     assert stats["parked_restored_total"] == 1 and stats["parked_total"] >= 2
     assert plain_stats["parked_total"] == 0 and stats["kv_cells_used"] == plain_stats["kv_cells_used"]
-
-
-@pytest.fixture(scope="module")
-def gemma3_model(gemma3_path):
-    m = Model(gemma3_path)
-    yield m
-    m.close()
 
 
 def test_a_parked_sliding_window_prompt_continued_whole_comes_back(gemma3_model):

@@ -127,13 +127,6 @@ def test_where_the_cache_cannot_shift_the_answer_ends_with_length(model32, kv):
 # --- accuracy on a real model -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
-
-
 def next_logits_after_shift(model: Model, kv: str, tokens: np.ndarray, keep: int = 4, drop: int = 40) -> np.ndarray:
     """Evaluate ``tokens``, drop ``drop`` of them after the first ``keep`` and move the rest down (the
     engine's shift), then evaluate one more token: its logits."""
@@ -155,12 +148,12 @@ def next_logits_after_shift(model: Model, kv: str, tokens: np.ndarray, keep: int
 
 @pytest.mark.model
 @pytest.mark.parametrize("kv, similarity", [("q8_0", 0.995), ("q4_0", 0.95)])
-def test_a_shifted_quantized_cache_predicts_what_a_shifted_f16_cache_does(smollm2, kv, similarity):
+def test_a_shifted_quantized_cache_predicts_what_a_shifted_f16_cache_does(smollm2_model, kv, similarity):
     """llama.cpp re-rotates a quantized K by dequantizing and quantizing it again; the next token's
     logits stay as close to f16's as without a shift (measured: q8_0 0.9998, q4_0 0.991)."""
     text = "Once upon a time, in a small village by the sea, there lived an old fisherman. " * 4
-    tokens = smollm2.tokenize(text, add_special=True)
-    reference = next_logits_after_shift(smollm2, "f16", tokens)
-    got = next_logits_after_shift(smollm2, kv, tokens)
+    tokens = smollm2_model.tokenize(text, add_special=True)
+    reference = next_logits_after_shift(smollm2_model, "f16", tokens)
+    got = next_logits_after_shift(smollm2_model, kv, tokens)
     cosine = float(got @ reference / np.linalg.norm(got) / np.linalg.norm(reference))
     assert cosine >= similarity

@@ -120,13 +120,6 @@ def test_only_the_tokens_up_to_the_first_rejection_count_as_evidence():
 
 
 @pytest.fixture(scope="module")
-def smollm2_model(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def drafting_smollm2(smollm2_model):
     """SmolLM2, where this CPU computes its batched rows exactly (so the engine drafts for it); on a
     CPU whose kernels round batches differently, drafting is off there and these tests skip."""

@@ -19,20 +19,6 @@ def whole(model: Model, text: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_path):
-    model = Model(smollm2_path)
-    yield model
-    model.close()
-
-
-@pytest.fixture(scope="module")
-def gemma3(gemma3_path):
-    model = Model(gemma3_path)
-    yield model
-    model.close()
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_model):
     model = Model(tiny_model)
     yield model
@@ -55,7 +41,7 @@ def fragments(model: Model) -> list[str]:
                                 "a" * 40, " " * 17, "<", ">", "|", "_", "Ω≈ç"]
 
 
-@pytest.mark.parametrize("which", ["smollm2", "gemma3"])
+@pytest.mark.parametrize("which", ["smollm2_model", "gemma3_model"])
 def test_texts_that_share_heads_tokenize_as_whole_texts(which, request):
     """BPE (SmolLM2) and SentencePiece with a BOS (Gemma 3): texts that start like earlier ones at
     random places, special tokens and their halves everywhere, give exactly the whole text's tokens."""
@@ -86,10 +72,10 @@ def conversation(turns: int) -> list[list[dict]]:
     return sent
 
 
-def test_a_conversations_next_turn_tokenizes_only_what_it_adds(smollm2):
-    builder = PromptBuilder(smollm2, 8192)
+def test_a_conversations_next_turn_tokenizes_only_what_it_adds(smollm2_model):
+    builder = PromptBuilder(smollm2_model, 8192)
     calls: list[int] = []
-    real = smollm2.tokenize
+    real = smollm2_model.tokenize
 
     def counted(text, **kw):
         calls.append(len(text))
@@ -100,52 +86,52 @@ def test_a_conversations_next_turn_tokenizes_only_what_it_adds(smollm2):
         req = CompletionRequest.from_json({"messages": messages})
         text = builder.render(req)
         calls.clear()
-        smollm2.tokenize = counted
+        smollm2_model.tokenize = counted
         try:
             prepared = builder.prepare(req)
         finally:
-            del smollm2.tokenize
-        assert prepared.tokens.tolist() == whole(smollm2, text).tolist()
+            del smollm2_model.tokenize
+        assert prepared.tokens.tolist() == whole(smollm2_model, text).tolist()
         if i >= 4:  # past the checked first uses: only the turn's new text (and the system turn's tail)
             previous = builder.render(CompletionRequest.from_json({"messages": sent[i - 1]}))
             assert sum(calls) < (len(text) - len(previous)) + 200, (calls, len(text), len(previous))
     assert builder.memo.enabled
 
 
-def test_a_prefix_of_a_remembered_text_reuses_it_up_to_its_last_special_token(smollm2):
-    memo = unchecked(smollm2)
+def test_a_prefix_of_a_remembered_text_reuses_it_up_to_its_last_special_token(smollm2_model):
+    memo = unchecked(smollm2_model)
     system = "<|im_start|>system\n" + "Be brief and exact. " * 30 + "<|im_end|>\n"
     full = system + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     memo.tokenize(full)
     before = memo.tokens_reused
-    assert memo.tokenize(system).tolist() == whole(smollm2, system).tolist()
-    assert memo.tokens_reused - before == len(whole(smollm2, system)) - 2  # all but <|im_end|> and "\n"
+    assert memo.tokenize(system).tolist() == whole(smollm2_model, system).tolist()
+    assert memo.tokens_reused - before == len(whole(smollm2_model, system)) - 2  # all but <|im_end|> and "\n"
 
 
-def test_short_heads_are_tokenized_whole(smollm2):
-    memo = unchecked(smollm2)
+def test_short_heads_are_tokenized_whole(smollm2_model):
+    memo = unchecked(smollm2_model)
     memo.tokenize("<|im_start|>user\nabc<|im_end|>\n")
     memo.tokenize("<|im_start|>user\nabc<|im_end|>\n<|im_start|>assistant\n")
     assert memo.tokens_reused == 0 and MIN_REUSE > 8
 
 
-def test_a_cut_that_differs_from_the_whole_tokenization_switches_the_memo_off(smollm2, caplog):
-    memo = TokenMemo(smollm2)
+def test_a_cut_that_differs_from_the_whole_tokenization_switches_the_memo_off(smollm2_model, caplog):
+    memo = TokenMemo(smollm2_model)
     head = "<|im_start|>system\n" + "Be brief. " * 60 + "<|im_end|>\n"
     memo.tokenize(head + "<|im_start|>user\nfirst")
-    real = smollm2.tokenize
+    real = smollm2_model.tokenize
 
     def wrong_tails(text, *, add_special, parse_special=True):
         tokens = real(text, add_special=add_special, parse_special=parse_special)
         return tokens if add_special else tokens[:-1]  # what a tokenizer the cut does not suit might give
 
-    smollm2.tokenize = wrong_tails
+    smollm2_model.tokenize = wrong_tails
     try:
         with caplog.at_level(logging.WARNING, logger="llmhost.engine.token_memo"):
             text = head + "<|im_start|>user\nsecond question"
             assert memo.tokenize(text).tolist() == real(text, add_special=True).tolist()
     finally:
-        del smollm2.tokenize
+        del smollm2_model.tokenize
     assert not memo.enabled and "tokenized whole" in caplog.text
     assert memo.tokens_reused == 0 and not memo._entries
 
@@ -162,9 +148,9 @@ def test_what_it_remembers_is_bounded(tiny):
     assert sum(len(t) for t in memo._entries) <= 4000 and len(memo._entries) == 4
 
 
-def test_threads_preparing_prompts_at_once_each_get_their_own_tokens(smollm2):
+def test_threads_preparing_prompts_at_once_each_get_their_own_tokens(smollm2_model):
     """The runner prepares requests on several worker threads: they share the memo."""
-    memo = unchecked(smollm2)
+    memo = unchecked(smollm2_model)
     system = "<|im_start|>system\n" + "Answer in one line. " * 40 + "<|im_end|>\n"
     texts = [system + "".join(f"<|im_start|>user\nq{t}-{i}<|im_end|>\n<|im_start|>assistant\nreply {i}<|im_end|>\n"
                               for i in range(n)) for t in range(4) for n in range(1, 12)]
@@ -184,12 +170,12 @@ def test_threads_preparing_prompts_at_once_each_get_their_own_tokens(smollm2):
     for thread in threads:
         thread.join(60)
     assert not failures and len(results) == len(texts)
-    assert all(results[text] == whole(smollm2, text).tolist() for text in texts)
+    assert all(results[text] == whole(smollm2_model, text).tolist() for text in texts)
     assert memo.tokens_reused > 0
 
 
-def test_the_special_tokens_are_the_ones_a_text_is_split_at(smollm2, gemma3):
-    for model, marker in ((smollm2, "<|im_end|>"), (gemma3, "<end_of_turn>")):
+def test_the_special_tokens_are_the_ones_a_text_is_split_at(smollm2_model, gemma3_model):
+    for model, marker in ((smollm2_model, "<|im_end|>"), (gemma3_model, "<end_of_turn>")):
         specials = model.special_tokens()
         (token,) = model.tokenize(marker, add_special=False).tolist()
         assert specials.cut[token] and not specials.cut[model.tokenize(" hello", add_special=False)[0]]
