@@ -48,6 +48,9 @@ class FakeContext:
     def seq_pos_min(self, seq):
         return min(self.pos[seq], default=-1)
 
+    def state_seq_size(self, seq):
+        return 4 * len(self.pos[seq])  # what state_seq_get returns: one int32 a position
+
     def state_seq_get(self, seq):
         self.calls.append(("get", seq))
         return np.array(self.pos[seq], dtype=np.int32)

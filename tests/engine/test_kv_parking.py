@@ -136,6 +136,7 @@ def test_a_prompt_larger_than_the_budget_stays_in_its_slot():
     a = served(kv, ctx, conversation(100))
     kv.allocate(conversation(500))
     assert ctx.n[a] == 45 and kv.host.stats.parked_prompts == 0
+    assert ("get", a) not in ctx.calls, "a prompt that cannot fit is not copied out only to be dropped"
 
 
 def test_without_a_budget_idle_prompts_stay_in_the_cache():

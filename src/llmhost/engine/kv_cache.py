@@ -348,12 +348,11 @@ class KVCacheManager:
         (the slot left as it was) when parking is off, the slot holds nothing reusable, or it would
         not fit the budget."""
         exact = min(slot.exact, slot.n)
-        if not self.host.enabled or slot.busy or not exact:
+        # The size first: a prompt larger than the budget stays, and must not be copied (possibly
+        # hundreds of MB) at every admission only to be thrown away.
+        if not self.host.enabled or slot.busy or not exact or not self.host.fits(self.ctx.state_seq_size(slot.seq_id)):
             return False
-        data = self.ctx.state_seq_get(slot.seq_id)
-        if not self.host.fits(data.nbytes):
-            return False
-        self.host.put(SwapRecord(data, slot.held.copy(), exact))
+        self.host.put(SwapRecord(self.ctx.state_seq_get(slot.seq_id), slot.held.copy(), exact))
         if not copy:
             self._clear(slot)
         return True

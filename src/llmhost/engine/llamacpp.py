@@ -462,9 +462,13 @@ class Context:
 
     # --- per-sequence state (swap to host memory) -------------------------------------------------
 
+    def state_seq_size(self, seq_id: int) -> int:
+        """Bytes ``state_seq_get`` would copy (an upper bound, computed without copying)."""
+        return int(L.llama_state_seq_get_size(self._ptr, seq_id))
+
     def state_seq_get(self, seq_id: int) -> np.ndarray:
         """A host copy of one sequence's KV cells (positions and K/V rows)."""
-        size = L.llama_state_seq_get_size(self._ptr, seq_id)
+        size = self.state_seq_size(seq_id)
         buf = np.empty(size, dtype=np.uint8)
         written = L.llama_state_seq_get_data(self._ptr, buf.ctypes.data_as(_U8P), size, seq_id)
         return buf[:written]
