@@ -6,7 +6,21 @@ import json
 import sys
 import time
 
-from benchmarks import cli, flash, idle, kernels, peers, pull, relay, residency, rpc, speculation, throughput, tokens
+from benchmarks import (
+    cli,
+    flash,
+    hop,
+    idle,
+    kernels,
+    peers,
+    pull,
+    relay,
+    residency,
+    rpc,
+    speculation,
+    throughput,
+    tokens,
+)
 
 BENCHMARKS = {
     "p1": throughput.p1,
@@ -25,6 +39,7 @@ BENCHMARKS = {
     "fa": flash.flash,
     "idle": idle.idle,
     "tokens": tokens.tokens,
+    "hop": hop.hop,
 }
 
 

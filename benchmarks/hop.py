@@ -1,0 +1,169 @@
+"""What one more process on the token's path costs: llama-server alone, llama-server behind a
+pass-through proxy, and llmhost (docs/benchmarks.md, "What a process hop costs").
+
+llmhost streams each token from its runner process through the daemon to the client; llama-server
+sends it from its own process. To tell that hop's price from the rest of llmhost's path, the same
+single-stream decode (``peers``' ``smollm2_decode``: 128 greedy tokens, the median of 3 requests,
+rate as the client sees it) runs against three sides in turn each round, one at a time:
+
+- ``llama_server``: llama-server as ``peers`` starts it;
+- ``proxied``: the same llama-server behind a minimal aiohttp process that forwards each chunk of
+  the stream as it arrives (no parsing): the least a Python hop can do per token;
+- ``llmhost``: the daemon, as ``peers`` starts it.
+
+Each line: the three medians, ``proxied ÷ llama_server`` (what the hop alone costs),
+``llmhost ÷ proxied`` (llmhost against a peer that pays for a hop too) and ``llmhost ÷
+llama_server``, the per-round spreads, and the proxy's CPU time per token. Run it with
+``BENCH_THREADS=1`` as well: then llama.cpp computes on one core and the relay has the other.
+``BENCH_ROUNDS`` (default 5), ``BENCH_HOP_WORKLOADS`` (default ``smollm2_decode,gemma3_decode``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import aiohttp
+from aiohttp import web
+
+from benchmarks import peers
+from benchmarks.harness import THREADS, free_port
+from benchmarks.relay import _cpu_seconds
+
+SIDES = ("llama_server", "proxied", "llmhost")
+
+
+def hop(rounds: int | None = None) -> dict:
+    rounds = rounds or int(os.environ.get("BENCH_ROUNDS") or 5)
+    names = [n.strip() for n in (os.environ.get("BENCH_HOP_WORKLOADS") or "smollm2_decode,gemma3_decode").split(",")]
+    workloads = peers._workloads()
+    for name in names:
+        w = workloads[name]
+        rates: dict[str, list[float]] = {s: [] for s in SIDES}
+        proxy_cpu: list[float] = []
+        for r in range(rounds):
+            order = SIDES[r % 3:] + SIDES[:r % 3]  # each side goes first in turn
+            for side in order:
+                rate, cpu = _round(w, side, r)
+                rates[side].append(rate)
+                if cpu is not None:
+                    proxy_cpu.append(cpu)
+        print(json.dumps(_line(name, rates, proxy_cpu)), flush=True)
+    return {"rounds": rounds, "workloads": names, "threads": THREADS}
+
+
+def _round(w: peers.Workload, side: str, r: int) -> tuple[float, float | None]:
+    """One side's decode rate (tokens/s at the client) and, behind the proxy, its CPU ms per token."""
+    if side == "llmhost":
+        with peers.llmhost(w) as s:
+            return asyncio.run(_decode(w, s, r)), None
+    with peers.llama(w) as s:
+        if side == "llama_server":
+            return asyncio.run(_decode(w, s, r)), None
+        with _proxy(s.url) as (url, pid):
+            # Warm up through the proxy first, so that its CPU count covers the measured streams only.
+            asyncio.run(_decode(w, replace(s, url=url), r, warm_only=True))
+            cpu0 = _cpu_seconds(pid)
+            tokens0 = _TOKENS[0]
+            rate = asyncio.run(_decode(w, replace(s, url=url), r))
+            tokens = max(_TOKENS[0] - tokens0, 1)
+            return rate, (_cpu_seconds(pid) - cpu0) * 1000 / tokens
+
+
+_TOKENS = [0]  # completion tokens seen by this process's measured requests
+
+
+async def _decode(w: peers.Workload, side: peers.Side, r: int, *, warm_only: bool = False) -> float:
+    async with aiohttp.ClientSession(timeout=peers.TIMEOUT, connector=aiohttp.TCPConnector(force_close=True)) as s:
+        await peers._warm_up(s, side, w)
+        if warm_only:
+            return 0.0
+        result = await w.measure(s, side, r)
+    _TOKENS[0] += 3 * result["check"]["completion_tokens"]  # single_decode sends three requests
+    return result["tok_s"]
+
+
+def _line(name: str, rates: dict[str, list[float]], proxy_cpu: list[float]) -> dict:
+    med = {s: statistics.median(v) for s, v in rates.items()}
+
+    def ratio(a: str, b: str) -> dict:
+        per_round = [x / y for x, y in zip(rates[a], rates[b])]
+        return {"ratio": round(med[a] / med[b], 3), "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
+
+    return {"workload": name, "tok_s": {s: round(v, 2) for s, v in med.items()},
+            "proxied/llama_server": ratio("proxied", "llama_server"),
+            "llmhost/proxied": ratio("llmhost", "proxied"),
+            "llmhost/llama_server": ratio("llmhost", "llama_server"),
+            "proxy_cpu_ms_per_token": round(statistics.median(proxy_cpu), 3) if proxy_cpu else None}
+
+
+@contextlib.contextmanager
+def _proxy(upstream: str) -> Iterator[tuple[str, int]]:
+    """The pass-through proxy in its own process on a free port; yields its URL and pid."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.hop", str(port), upstream])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_listening(url, proc)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _wait_listening(url: str, proc: subprocess.Popen) -> None:
+    async def probe() -> bool:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with aiohttp.ClientSession() as s, s.get(url + "/health") as resp:
+                return resp.status == 200
+        return False
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hop proxy exited with {proc.returncode}")
+        if asyncio.run(probe()):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the hop proxy did not listen within 30 s")
+
+
+def _proxy_app(upstream: str) -> web.Application:
+    """Forward every request to ``upstream`` and every chunk of its answer back as it arrives."""
+    session: list[aiohttp.ClientSession] = []
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if not session:
+            session.append(aiohttp.ClientSession(timeout=peers.TIMEOUT))
+        body = await request.read()
+        async with session[0].request(request.method, upstream + request.path_qs, data=body,
+                                      headers={"Content-Type": request.content_type}) as up:
+            response = web.StreamResponse(status=up.status, headers={"Content-Type": up.content_type})
+            await response.prepare(request)
+            # The benchmark's client hangs up after "[DONE]", before the stream's last chunk.
+            with contextlib.suppress(ConnectionError):
+                async for chunk in up.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            return response
+
+    async def close(_app: web.Application) -> None:
+        for s in session:
+            await s.close()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    app.on_cleanup.append(close)
+    return app
+
+
+if __name__ == "__main__":
+    web.run_app(_proxy_app(sys.argv[2]), host="127.0.0.1", port=int(sys.argv[1]), print=None)
