@@ -15,7 +15,8 @@ Each line: the three medians, ``proxied ÷ llama_server`` (what the hop alone co
 ``llmhost ÷ proxied`` (llmhost against a peer that pays for a hop too) and ``llmhost ÷
 llama_server``, the per-round spreads, and the proxy's CPU time per token. Run it with
 ``BENCH_THREADS=1`` as well: then llama.cpp computes on one core and the relay has the other.
-``BENCH_ROUNDS`` (default 5), ``BENCH_HOP_WORKLOADS`` (default ``smollm2_decode,gemma3_decode``).
+``BENCH_ROUNDS`` (default 5), ``BENCH_HOP_WORKLOADS`` (default ``smollm2_decode,gemma3_decode``; any
+``peers`` workload measured as a rate, e.g. ``gemma3_prefill_1``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def hop(rounds: int | None = None) -> dict:
     names = [n.strip() for n in (os.environ.get("BENCH_HOP_WORKLOADS") or "smollm2_decode,gemma3_decode").split(",")]
     workloads = peers._workloads()
     for name in names:
-        w = workloads[name]
+        w = workloads.get(name)
+        if w is None or not w.metrics[0].higher_is_better:
+            rated = ", ".join(n for n, x in workloads.items() if x.metrics[0].higher_is_better)
+            raise SystemExit(f"hop: {name!r} is not a peers workload measured as a rate; choose from {rated}")
         rates: dict[str, list[float]] = {s: [] for s in SIDES}
         proxy_cpu: list[float] = []
         for r in range(rounds):
@@ -74,21 +78,23 @@ def _round(w: peers.Workload, side: str, r: int) -> tuple[float, float | None]:
             cpu0 = _cpu_seconds(pid)
             tokens0 = _TOKENS[0]
             rate = asyncio.run(_decode(w, replace(s, url=url), r))
-            tokens = max(_TOKENS[0] - tokens0, 1)
-            return rate, (_cpu_seconds(pid) - cpu0) * 1000 / tokens
+            tokens = _TOKENS[0] - tokens0
+            return rate, (_cpu_seconds(pid) - cpu0) * 1000 / tokens if tokens else None
 
 
 _TOKENS = [0]  # completion tokens seen by this process's measured requests
 
 
 async def _decode(w: peers.Workload, side: peers.Side, r: int, *, warm_only: bool = False) -> float:
+    """The workload's (first) metric, as ``peers`` measures it."""
     async with aiohttp.ClientSession(timeout=peers.TIMEOUT, connector=aiohttp.TCPConnector(force_close=True)) as s:
         await peers._warm_up(s, side, w)
         if warm_only:
             return 0.0
         result = await w.measure(s, side, r)
-    _TOKENS[0] += 3 * result["check"]["completion_tokens"]  # single_decode sends three requests
-    return result["tok_s"]
+    if w.measure is peers.single_decode or getattr(w.measure, "func", None) is peers.single_decode:
+        _TOKENS[0] += 3 * result["check"]["completion_tokens"]  # single_decode sends three requests
+    return result[w.metrics[0].key]
 
 
 def _line(name: str, rates: dict[str, list[float]], proxy_cpu: list[float]) -> dict:
@@ -98,7 +104,8 @@ def _line(name: str, rates: dict[str, list[float]], proxy_cpu: list[float]) -> d
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
         return {"ratio": round(med[a] / med[b], 3), "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
 
-    return {"workload": name, "tok_s": {s: round(v, 2) for s, v in med.items()},
+    return {"workload": name, "unit": peers._workloads()[name].metrics[0].unit,
+            "median": {s: round(v, 2) for s, v in med.items()},
             "proxied/llama_server": ratio("proxied", "llama_server"),
             "llmhost/proxied": ratio("llmhost", "proxied"),
             "llmhost/llama_server": ratio("llmhost", "llama_server"),
