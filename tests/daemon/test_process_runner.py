@@ -149,3 +149,56 @@ def test_a_changed_file_makes_an_announcement_stale(tmp_path):
     assert not runners._unchanged(announcement)
     code.unlink()
     assert not runners._unchanged(announcement)
+
+
+def test_runners_ask_glibc_for_huge_pages_and_keep_other_tunables():
+    assert runners._with_huge_pages(None) == "glibc.malloc.hugetlb=1"
+    assert runners._with_huge_pages("") == "glibc.malloc.hugetlb=1"
+    assert runners._with_huge_pages("glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+
+
+def test_a_huge_page_setting_in_the_daemons_environment_is_left_as_it_is():
+    assert runners._with_huge_pages("glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"
+    assert (runners._with_huge_pages("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
+            == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
+
+
+def _transparent_huge_pages() -> str:
+    """The kernel's mode: always, madvise (on request: the usual default) or never."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    text = mode.read_text() if mode.is_file() else "[never]"
+    return text.split("[", 1)[1].split("]", 1)[0]
+
+
+def anonymous_huge_pages(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("tunables, expect_huge", [(None, True), ("glibc.malloc.hugetlb=0", False)])
+async def test_a_runners_kv_cache_lies_in_huge_pages_unless_turned_off(
+        tmp_path, smollm2_path, monkeypatch, tunables, expect_huge):
+    mode = _transparent_huge_pages()
+    if mode == "never" or (mode == "always" and not expect_huge):
+        pytest.skip(f"this kernel's transparent huge pages are {mode!r}: the setting changes nothing")
+    if tunables is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    factory = ProcessRunnerFactory(tmp_path / "sockets", load_timeout=60)
+    try:
+        # 2,048 cells of SmolLM2's KV cache: 45 MiB, zero-filled at load.
+        runner = await factory.start(spec_for(smollm2_path, num_ctx=2048, num_batch=512))
+        try:
+            await generate(runner)
+            huge = anonymous_huge_pages(runner.pid)
+        finally:
+            await runner.close()
+    finally:
+        await factory.close()
+    if expect_huge:
+        assert huge >= 32 << 20
+    else:
+        assert huge == 0
