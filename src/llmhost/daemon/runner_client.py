@@ -418,27 +418,7 @@ def runner_batch(spec: LoadSpec) -> int:
 def _runner_env() -> dict[str, str]:
     # numpy's OpenBLAS would start a pool of spinning threads nobody needs beside llama.cpp's (and
     # in a spare they would be started by its idle-priority importing thread, and inherit that).
-    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "GLIBC_TUNABLES": _with_huge_pages(os.environ.get("GLIBC_TUNABLES"))}
-
-
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
-
-
-def _with_huge_pages(tunables: str | None) -> str:
-    """glibc's tunables for a runner: malloc asks for transparent huge pages (madvise), unless the
-    daemon's own environment already says what it wants there (``glibc.malloc.hugetlb=0`` turns it off).
-
-    llama.cpp's KV cache and compute buffers are large malloc'd blocks. Where the kernel gives huge
-    pages only on request (``transparent_hugepage`` = madvise, the common default), they are mapped
-    in 4 KiB pages: a fresh runner's first long prompt faults its compute buffer in page by page,
-    and every step walks them through the TLB. With huge pages a cold 1,500-token prompt
-    prefilled 4% faster and SmolLM2 decoded 1.5–4% faster, for 10–20 MiB more resident memory
-    (docs/benchmarks.md). Other C libraries, and kernels without huge pages, ignore the variable.
-    """
-    current = [t for t in (tunables or "").split(":") if t]
-    if any(t.split("=", 1)[0] == HUGE_PAGES_TUNABLE for t in current):
-        return ":".join(current)
-    return ":".join([*current, f"{HUGE_PAGES_TUNABLE}=1"])
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 
 
 def _json_object(text: str) -> JsonObject:
