@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,66 +46,62 @@ SIDES = ("llama_server", "proxied", "llmhost")
 def hop(rounds: int | None = None) -> dict:
     rounds = rounds or int(os.environ.get("BENCH_ROUNDS") or 5)
     names = [n.strip() for n in (os.environ.get("BENCH_HOP_WORKLOADS") or "smollm2_decode,gemma3_decode").split(",")]
-    workloads = peers._workloads()
+    workloads = {n: w for n, w in peers._workloads().items() if w.metrics[0].higher_is_better}
+    unknown = [n for n in names if n not in workloads]
+    if unknown:
+        raise SystemExit(f"hop: {', '.join(unknown)}: not a peers workload measured as a rate; "
+                         f"choose from {', '.join(workloads)}")
+    # A SIGTERM unwinds like Ctrl-C, so the servers and the proxy are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in names:
-        w = workloads.get(name)
-        if w is None or not w.metrics[0].higher_is_better:
-            rated = ", ".join(n for n, x in workloads.items() if x.metrics[0].higher_is_better)
-            raise SystemExit(f"hop: {name!r} is not a peers workload measured as a rate; choose from {rated}")
         rates: dict[str, list[float]] = {s: [] for s in SIDES}
         proxy_cpu: list[float] = []
         for r in range(rounds):
-            order = SIDES[r % 3:] + SIDES[:r % 3]  # each side goes first in turn
-            for side in order:
-                rate, cpu = _round(w, side, r)
+            for side in SIDES[r % 3:] + SIDES[:r % 3]:  # each side goes first in turn
+                rate, cpu = _round(workloads[name], side, r)
                 rates[side].append(rate)
                 if cpu is not None:
                     proxy_cpu.append(cpu)
-        print(json.dumps(_line(name, rates, proxy_cpu)), flush=True)
+        print(json.dumps(_line(workloads[name], rates, proxy_cpu)), flush=True)
     return {"rounds": rounds, "workloads": names, "threads": THREADS}
 
 
 def _round(w: peers.Workload, side: str, r: int) -> tuple[float, float | None]:
-    """One side's decode rate (tokens/s at the client) and, behind the proxy, its CPU ms per token."""
+    """One side's figure and, behind the proxy on a decode workload, the proxy's CPU ms per token."""
     if side == "llmhost":
         with peers.llmhost(w) as s:
-            return asyncio.run(_decode(w, s, r)), None
+            return asyncio.run(_measure(w, s, r))[0], None
     with peers.llama(w) as s:
         if side == "llama_server":
-            return asyncio.run(_decode(w, s, r)), None
+            return asyncio.run(_measure(w, s, r))[0], None
         with _proxy(s.url) as (url, pid):
-            # Warm up through the proxy first, so that its CPU count covers the measured streams only.
-            asyncio.run(_decode(w, replace(s, url=url), r, warm_only=True))
-            cpu0 = _cpu_seconds(pid)
-            tokens0 = _TOKENS[0]
-            rate = asyncio.run(_decode(w, replace(s, url=url), r))
-            tokens = _TOKENS[0] - tokens0
-            return rate, (_cpu_seconds(pid) - cpu0) * 1000 / tokens if tokens else None
+            proxied = replace(s, url=url)
+            asyncio.run(_measure(w, proxied, r, warm_only=True))  # so that the CPU count covers the measured part
+            cpu = _cpu_seconds(pid)
+            value, tokens = asyncio.run(_measure(w, proxied, r))
+            return value, (_cpu_seconds(pid) - cpu) * 1000 / tokens if tokens else None
 
 
-_TOKENS = [0]  # completion tokens seen by this process's measured requests
-
-
-async def _decode(w: peers.Workload, side: peers.Side, r: int, *, warm_only: bool = False) -> float:
-    """The workload's (first) metric, as ``peers`` measures it."""
+async def _measure(w: peers.Workload, side: peers.Side, r: int, *, warm_only: bool = False) -> tuple[float, int]:
+    """The workload's figure as ``peers`` measures it, and the tokens it streamed (decode workloads)."""
     async with aiohttp.ClientSession(timeout=peers.TIMEOUT, connector=aiohttp.TCPConnector(force_close=True)) as s:
         await peers._warm_up(s, side, w)
         if warm_only:
-            return 0.0
+            return 0.0, 0
         result = await w.measure(s, side, r)
-    if w.measure is peers.single_decode or getattr(w.measure, "func", None) is peers.single_decode:
-        _TOKENS[0] += 3 * result["check"]["completion_tokens"]  # single_decode sends three requests
-    return result[w.metrics[0].key]
+    decode = peers.single_decode in (w.measure, getattr(w.measure, "func", None))
+    streamed = 3 * result["check"]["completion_tokens"] if decode else 0  # single_decode sends three requests
+    return result[w.metrics[0].key], streamed
 
 
-def _line(name: str, rates: dict[str, list[float]], proxy_cpu: list[float]) -> dict:
+def _line(w: peers.Workload, rates: dict[str, list[float]], proxy_cpu: list[float]) -> dict:
     med = {s: statistics.median(v) for s, v in rates.items()}
 
     def ratio(a: str, b: str) -> dict:
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
         return {"ratio": round(med[a] / med[b], 3), "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
 
-    return {"workload": name, "unit": peers._workloads()[name].metrics[0].unit,
+    return {"workload": w.name, "unit": w.metrics[0].unit,
             "median": {s: round(v, 2) for s, v in med.items()},
             "proxied/llama_server": ratio("proxied", "llama_server"),
             "llmhost/proxied": ratio("llmhost", "proxied"),
