@@ -13,7 +13,8 @@ rate as the client sees it) runs against three sides in turn each round, one at 
 
 Each line: the three medians, ``proxied ÷ llama_server`` (what the hop alone costs),
 ``llmhost ÷ proxied`` (llmhost against a peer that pays for a hop too) and ``llmhost ÷
-llama_server``, the per-round spreads, and the proxy's CPU time per token. Run it with
+llama_server``, each as the ratio of the medians, the median of the per-round ratios (``paired``)
+and their spread, and the proxy's CPU time per token. Run it with
 ``BENCH_THREADS=1`` as well: then llama.cpp computes on one core and the relay has the other.
 ``BENCH_ROUNDS`` (default 5), ``BENCH_HOP_WORKLOADS`` (default ``smollm2_decode,gemma3_decode``; any
 ``peers`` workload measured as a rate, e.g. ``gemma3_prefill_1``).
@@ -99,7 +100,10 @@ def _line(w: peers.Workload, rates: dict[str, list[float]], proxy_cpu: list[floa
 
     def ratio(a: str, b: str) -> dict:
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
-        return {"ratio": round(med[a] / med[b], 3), "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
+        # The median of the per-round ratios too: each round's sides run minutes apart at most, so
+        # pairing them cancels this machine's drift (its decode rate wanders by 20% over an hour).
+        return {"ratio": round(med[a] / med[b], 3), "paired": round(statistics.median(per_round), 3),
+                "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
 
     return {"workload": w.name, "unit": w.metrics[0].unit,
             "median": {s: round(v, 2) for s, v in med.items()},
