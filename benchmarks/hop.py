@@ -3,8 +3,8 @@ pass-through proxy, and llmhost (docs/benchmarks.md, "What a process hop costs")
 
 llmhost streams each token from its runner process through the daemon to the client; llama-server
 sends it from its own process. To tell that hop's price from the rest of llmhost's path, the same
-single-stream decode (``peers``' ``smollm2_decode``: 128 greedy tokens, the median of 3 requests,
-rate as the client sees it) runs against three sides in turn each round, one at a time:
+``peers`` workload (by default the single-stream decodes: 128 greedy tokens, the median of 3
+requests, the rate the client sees) runs against three sides in turn each round, one at a time:
 
 - ``llama_server``: llama-server as ``peers`` starts it;
 - ``proxied``: the same llama-server behind a minimal aiohttp process that forwards each chunk of
@@ -101,7 +101,8 @@ def _line(w: peers.Workload, rates: dict[str, list[float]], proxy_cpu: list[floa
     def ratio(a: str, b: str) -> dict:
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
         # The median of the per-round ratios too: each round's sides run minutes apart at most, so
-        # pairing them cancels this machine's drift (its decode rate wanders by 20% over an hour).
+        # pairing them cancels the machine's drift (here the same server's decode rate wandered by
+        # up to 25% within minutes).
         return {"ratio": round(med[a] / med[b], 3), "paired": round(statistics.median(per_round), 3),
                 "spread": [round(min(per_round), 3), round(max(per_round), 3)]}
 
