@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,9 +41,22 @@ def version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
+def extra_cmake_flags() -> list[str]:
+    """``CMAKE_ARGS``, as ``scripts/setup`` passes it to llama-cpp-python's build (``-DGGML_CUDA=on``
+    for a GPU), so that llama-server has the same backends as the runner."""
+    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
+def _home() -> Path:
+    """Where this build is cached: one directory per llama-cpp-python version and extra flags."""
+    extra = extra_cmake_flags()
+    suffix = "-" + hashlib.sha256(" ".join(extra).encode()).hexdigest()[:10] if extra else ""
+    return CACHE / f"llama-server-{version()}{suffix}"
+
+
 def binary() -> Path:
     """The cached llama-server for the installed llama-cpp-python, building it first if need be."""
-    home = CACHE / f"llama-server-{version()}"
+    home = _home()
     target = home / "llama-server"
     if target.exists():
         return target
@@ -51,13 +66,14 @@ def binary() -> Path:
     log = work / "build.log"
     print(f"building llama-server {version()} in {work} (once; ~6 min on 2 cores)", file=sys.stderr, flush=True)
     source = _vendored_source(work, log)
-    _step("cmake configure", ["cmake", "-S", str(source), "-B", str(work / "build"), *_generator(), *CMAKE_FLAGS], log)
+    flags = [*CMAKE_FLAGS, *extra_cmake_flags()]
+    _step("cmake configure", ["cmake", "-S", str(source), "-B", str(work / "build"), *_generator(), *flags], log)
     _step("cmake build", ["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", JOBS], log)
     built = work / "build" / "bin" / "llama-server"
     shutil.copy2(built, target.with_suffix(".partial"))
     target.with_suffix(".partial").rename(target)
     (home / "build-info.txt").write_text(f"llama-cpp-python {version()}\nbuilt in {time.perf_counter() - started:.0f} s\n"
-                                        + " ".join(CMAKE_FLAGS) + "\n")
+                                        + " ".join(flags) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     print(f"built {target} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return target
@@ -126,16 +142,19 @@ def _help() -> str:
 
 
 @contextlib.contextmanager
-def serve(model: Path, *, threads: int, parallel: int, ctx_per_slot: int, batch: int, embeddings: bool = False):
+def serve(model: Path, *, threads: int, parallel: int, ctx_per_slot: int, batch: int, embeddings: bool = False,
+          gpu_layers: int | None = None):
     """``llama-server`` on a free port: ``parallel`` slots sharing one KV pool of parallel ×
     ``ctx_per_slot`` cells (``-c`` is the total across slots), ``batch`` tokens per decode, as
-    llmhost's runner has them."""
+    llmhost's runner has them; ``gpu_layers`` layers offloaded (``-ngl``; None: none)."""
     port = free_port()
     argv = [str(binary()), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
             "-c", str(ctx_per_slot * parallel), "-b", str(batch), "-ub", str(min(batch, 512)), "--host", "127.0.0.1",
             "--port", str(port), *matched_flags(ctx_per_slot)]
     if embeddings:
         argv += ["--embeddings", "--pooling", "mean"]  # llmhost's Embedder pools decoder models by mean
+    if gpu_layers is not None:  # else llama-server's default, auto, as llmhost's num_gpu -1
+        argv += ["-ngl", str(gpu_layers)]
     log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

@@ -7,6 +7,9 @@ rounds, their ratio oriented so that > 1 means llmhost is better, and the spread
 
 ``BENCH_ROUNDS`` (default 3), ``BENCH_PEERS_WORKLOADS=a,b`` (default: all), ``BENCH_PEERS_TOKENS``
 (decode length, default 128), ``BENCH_PEERS_TURNS`` (conversation turns, default 6) shorten smoke runs.
+On a GPU: ``CMAKE_ARGS=-DGGML_CUDA=on`` builds llama-server with the backend the runner's wheel was
+built with (``scripts/setup`` reads the same variable; each set of flags has its own cached build),
+and ``BENCH_GPU_LAYERS=999`` offloads every layer on both sides.
 """
 
 from __future__ import annotations
@@ -237,10 +240,18 @@ def _workloads() -> dict[str, Workload]:
 # Servers -------------------------------------------------------------------------------------------
 
 
+def gpu_layers() -> int | None:
+    """``BENCH_GPU_LAYERS``: layers both sides offload (llmhost's ``num_gpu``, llama-server's
+    ``-ngl``; 999 for all); unset: each side's default, which decides by the memory it finds."""
+    value = os.environ.get("BENCH_GPU_LAYERS", "").strip()
+    return int(value) if value else None
+
+
 async def _llmhost_models(url: str, w: Workload) -> str:
     """Create the workload's model; a base model gets the template ``{{ .Prompt }}`` so that
     /v1/completions sends the prompt as given, as llama-server does."""
-    await create_model(url, "peer", w.model)
+    layers = gpu_layers()
+    await create_model(url, "peer", w.model, {"num_gpu": layers} if layers is not None else None)
     if not w.raw:
         return "peer"
     async with aiohttp.ClientSession() as s:
@@ -260,7 +271,7 @@ def llmhost(w: Workload):
 @contextlib.contextmanager
 def llama(w: Workload):
     with llama_server.serve(w.model, threads=THREADS, parallel=w.parallel, ctx_per_slot=NUM_CTX,
-                            batch=NUM_BATCH, embeddings=w.embeddings) as srv:
+                            batch=NUM_BATCH, embeddings=w.embeddings, gpu_layers=gpu_layers()) as srv:
         yield Side("llama_server", srv.url, "peer", {"cache_prompt": False} if w.cold else {})
 
 
@@ -319,7 +330,8 @@ def peers(rounds: int | None = None) -> dict:
         for line in _lines(w, samples[w.name]):
             print(json.dumps(line), flush=True)
     return {"rounds": rounds, "workloads": [w.name for w in workloads], "llama_server": str(binary),
-            "llama_server_flags": llama_server.matched_flags(NUM_CTX), "threads": THREADS, "num_ctx_per_slot": NUM_CTX}
+            "llama_server_flags": llama_server.matched_flags(NUM_CTX), "threads": THREADS, "num_ctx_per_slot": NUM_CTX,
+            "gpu_layers": gpu_layers(), "cmake_args": llama_server.extra_cmake_flags()}
 
 
 def _lines(w: Workload, pairs: list[dict]) -> list[dict]:
