@@ -146,7 +146,7 @@ def serve(model: Path, *, threads: int, parallel: int, ctx_per_slot: int, batch:
           gpu_layers: int | None = None):
     """``llama-server`` on a free port: ``parallel`` slots sharing one KV pool of parallel ×
     ``ctx_per_slot`` cells (``-c`` is the total across slots), ``batch`` tokens per decode, as
-    llmhost's runner has them; ``gpu_layers`` layers offloaded (``-ngl``; None: none)."""
+    llmhost's runner has them; ``gpu_layers`` layers offloaded (``-ngl``; None: llama-server's default)."""
     port = free_port()
     argv = [str(binary()), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
             "-c", str(ctx_per_slot * parallel), "-b", str(batch), "-ub", str(min(batch, 512)), "--host", "127.0.0.1",
