@@ -30,14 +30,15 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from benchmarks import peers
+from benchmarks import llama_server, peers
 from benchmarks.harness import THREADS, free_port
 from benchmarks.relay import _cpu_seconds
 
@@ -116,33 +117,21 @@ def _line(w: peers.Workload, rates: dict[str, list[float]], proxy_cpu: list[floa
 
 @contextlib.contextmanager
 def _proxy(upstream: str) -> Iterator[tuple[str, int]]:
-    """The pass-through proxy in its own process on a free port; yields its URL and pid."""
+    """The pass-through proxy in its own process on a free port; yields its URL and pid. Its
+    ``/health`` is the upstream's, so it answers once both listen."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.hop", str(port), upstream])
+    log = Path(tempfile.mkstemp(prefix="hop-proxy-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.hop", str(port), upstream],
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_listening(url, proc)
+        llama_server.wait_ready(url, proc, log, name="the hop proxy")
         yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(15)
-
-
-def _wait_listening(url: str, proc: subprocess.Popen) -> None:
-    async def probe() -> bool:
-        with contextlib.suppress(aiohttp.ClientError, OSError):
-            async with aiohttp.ClientSession() as s, s.get(url + "/health") as resp:
-                return resp.status == 200
-        return False
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the hop proxy exited with {proc.returncode}")
-        if asyncio.run(probe()):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("the hop proxy did not listen within 30 s")
+        log.unlink(missing_ok=True)
 
 
 def _proxy_app(upstream: str) -> web.Application:

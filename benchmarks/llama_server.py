@@ -160,7 +160,7 @@ def serve(model: Path, *, threads: int, parallel: int, ctx_per_slot: int, batch:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, log)
+        wait_ready(url, proc, log)
         yield Server(url, proc, log)
     except BaseException:
         print(f"llama-server's log is kept in {log}", file=sys.stderr)
@@ -175,18 +175,18 @@ def serve(model: Path, *, threads: int, parallel: int, ctx_per_slot: int, batch:
     log.unlink(missing_ok=True)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, name: str = "llama-server") -> None:
     """``/health`` answers 503 while the model loads and 200 once it can take requests."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"llama-server exited with {proc.returncode}:\n{tail}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
         with contextlib.suppress(OSError):
             if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
                 return
         time.sleep(0.1)
-    raise RuntimeError("llama-server did not become ready in 120 s")
+    raise RuntimeError(f"{name} did not become ready in 120 s")
 
 
 if __name__ == "__main__":
