@@ -11,7 +11,7 @@ import pytest
 from llmhost.engine.llamacpp import Batch, Context, Model
 from llmhost.engine.logprobs import top_tokens
 from llmhost.engine.prompt import CompletionRequest
-from llmhost.engine.runner_http import _encode
+from llmhost.engine.runner_stream import encode
 from llmhost.engine.sampling import SamplingParams, build_sampler
 from llmhost.engine.sequence import Finished, TextChunk, TokenLogprobs
 from llmhost.errors import BadRequest
@@ -147,7 +147,7 @@ def test_num_predict_zero_gives_no_logprobs(harness):
 def test_logprobs_line_has_ollamas_shape():
     top = (("é", -0.25, "é".encode()), ("<|im_end|>", -2.0, b"<|im_end|>"))
     entry = TokenLogprobs("é", -0.25, "é".encode(), top=top)
-    payload, done = _encode([entry])
+    payload, done = encode([entry])
     assert not done
     assert json.loads(payload) == {"logprobs": [{
         "token": "é", "logprob": -0.25, "bytes": [195, 169],

@@ -13,8 +13,8 @@ holds the generating sequences as always. An image's rows come from the encoder'
 encoded just before (``ImageEncoder``); a failed encode ends only its own sequence.
 
 Requests arrive from asyncio through a thread-safe inbox; outputs leave through each sequence's sink
-(which the runner wires to the event loop through ``server.Mailbox``). The thread blocks on the inbox only when
-there is nothing to do, and ctypes releases the GIL during ``llama_decode``, so the event loop keeps
+(the runner's ``runner_stream.OutputStream``: through the event loop, or written to the connection by
+this thread). The thread blocks on the inbox only when there is nothing to do, and ctypes releases the GIL during ``llama_decode``, so the event loop keeps
 serving while the model runs.
 """
 

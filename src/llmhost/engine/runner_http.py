@@ -2,8 +2,8 @@
 /rerank.
 
 Handlers are thin: validate → prepare a Sequence (in a worker thread: rendering, tokenizing and
-grammar compilation can take milliseconds) → submit to the engine → stream NDJSON lines from the
-sequence's asyncio queue. A client that disconnects cancels its handler (the app runs with
+grammar compilation can take milliseconds) → submit to the engine → stream NDJSON lines, the first
+through the event loop and the rest written by the engine thread itself (``runner_stream``). A client that disconnects cancels its handler (the app runs with
 ``handler_cancellation``), and the handler's ``finally`` cancels the sequence; one that goes while
 its request is being prepared stops the template render under way, and a preparation that outlasts
 ``PREPARE_TIMEOUT`` is given up (its sequence, if one comes, is freed).
@@ -16,14 +16,12 @@ surrogate escape such as ``"\\ud800"``), anything ``BadRequest``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
-from json.encoder import encode_basestring
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,17 +29,8 @@ from aiohttp import web
 from llmhost.engine.embeddings import Embedder
 from llmhost.engine.engine import Engine
 from llmhost.engine.prompt import MAX_CHARS_PER_TOKEN, CompletionRequest, PromptBuilder
-from llmhost.engine.sequence import (
-    Failed,
-    Finished,
-    FinishReason,
-    Output,
-    Sequence,
-    TextChunk,
-    ThinkingChunk,
-    TokenLogprobs,
-    ToolCallsChunk,
-)
+from llmhost.engine.runner_stream import Mailbox, OutputStream, encode, line
+from llmhost.engine.sequence import Finished, FinishReason, Sequence
 from llmhost.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -55,7 +44,8 @@ MAX_BODY = 3 * 64 * 1024**2 + 16 * 1024**2
 # Rendering gives up by itself after its time limit (2 s by default) and tokenizing is bounded by
 # the context; this only keeps a handler from waiting forever on something neither bounds.
 PREPARE_TIMEOUT = 60.0
-_STREAMING = "llmhost.streaming"  # request key: the response has started, errors go in the stream
+# Request key: the response has started, errors go in the stream (a RequestKey from aiohttp 3.14 on).
+_STREAMING = web.RequestKey("llmhost.streaming", bool) if hasattr(web, "RequestKey") else "llmhost.streaming"
 # Surrogates can only come from \uD800-\uDFFF escapes (paired ones decode to one character).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -68,80 +58,6 @@ def resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-class Mailbox:
-    """Carries outputs from the engine thread to the event loop with one wake-up per batch.
-
-    Every output used to cost a ``call_soon_threadsafe`` (a self-pipe write and a loop wake-up);
-    with many sequences streaming, one engine step produced one of each per sequence. Outputs now
-    queue here and only the first one since the loop last drained wakes it.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._items: collections.deque[tuple[OutputStream, Output]] = collections.deque()
-        self._wake_pending = False
-
-    def post(self, stream: OutputStream, output: Output) -> None:
-        """Engine thread: queue an output for ``stream``'s reader."""
-        self._items.append((stream, output))
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: the requests are long gone
-                pass
-
-    def _drain(self) -> None:
-        # Reset before draining: an output posted meanwhile either is drained now or wakes us again.
-        self._wake_pending = False
-        items = self._items
-        while items:
-            stream, output = items.popleft()
-            stream.deliver(output)
-
-
-class OutputStream:
-    """The asyncio end of a sequence's sink: the engine thread calls it, the handler awaits ``take``.
-
-    A list and one future rather than an ``asyncio.Queue``: streaming one sequence costs a loop
-    wake-up per token, and on 2 CPUs every microsecond of it is taken from llama.cpp's threads.
-    """
-
-    def __init__(self, mailbox: Mailbox):
-        self._mailbox = mailbox
-        self._ready: list[Output] = []
-        self._waiter: asyncio.Future | None = None
-
-    def __call__(self, output: Output) -> None:
-        self._mailbox.post(self, output)
-
-    def deliver(self, output: Output) -> None:
-        """Event loop: an output has arrived."""
-        self._ready.append(output)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def take(self) -> list[Output]:
-        """Every output delivered so far (at least one; waits for it)."""
-        while not self._ready:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        ready, self._ready = self._ready, []
-        return ready
-
-
-def _line(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _content_line(text: str) -> bytes:
-    # The per-token line, without building and encoding a dict each time.
-    return b'{"content":' + encode_basestring(text).encode() + b"}\n"
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -287,7 +203,7 @@ class RunnerServer:
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         if seq is None:  # nothing to evaluate (empty prompt without BOS)
             await response.prepare(request)
-            await response.write(_line(_empty_result().to_json()))
+            await response.write(line(_empty_result().to_json()))
             return response
         return await self._stream(request, response, seq, stream)
 
@@ -310,34 +226,24 @@ class RunnerServer:
         try:
             await response.prepare(request)
             while not done:
-                # Whatever arrived while the last write was under way goes out in one write.
-                payload, done = _encode(await stream.take())
-                await response.write(payload)
+                handback, outputs = await stream.take()
+                if handback is not None:  # the engine thread wrote the outputs before these itself
+                    if handback.broken:
+                        raise ConnectionResetError("the daemon's connection failed")
+                    if handback.rest:  # a chunk's tail, already framed
+                        request.transport.write(handback.rest)
+                    done = handback.done
+                if outputs:
+                    # Whatever arrived while the last write was under way goes out in one write.
+                    payload, done = encode(outputs)
+                    await response.write(payload)
+                if not done and request.transport is not None:
+                    stream.go_direct(request.transport)
         finally:
+            stream.stop_direct()
             if not done:  # client went away (handler cancelled or write failed)
                 self.engine.cancel(seq)
         return response
-
-
-def _encode(outputs: list[Output]) -> tuple[bytes, bool]:
-    """NDJSON lines for ``outputs`` (nothing after the final one), and whether it was final."""
-    lines = []
-    for output in outputs:
-        if isinstance(output, TextChunk):
-            lines.append(_content_line(output.text))
-        elif isinstance(output, ThinkingChunk):
-            lines.append(_line({"thinking": output.text}))
-        elif isinstance(output, ToolCallsChunk):
-            lines.append(_line({"tool_calls": list(output.calls)}))
-        elif isinstance(output, TokenLogprobs):
-            lines.append(_line({"logprobs": output.to_json()}))
-        elif isinstance(output, Finished):
-            lines.append(_line(output.to_json()))
-            return b"".join(lines), True
-        elif isinstance(output, Failed):
-            lines.append(_line({"error": output.message}))
-            return b"".join(lines), True
-    return b"".join(lines), False
 
 
 def _piece_json(piece: bytes) -> str | list[int]:
