@@ -3,8 +3,10 @@
 One SmolLM2 stream of ``BENCH_RELAY_TOKENS`` (default 512) greedy tokens through ``/api/generate``,
 ``/api/chat`` and ``/v1/chat/completions``; for each, the CPU time (user + system, from
 ``/proc/<pid>/stat``) the runner, the daemon and the client used over the stream, divided by the
-tokens, and the wall time per token. The runner's figure includes llama.cpp's compute threads; the
-daemon's and the client's are the relay: reading a line, converting it, writing a chunk.
+tokens, and the wall time per token. The runner's figure includes llama.cpp's compute threads;
+``runner_loop_us`` is its main thread alone (the event loop: requests, and whatever part of a stream
+the engine thread does not write itself). The daemon's and the client's are the relay: reading a
+line, converting it, writing a chunk.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ CLOCK = os.sysconf("SC_CLK_TCK")
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time of process ``pid``, or of its thread ``tid``."""
+    with open(f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK  # utime, stime
 
@@ -66,11 +69,14 @@ def relay() -> dict:
         _stream(d.url, *bodies["generate"])  # load, and warm every path once
         runner = d.runner_pids()[0]
         for name, (path, body) in bodies.items():
-            per: dict[str, list[float]] = {"runner_us": [], "daemon_us": [], "client_us": [], "wall_us": []}
+            per: dict[str, list[float]] = {"runner_us": [], "runner_loop_us": [], "daemon_us": [], "client_us": [],
+                                           "wall_us": []}
             for _ in range(rounds):
-                before = (_cpu_seconds(runner), _cpu_seconds(d.proc.pid), _client_cpu(), time.perf_counter())
+                before = (_cpu_seconds(runner), _cpu_seconds(runner, runner), _cpu_seconds(d.proc.pid), _client_cpu(),
+                          time.perf_counter())
                 chunks = _stream(d.url, path, body)
-                after = (_cpu_seconds(runner), _cpu_seconds(d.proc.pid), _client_cpu(), time.perf_counter())
+                after = (_cpu_seconds(runner), _cpu_seconds(runner, runner), _cpu_seconds(d.proc.pid), _client_cpu(),
+                         time.perf_counter())
                 n = max(chunks - 1, 1)  # the final chunk (or usage) carries no token
                 for key, b, a in zip(per, before, after, strict=True):
                     per[key].append((a - b) / n * 1e6)

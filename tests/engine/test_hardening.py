@@ -170,6 +170,26 @@ def test_a_surrogate_pair_is_a_character(runner):
     assert status == 200 and reply["tokens"]
 
 
+class CountingEngine:
+    """Counts the requests the runner announced (``expect``) and has not settled: an engine holds
+    its first step for those, so a request that fails must settle too."""
+
+    def __init__(self):
+        self.preparing = 0
+
+    def expect(self):
+        self.preparing += 1
+        settled = False
+
+        def settle():
+            nonlocal settled
+            if not settled:
+                settled = True
+                self.preparing -= 1
+
+        return settle
+
+
 class FakeBuilder:
     """Stands in for PromptBuilder: ``sequence`` fails, or takes its time and hands back ``late``."""
 
@@ -201,35 +221,41 @@ async def post(server: RunnerServer, body: dict | str) -> tuple[int, str, dict]:
 
 
 async def test_an_unexpected_error_before_streaming_is_a_json_500():
-    server = RunnerServer(None, FakeBuilder(error=RuntimeError("boom")), None, dict)
+    engine = CountingEngine()
+    server = RunnerServer(engine, FakeBuilder(error=RuntimeError("boom")), None, dict)
     status, content_type, reply = await post(server, {"prompt": "x"})
     assert (status, content_type) == (500, "application/json") and "boom" in reply["error"]
+    assert engine.preparing == 0
 
 
 async def test_a_bad_request_from_the_builder_is_a_json_400():
-    server = RunnerServer(None, FakeBuilder(error=BadRequest("nope")), None, dict)
+    engine = CountingEngine()
+    server = RunnerServer(engine, FakeBuilder(error=BadRequest("nope")), None, dict)
     assert await post(server, {"prompt": "x"}) == (400, "application/json", {"error": "nope"})
+    assert engine.preparing == 0
 
 
 async def test_json_nested_too_deeply_is_a_400():
-    server = RunnerServer(None, FakeBuilder(), None, dict)
+    server = RunnerServer(CountingEngine(), FakeBuilder(), None, dict)
     status, _, reply = await post(server, "[" * 100_000 + "]" * 100_000)
     assert status == 400 and "nested too deeply" in reply["error"]
 
 
 async def test_a_body_over_the_limit_is_a_json_413(monkeypatch):
     monkeypatch.setattr(server_module, "MAX_BODY", 1000)
-    server = RunnerServer(None, FakeBuilder(), None, dict)
+    server = RunnerServer(CountingEngine(), FakeBuilder(), None, dict)
     status, content_type, reply = await post(server, {"prompt": "x" * 2000})
     assert (status, content_type) == (413, "application/json") and "limit" in reply["error"]
 
 
 async def test_the_handler_gives_up_on_a_stuck_preparation_and_frees_what_comes_late():
     builder = FakeBuilder(delay=1.0)
-    server = RunnerServer(None, builder, None, dict, prepare_timeout=0.2)
+    engine = CountingEngine()
+    server = RunnerServer(engine, builder, None, dict, prepare_timeout=0.2)
     start = time.monotonic()
     status, _, reply = await post(server, {"prompt": "x"})
     assert status == 503 and "longer than 0.2 s" in reply["error"] and time.monotonic() - start < 0.9
+    assert engine.preparing == 0
     assert builder.cancel.is_set()
     await eventually(lambda: builder.late.closed, what="the late sequence freed")
 

@@ -47,6 +47,9 @@ class ScriptedEngine:
     def cancel(self, seq) -> None:
         self.cancelled.set()
 
+    def expect(self):
+        return lambda: None
+
 
 class Builder:
     def sequence(self, req, sink, cancel):

@@ -194,18 +194,22 @@ class RunnerServer:
         if self._mailbox is None:
             self._mailbox = Mailbox(loop)
         stream = OutputStream(self._mailbox)
+        settle = self.engine.expect()  # an idle engine waits a moment for a request under way
         try:
-            seq = await self._prepare(CompletionRequest.from_json(body), stream)
-        except BadRequest as e:
-            return _error(e.message, 400)
-        except asyncio.TimeoutError:
-            return _error(f"preparing the request took longer than {self.prepare_timeout:g} s", 503)
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
-        if seq is None:  # nothing to evaluate (empty prompt without BOS)
-            await response.prepare(request)
-            await response.write(line(_empty_result().to_json()))
-            return response
-        return await self._stream(request, response, seq, stream)
+            try:
+                seq = await self._prepare(CompletionRequest.from_json(body), stream)
+            except BadRequest as e:
+                return _error(e.message, 400)
+            except asyncio.TimeoutError:
+                return _error(f"preparing the request took longer than {self.prepare_timeout:g} s", 503)
+            response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            if seq is None:  # nothing to evaluate (empty prompt without BOS)
+                await response.prepare(request)
+                await response.write(line(_empty_result().to_json()))
+                return response
+            return await self._stream(request, response, seq, stream, settle)
+        finally:
+            settle()
 
     async def _prepare(self, req: CompletionRequest, stream: OutputStream) -> Sequence | None:
         """The request's Sequence, built in a worker thread; a handler that is cancelled (its client
@@ -219,9 +223,11 @@ class RunnerServer:
             future.add_done_callback(_close_abandoned)
             raise
 
-    async def _stream(self, request, response: web.StreamResponse, seq: Sequence, stream: OutputStream):
+    async def _stream(self, request, response: web.StreamResponse, seq: Sequence, stream: OutputStream,
+                      settle: Callable[[], None]):
         done = False
         self.engine.submit(seq)
+        settle()  # after the submit: an engine that stops waiting finds the sequence in its inbox
         request[_STREAMING] = True
         try:
             await response.prepare(request)
