@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from llmhost.daemon import runner_client as runners
@@ -149,3 +151,28 @@ def test_a_changed_file_makes_an_announcement_stale(tmp_path):
     assert not runners._unchanged(announcement)
     code.unlink()
     assert not runners._unchanged(announcement)
+
+
+async def test_streams_read_to_their_final_line_keep_one_connection_to_the_runner(factory, tiny_gguf):
+    # Routes stop at the final line and close the stream: the end of the runner's chunked body must
+    # still be read, or each request pays for a new connection (and a burst reaches the runner late).
+    runner = await factory.start(spec_for(tiny_gguf))
+    opened = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_create(session, context, params):
+        opened.append(params)
+
+    trace.on_connection_create_end.append(on_create)
+    runner._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(runner._socket_path)),
+                                            trace_configs=[trace])
+    try:
+        for _ in range(3):
+            async with contextlib.aclosing(runner.completion({"prompt": "Hello", "options": {"num_predict": 3}})) as lines:
+                async for line in lines:
+                    if line.get("done"):
+                        break
+            assert line["done"] is True
+        assert len(opened) == 1
+    finally:
+        await runner.close()

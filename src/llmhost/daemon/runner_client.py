@@ -315,13 +315,20 @@ class ProcessRunner:
                     raise _error_from(resp.status, (await resp.json()).get("error", "runner error"))
                 # Whatever has arrived, split here: cheaper per token than aiohttp's readline.
                 rest = b""
-                async for data in resp.content.iter_any():
-                    *lines, rest = (rest + data).split(b"\n")
-                    for line in lines:
-                        if line:
-                            yield json.loads(line)
-                if rest.strip():
-                    yield json.loads(rest)
+                ended = False
+                try:
+                    async for data in resp.content.iter_any():
+                        *lines, rest = (rest + data).split(b"\n")
+                        for line in lines:
+                            if line:
+                                obj = json.loads(line)
+                                ended = ended or "done" in obj or "error" in obj
+                                yield obj
+                    if rest.strip():
+                        yield json.loads(rest)
+                finally:
+                    if ended:  # also when the reader stops at the final line
+                        await _read_to_end(resp)
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
         finally:
@@ -403,6 +410,26 @@ class ProcessRunner:
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
+
+
+async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows a stream's final line: the end of the chunked body, which the runner writes
+    right after it. A response read to its end gives its connection back to the pool; one left
+    unread is closed, and the next request pays for a new connection (and, when several come
+    together, reaches the runner late). A runner that sends more, or takes its time, is not waited
+    for: its connection is closed, as before."""
+    import aiohttp
+
+    read = 0
+    try:
+        while read <= _END_BYTES and (data := await asyncio.wait_for(resp.content.readany(), _END_WAIT)):
+            read += len(data)
+    except (asyncio.TimeoutError, OSError, aiohttp.ClientError):
+        pass
+
+
+_END_WAIT = 0.5  # seconds
+_END_BYTES = 64 * 1024
 
 
 def runner_batch(spec: LoadSpec) -> int:
