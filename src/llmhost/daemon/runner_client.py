@@ -315,20 +315,16 @@ class ProcessRunner:
                     raise _error_from(resp.status, (await resp.json()).get("error", "runner error"))
                 # Whatever has arrived, split here: cheaper per token than aiohttp's readline.
                 rest = b""
-                ended = False
-                try:
-                    async for data in resp.content.iter_any():
-                        *lines, rest = (rest + data).split(b"\n")
-                        for line in lines:
-                            if line:
-                                obj = json.loads(line)
-                                ended = ended or "done" in obj or "error" in obj
-                                yield obj
-                    if rest.strip():
-                        yield json.loads(rest)
-                finally:
-                    if ended:  # also when the reader stops at the final line
-                        await _read_to_end(resp)
+                async for data in resp.content.iter_any():
+                    *lines, rest = (rest + data).split(b"\n")
+                    for line in lines:
+                        if line:
+                            obj = json.loads(line)
+                            if "done" in obj or "error" in obj:  # the final line: routes read no further
+                                await _read_to_end(resp)
+                            yield obj
+                if rest.strip():
+                    yield json.loads(rest)
         except (aiohttp.ClientError, ConnectionError) as e:
             await self._raise_if_dead(e)
         finally:
@@ -413,11 +409,12 @@ class ProcessRunner:
 
 
 async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
-    """Read what follows a stream's final line: the end of the chunked body, which the runner writes
-    right after it. A response read to its end gives its connection back to the pool; one left
-    unread is closed, and the next request pays for a new connection (and, when several come
-    together, reaches the runner late). A runner that sends more, or takes its time, is not waited
-    for: its connection is closed, as before."""
+    """Read what follows a stream's final line, before passing the line on: the end of the chunked
+    body, which the runner writes right after it. A response read to its end gives its connection
+    back to the pool at once; one left unread is closed, and the next request pays for a new
+    connection (and, when several come together, reaches the runner late: after the first has
+    started alone). A runner that sends more, or takes its time, is not waited for: its connection
+    is closed, as before."""
     import aiohttp
 
     read = 0
