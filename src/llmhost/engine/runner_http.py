@@ -3,10 +3,12 @@
 
 Handlers are thin: validate → prepare a Sequence (in a worker thread: rendering, tokenizing and
 grammar compilation can take milliseconds) → submit to the engine → stream NDJSON lines, the first
-through the event loop and the rest written by the engine thread itself (``runner_stream``). A client that disconnects cancels its handler (the app runs with
-``handler_cancellation``), and the handler's ``finally`` cancels the sequence; one that goes while
-its request is being prepared stops the template render under way, and a preparation that outlasts
-``PREPARE_TIMEOUT`` is given up (its sequence, if one comes, is freed).
+through the event loop and the rest written by the engine thread itself (``runner_stream``). A client
+that disconnects cancels its handler (the app runs with ``handler_cancellation``), and the handler's
+``finally`` cancels the sequence; one that goes while its request is being prepared stops the
+template render under way, and a preparation that outlasts ``PREPARE_TIMEOUT`` is given up (its
+sequence, if one comes, is freed). While a request is being prepared the engine knows it is coming
+(``Engine.expect``), so that an idle engine starts a burst of requests in one step.
 
 Every error before a response starts is a JSON ``{"error"}`` body (the daemon reads nothing else),
 with status 400 for a request that is at fault: not JSON, text that is not Unicode (a lone
@@ -234,10 +236,11 @@ class RunnerServer:
             while not done:
                 handback, outputs = await stream.take()
                 if handback is not None:  # the engine thread wrote the outputs before these itself
-                    if handback.broken:
+                    transport = request.transport
+                    if handback.broken or transport is None:
                         raise ConnectionResetError("the daemon's connection failed")
                     if handback.rest:  # a chunk's tail, already framed
-                        request.transport.write(handback.rest)
+                        transport.write(handback.rest)
                     done = handback.done
                 if outputs:
                     # Whatever arrived while the last write was under way goes out in one write.
