@@ -408,6 +408,11 @@ class ProcessRunner:
                 self._socket_path.unlink()
 
 
+# What the daemon reads of a runner's stream after its final line, at most.
+_END_WAIT = 0.5  # seconds
+_END_BYTES = 64 * 1024
+
+
 async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
     """Read what follows a stream's final line, before passing the line on: the end of the chunked
     body, which the runner writes right after it. A response read to its end gives its connection
@@ -423,10 +428,6 @@ async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
             read += len(data)
     except (asyncio.TimeoutError, OSError, aiohttp.ClientError):
         pass
-
-
-_END_WAIT = 0.5  # seconds
-_END_BYTES = 64 * 1024
 
 
 def runner_batch(spec: LoadSpec) -> int:

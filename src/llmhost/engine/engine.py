@@ -123,6 +123,7 @@ class Engine:
         self._lost: list[Sequence] = []  # sequences whose cells a step lost: ended after its update
         self._draft_row_cost = draft_row_cost
         self._preparing = 0  # requests announced by ``expect`` and not yet submitted or given up
+        self._preparing_lock = threading.Lock()
         self.gather_window = GATHER_WINDOW
 
     # --- any thread -------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class Engine:
         """A request is being prepared and will likely be submitted soon: an idle engine holds its
         first step for it (``GATHER_WINDOW`` at most). Returns the function to call once the request
         is submitted or given up (after ``submit``; calling it again does nothing)."""
-        with self._close_lock:
+        with self._preparing_lock:
             self._preparing += 1
         settled = False
 
@@ -139,7 +140,7 @@ class Engine:
             nonlocal settled
             if not settled:
                 settled = True
-                with self._close_lock:
+                with self._preparing_lock:
                     self._preparing -= 1
                 self._inbox.put(_WAKE)
 
@@ -217,7 +218,7 @@ class Engine:
     def _gather(self) -> bool:
         """Before an idle engine's first step: wait for the requests being prepared (``expect``), for
         ``gather_window`` at most. False once stop was requested."""
-        if self.scheduler.running or not self._preparing:
+        if self.scheduler.running or not self.scheduler.has_work() or not self._preparing:
             return True
         deadline = time.monotonic() + self.gather_window
         while self._preparing and (left := deadline - time.monotonic()) > 0:

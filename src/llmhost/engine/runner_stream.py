@@ -171,7 +171,7 @@ def encode(outputs: list[Output]) -> tuple[bytes, bool]:
     lines = []
     for output in outputs:
         if isinstance(output, TextChunk):
-            lines.append(content_line(output.text))
+            lines.append(_content_line(output.text))
         elif isinstance(output, ThinkingChunk):
             lines.append(line({"thinking": output.text}))
         elif isinstance(output, ToolCallsChunk):
@@ -191,6 +191,6 @@ def line(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def content_line(text: str) -> bytes:
+def _content_line(text: str) -> bytes:
     # The per-token line, without building and encoding a dict each time.
     return b'{"content":' + encode_basestring(text).encode() + b"}\n"
